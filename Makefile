@@ -1,0 +1,54 @@
+# nansearch: make sweep runs the demo, make test runs the tests.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NS     := $(VENV)/bin/nansearch
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+STUDY  ?= $(shell ls -td runs/*/ 2>/dev/null | head -n 1 | xargs -r basename)
+
+.PHONY: install sweep rerun report audit test quality format bench clean
+
+install: $(STAMP)
+
+# CPU torch unless a GPU is visible: a plain torch requirement pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then echo "torch: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q torch; \
+	else \
+		$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null || \
+		$(PY) -m pip install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+sweep: install
+	$(NS) sweep sweeps/demo.yaml $(ARGS)
+
+rerun: install
+	$(NS) rerun $(STUDY) --top 3 $(ARGS)
+
+report: install
+	$(NS) report $(STUDY) $(ARGS)
+
+audit: install
+	$(NS) audit sweeps/demo.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+quality: install
+	$(VENV)/bin/ruff check nansearch tests benchmarks sweeps
+	$(VENV)/bin/ruff format --check nansearch tests benchmarks sweeps
+
+format: install
+	$(VENV)/bin/ruff format nansearch tests benchmarks sweeps
+	$(VENV)/bin/ruff check --fix nansearch tests benchmarks sweeps
+
+bench: install
+	$(PY) -m benchmarks $(ARGS)
+
+clean:
+	rm -rf runs bench-results test-artifacts .pytest_cache .ruff_cache

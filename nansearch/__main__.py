@@ -1,0 +1,5 @@
+import sys
+
+from nansearch.cli import main
+
+sys.exit(main())

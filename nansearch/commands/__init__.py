@@ -1,0 +1,5 @@
+"""Subcommands: each module has ``register(subparsers)`` and a function that returns data."""
+
+from nansearch.commands import sweep
+
+COMMANDS = [sweep.register]

@@ -1,0 +1,86 @@
+"""``nansearch sweep SWEEP.yaml [key=value ...]``: audit, search, rank, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from nansearch.config import load_config
+from nansearch.ranking import format_table
+from nansearch.runner import TrialResult
+from nansearch.search import SweepCallbacks
+from nansearch.sweep import SweepOutcome, run_sweep
+
+DEFAULT_SWEEP = "sweeps/demo.yaml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sweep", help="search the suspected causes and rank them")
+    parser.add_argument(
+        "sweep_file",
+        nargs="?",
+        default=DEFAULT_SWEEP,
+        help=f"the sweep file (default {DEFAULT_SWEEP})",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. trials=20 factors.lr.high=1.0",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an existing study up to its trial budget"
+    )
+    parser.set_defaults(func=main)
+
+
+class Progress:
+    """A progress bar: trials done, NaN so far, time left."""
+
+    def __init__(self):
+        self.nan = 0
+        self.bar = None
+
+    def start(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+        )
+
+    def __call__(self, result: TrialResult) -> None:
+        self.nan += result.is_nan
+        self.bar.set_postfix_str(f"NaN {self.nan}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def sweep(sweep_file: str, overrides: list[str], resume: bool = False) -> SweepOutcome:
+    cfg = load_config(sweep_file, overrides)
+    progress = Progress()
+    callbacks = SweepCallbacks(on_start=[progress.start], on_trial=[progress])
+    try:
+        return run_sweep(cfg, resume=resume, callbacks=callbacks)
+    finally:
+        progress.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    outcome = sweep(args.sweep_file, args.overrides, args.resume)
+    print()
+    print(format_table(outcome.ranking))
+    print()
+    print(f"study {outcome.study_dir} ({time.perf_counter() - start:.0f}s)")
+    for name, path in outcome.files.items():
+        print(f"  {name:<9} {path}")
+    return 0

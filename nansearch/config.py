@@ -1,0 +1,290 @@
+"""Sweep configuration: typed defaults < YAML file < dotted command-line overrides.
+
+Every problem in a sweep file is collected and reported in one :class:`ConfigError`
+that names each bad key and what would be valid, instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class NansearchError(Exception):
+    """An error caused by the user's input: printed as one message, without a traceback."""
+
+
+class ConfigError(NansearchError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
+
+
+@dataclass
+class TargetConfig:
+    """What is trained."""
+
+    kind: str = "causal-lm"  # causal-lm | blip2 | custom
+    # causal-lm: the class that loads every checkpoint, e.g. OPTForCausalLM, the way
+    # the user's own code loads it. AutoModelForCausalLM follows each checkpoint's config.
+    model_class: str = "AutoModelForCausalLM"
+    fn: str | None = None  # custom: "package.module:function" or "path/file.py:function"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = "eager"
+    batch_size: int = 8
+    seq_len: int = 32
+    options: dict[str, Any] = field(default_factory=dict)  # passed to a custom target
+
+
+@dataclass
+class CheckpointFactor:
+    # level name -> local folder or hub id; "demo:<name>" names a built-in demo checkpoint
+    levels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DtypeFactor:
+    levels: list[str] = field(default_factory=lambda: list(DTYPES))
+
+
+@dataclass
+class LrFactor:
+    low: float = 1e-5
+    high: float = 1e-1
+
+
+@dataclass
+class InitScheme:
+    scheme: str = "pretrained"  # pretrained | normal | uninitialized-missing
+    std: float = 0.02
+    pattern: str = ".*"  # regular expression over parameter names (normal)
+
+
+@dataclass
+class InitFactor:
+    # level name -> scheme; empty means the one level "pretrained"
+    levels: dict[str, InitScheme] = field(default_factory=dict)
+
+
+@dataclass
+class BatchFactor:
+    levels: list[str] = field(default_factory=lambda: ["clean"])
+    files: dict[str, str] = field(default_factory=dict)  # level name -> .safetensors/.pt file
+
+
+@dataclass
+class FactorsConfig:
+    checkpoint: CheckpointFactor = field(default_factory=CheckpointFactor)
+    dtype: DtypeFactor = field(default_factory=DtypeFactor)
+    lr: LrFactor = field(default_factory=LrFactor)
+    init: InitFactor = field(default_factory=InitFactor)
+    batch: BatchFactor = field(default_factory=BatchFactor)
+    # factors registered from Python (see nansearch.factors.register): name -> levels
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    min_loss_scale: float = 1.0  # amp-fp16: a non-finite gradient at this scale is a failure
+
+
+@dataclass
+class SearchConfig:
+    cover: int = -1  # trials that cover every level evenly; -1: enough for each level twice
+    sampler: str = "tpe"  # tpe | random
+
+
+@dataclass
+class TrackingConfig:
+    wandb: str | None = None  # offline | online | off; default online with credentials
+    project: str = "nansearch"
+    entity: str | None = None
+
+
+@dataclass
+class SweepConfig:
+    study: str = "demo"
+    out: str = "runs"
+    trials: int = 40
+    steps: int = 20
+    seed: int = 0
+    storage: str | None = None  # any Optuna storage URL; default a journal file
+    device: str = "auto"  # auto | cpu | cuda
+    plugins: list[str] = field(default_factory=list)  # modules or files that register levels
+    target: TargetConfig = field(default_factory=TargetConfig)
+    factors: FactorsConfig = field(default_factory=FactorsConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out) / self.study
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def _struct_keys(schema: DictConfig, path: list[str]) -> list[str] | None:
+    """The keys allowed at ``path`` when its parent is a typed section, else None."""
+    node: Any = schema
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, DictConfig) else None
+    if isinstance(node, DictConfig) and node._metadata.object_type not in (None, dict):
+        return [str(k) for k in node]
+    return None
+
+
+def _merge_each(schema: DictConfig, data: dict, path: list[str]) -> list[str]:
+    """Merge subtree by subtree, descending only into failures, so every bad key is found.
+
+    Keys travel as nested mappings, never as dotted strings: a level may be named
+    ``opt-2.7b``.
+    """
+    problems = []
+    for key, value in data.items():
+        here = [*path, str(key)]
+        patch = OmegaConf.create(_nest(here, value))
+        try:
+            OmegaConf.merge(schema, patch)
+        except OmegaConfBaseException as exc:
+            name = ".".join(here)
+            allowed = _struct_keys(schema, here)
+            if allowed is not None and here[-1] not in allowed:
+                problems.append(f"{name}: unknown key (valid keys here: {', '.join(allowed)})")
+                continue
+            if isinstance(value, dict) and value:
+                problems += _merge_each(schema, value, here)
+                continue
+            problems.append(f"{name}={value!r}: {str(exc).splitlines()[0]}")
+            continue
+        schema.merge_with(patch)
+    return problems
+
+
+def _check_values(cfg: SweepConfig) -> list[str]:
+    problems = []
+    if cfg.trials < 1:
+        problems.append(f"trials={cfg.trials}: must be at least 1")
+    if cfg.steps < 1:
+        problems.append(f"steps={cfg.steps}: must be at least 1")
+    if not cfg.study or "/" in cfg.study or cfg.study.startswith("."):
+        problems.append(f"study={cfg.study!r}: must be a plain folder name")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        problems.append(f"device={cfg.device!r}: valid values are auto, cpu, cuda")
+    if cfg.target.kind not in ("causal-lm", "blip2", "custom"):
+        problems.append(
+            f"target.kind={cfg.target.kind!r}: valid values are causal-lm, blip2, custom"
+        )
+    if cfg.target.kind == "custom" and not cfg.target.fn:
+        problems.append(
+            "target.fn: a custom target needs 'package.module:function' or "
+            "'path/to/file.py:function'"
+        )
+    if cfg.target.batch_size < 1 or cfg.target.seq_len < 2:
+        problems.append("target.batch_size must be >= 1 and target.seq_len >= 2")
+    for level in cfg.factors.dtype.levels:
+        if level not in DTYPES:
+            problems.append(
+                f"factors.dtype.levels: {level!r} is not a dtype level; "
+                f"valid levels are {', '.join(DTYPES)}"
+            )
+    lr = cfg.factors.lr
+    if not 0 < lr.low <= lr.high:
+        problems.append(f"factors.lr: need 0 < low <= high, got low={lr.low}, high={lr.high}")
+    if not cfg.factors.checkpoint.levels:
+        problems.append(
+            "factors.checkpoint.levels: name at least one checkpoint (level name: folder or hub id)"
+        )
+    for name, scheme in cfg.factors.init.levels.items():
+        valid = ("pretrained", "normal", "uninitialized-missing")
+        if scheme.scheme not in valid:
+            problems.append(
+                f"factors.init.levels.{name}.scheme={scheme.scheme!r}: "
+                f"valid schemes are {', '.join(valid)}"
+            )
+    if cfg.optimizer.name not in ("adamw", "adam", "sgd"):
+        problems.append(f"optimizer.name={cfg.optimizer.name!r}: valid values are adamw, adam, sgd")
+    # YAML reads a bare `off` as false and `on` as true
+    cfg.tracking.wandb = {"False": "off", "True": "online"}.get(
+        cfg.tracking.wandb, cfg.tracking.wandb
+    )
+    if cfg.tracking.wandb not in (None, "offline", "online", "off"):
+        problems.append(
+            f"tracking.wandb={cfg.tracking.wandb!r}: valid values are offline, online, off"
+        )
+    if cfg.search.sampler not in ("tpe", "random"):
+        problems.append(f"search.sampler={cfg.search.sampler!r}: valid values are tpe, random")
+    return problems
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A sweep file as a dict, with the files named by its ``include`` merged in first.
+
+    ``include`` lists YAML files (relative to the including file) that hold shared
+    pieces, such as those in ``configs/``; the including file's own keys win.
+    """
+    if not path.is_file():
+        raise NansearchError(f"{path}: no such sweep file")
+    if path.resolve() in seen:
+        raise NansearchError(f"{path}: includes itself")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in many classes
+        raise NansearchError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, ListConfig):
+        raise NansearchError(f"{path}: a sweep file is a mapping of keys, not a list")
+    data = OmegaConf.to_container(data) or {}
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    merged = OmegaConf.create({})
+    for name in includes:
+        part = read_yaml(path.parent / name, (*seen, path.resolve()))
+        merged = OmegaConf.merge(merged, part)
+    return OmegaConf.to_container(OmegaConf.merge(merged, data))
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> SweepConfig:
+    """Read a sweep: structured defaults, then the YAML file, then ``key=value`` overrides."""
+    schema = OmegaConf.structured(SweepConfig)
+    problems: list[str] = []
+    source = str(path) if path else "overrides"
+    if path is not None:
+        problems += _merge_each(schema, read_yaml(Path(path)), [])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r}: write it as dotted.key=value")
+            continue
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]))["x"]
+        problems += _merge_each(schema, {key.split(".")[0]: _nest(key.split(".")[1:], value)}, [])
+    # the schema took only the valid parts, so the values can be checked as well
+    cfg: SweepConfig = OmegaConf.to_object(schema)
+    problems += _check_values(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def to_yaml(cfg: SweepConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: SweepConfig, path: Path) -> None:
+    path.write_text(to_yaml(cfg))

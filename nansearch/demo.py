@@ -1,0 +1,138 @@
+"""The built-in demo's checkpoints: the case nansearch was born from, in miniature.
+
+EasyEdit's MEND training on BLIP-2/OPT printed "NAN in logits!!!" because the full
+multimodal checkpoint ``Salesforce/blip2-opt-2.7b`` was loaded where the language-only
+``opt-2.7b`` was expected (zjunlp/EasyEdit#526). The demo builds both kinds, small:
+
+- ``opt-lm``: a language-only OPT, trained briefly on a small synthetic corpus, so it
+  is a really trained model.
+- ``blip2-full``: a full BLIP-2 checkpoint whose language model is that same trained
+  OPT, stored under ``language_model.`` as in the real one.
+
+Loading ``blip2-full`` into ``OPTForCausalLM`` finds none of its weights: every
+language-model weight is reported missing and newly initialized. Both are written with
+``save_pretrained`` and read back with ``from_pretrained``, the way a user's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1"
+NAMES = ("opt-lm", "blip2-full")
+
+
+def cache_root() -> Path:
+    root = os.environ.get("NANSEARCH_CACHE") or Path.home() / ".cache" / "nansearch"
+    return Path(root) / f"demo-{VERSION}"
+
+
+def opt_config():
+    from transformers import OPTConfig
+
+    return OPTConfig(
+        vocab_size=512,
+        hidden_size=128,
+        num_hidden_layers=2,
+        ffn_dim=512,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=128,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
+
+
+def train_opt(steps: int = 300, seed: int = 0):
+    """A small OPT trained on the arithmetic-progression corpus until it predicts it."""
+    from transformers import OPTForCausalLM
+
+    from nansearch.targets._base import corpus_batch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = OPTForCausalLM(opt_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        ids = corpus_batch(generator, 16, 32, model.config.vocab_size)
+        loss = model(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    log.info("demo OPT trained for %d steps, final loss %.3f", steps, loss.item())
+    return model.eval()
+
+
+def blip2_around(language_model):
+    """A full BLIP-2 model whose language model is ``language_model``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    text = language_model.config
+    config = Blip2Config(
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=128,
+            encoder_hidden_size=64,
+            vocab_size=text.vocab_size,
+        ),
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        image_token_index=text.vocab_size - 1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = Blip2ForConditionalGeneration(config)
+    model.language_model.load_state_dict(language_model.state_dict())
+    return model
+
+
+def build(root: Path) -> None:
+    opt = train_opt()
+    blip2 = blip2_around(opt)
+    opt.save_pretrained(root / "opt-lm")
+    blip2.save_pretrained(root / "blip2-full")
+
+
+def demo_checkpoint(name: str) -> Path:
+    """The folder of demo checkpoint ``name``, built on first use."""
+    if name not in NAMES:
+        from nansearch.config import NansearchError
+
+        raise NansearchError(
+            f"demo:{name}: no such demo checkpoint; valid: " + ", ".join(f"demo:{n}" for n in NAMES)
+        )
+    root = cache_root()
+    if not all((root / n / "config.json").exists() for n in NAMES):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+        log.info("building the demo checkpoints in %s (once)", root)
+        build(staging)
+        try:
+            staging.rename(root)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+    return root / name

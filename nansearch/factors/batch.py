@@ -1,0 +1,145 @@
+"""The batch factor: the clean batch, or a real perturbation of it.
+
+| level                | what it does                                                  | NAN_CAUSES |
+|----------------------|---------------------------------------------------------------|------------|
+| `clean`              | the target's own batch                                        |            |
+| `labels-all-ignored` | every label is -100: mean cross-entropy over no token is 0/0  | row 7      |
+| `padded-row`         | the first row is all padding: its attention mask is all zero  | row 6      |
+| `nan-input`          | a patch of NaN in every float input (pixel values)            | row 8      |
+| `vocab-edge-ids`     | half of each row uses the last ids of the vocabulary, rows the data never trained |  |
+| `long-sequence`      | rows as long as the model's positions allow                   |            |
+| `out-of-range-ids`   | one id equal to the vocabulary size (an error, not a NaN)     |            |
+
+Levels named under ``factors.batch.files`` replace the batch with the tensors of a
+``.safetensors`` file (or a ``.pt`` file read with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from nansearch.config import BatchFactor as BatchConfig
+from nansearch.config import NansearchError
+from nansearch.factors._base import CategoricalFactor, LevelFn, LevelNotApplicable, TrialSetup
+
+
+def _clean(setup: TrialSetup) -> None:
+    pass
+
+
+def _labels_all_ignored(setup: TrialSetup) -> None:
+    setup.batch["labels"] = torch.full_like(setup.batch["labels"], -100)
+
+
+def _padded_row(setup: TrialSetup) -> None:
+    batch = setup.batch
+    config = getattr(setup.model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    pad = getattr(config, "pad_token_id", None)
+    batch["attention_mask"][0] = 0
+    if pad is not None:
+        batch["input_ids"][0] = pad
+    if "labels" in batch:
+        batch["labels"][0] = -100
+
+
+def _nan_input(setup: TrialSetup) -> None:
+    floats = [k for k, v in setup.batch.items() if v.is_floating_point()]
+    if not floats:
+        raise LevelNotApplicable(
+            "batch level 'nan-input' needs a float input such as pixel_values; "
+            f"this target's batch has only {', '.join(setup.batch)}"
+        )
+    for key in floats:
+        value = setup.batch[key]
+        patch = value[0].view(-1)
+        patch[: max(1, patch.numel() // 16)] = float("nan")
+
+
+def _vocab_edge_ids(setup: TrialSetup) -> None:
+    vocab = setup.target.vocab_size(setup.model)
+    if vocab is None:
+        raise LevelNotApplicable(
+            "batch level 'vocab-edge-ids' needs a model config with vocab_size"
+        )
+    ids = setup.batch["input_ids"]
+    half = ids.shape[1] // 2
+    edge = torch.arange(vocab - 1, vocab - 1 - (ids.shape[1] - half), -1).clamp_min(0)
+    ids[:, half:] = edge
+    if "labels" in setup.batch:
+        labels = setup.batch["labels"]
+        keep = labels[:, half:] != -100
+        labels[:, half:] = torch.where(keep, edge.expand_as(labels[:, half:]), labels[:, half:])
+
+
+def _long_sequence(setup: TrialSetup) -> None:
+    positions = setup.target.max_positions(setup.model)
+    current = setup.batch["input_ids"].shape[1]
+    length = positions if positions else 4 * current
+    setup.batch = setup.target.lengthen(setup.model, setup.batch, length, setup.generator)
+
+
+def _out_of_range_ids(setup: TrialSetup) -> None:
+    vocab = setup.target.vocab_size(setup.model)
+    if vocab is None:
+        raise LevelNotApplicable("batch level 'out-of-range-ids' needs a config with vocab_size")
+    setup.batch["input_ids"][0, -1] = vocab
+
+
+def load_batch_file(path: str) -> dict[str, torch.Tensor]:
+    """Tensors from a batch file: safetensors, or a weights-only torch pickle."""
+    file = Path(path)
+    if not file.is_file():
+        raise NansearchError(f"batch file {path}: no such file")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise NansearchError(f"batch file {path}: cannot be read safely: {exc}") from None
+    if not isinstance(data, dict) or not all(torch.is_tensor(v) for v in data.values()):
+        raise NansearchError(f"batch file {path}: must hold a dict of tensors")
+    return data
+
+
+class BatchFactor(CategoricalFactor):
+    name = "batch"
+    stage = "batch"
+    LEVELS: ClassVar[dict[str, LevelFn]] = {
+        "clean": _clean,
+        "labels-all-ignored": _labels_all_ignored,
+        "padded-row": _padded_row,
+        "nan-input": _nan_input,
+        "vocab-edge-ids": _vocab_edge_ids,
+        "long-sequence": _long_sequence,
+        "out-of-range-ids": _out_of_range_ids,
+    }
+
+    def __init__(self, cfg: BatchConfig):
+        self.files = dict(cfg.files)
+        super().__init__(list(cfg.levels) + [n for n in self.files if n not in cfg.levels])
+
+    def apply(self, setup: TrialSetup, value: str) -> None:
+        if value in self.files:
+            setup.batch = load_batch_file(self.files[value])
+        else:
+            super().apply(setup, value)
+
+    def check(self) -> list[str]:
+        problems = []
+        for name, path in self.files.items():
+            if not Path(path).is_file():
+                problems.append(f"factors.batch.files.{name}={path!r}: no such file")
+        known = dict(self.LEVELS, **dict.fromkeys(self.files))
+        for level in self.chosen:
+            if level not in known:
+                problems.append(
+                    f"factors.batch.levels: {level!r} is not a batch level; valid levels are "
+                    f"{', '.join(sorted(known))} (or a name under factors.batch.files)"
+                )
+        return problems

@@ -1,0 +1,251 @@
+"""The trial runner: a short, seeded training run that stops at the first non-finite value.
+
+Detection is cheap on purpose: each step gathers the max |logit|, the loss, the gradient
+norm and the parameter norm on the device and reads them back to the host together,
+once. A NaN or Inf anywhere propagates into those reductions, so one read per step
+sees it. There is no hook and no host sync per module; localization is the job of
+``nansearch rerun``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from nansearch.config import NansearchError, OptimizerConfig, SweepConfig
+from nansearch.factors import Factor, TrialSetup
+from nansearch.factors._base import STAGES
+from nansearch.targets import CheckpointCache, Target
+
+OUTCOMES = (
+    "finite",
+    "nonfinite-logits",
+    "nonfinite-loss",
+    "nonfinite-grad",
+    "nonfinite-params",
+    "error",
+)
+NONFINITE = OUTCOMES[1:5]
+
+
+@dataclass
+class TrialResult:
+    """What one trial did: the outcome, when it went wrong, and the per-step trail."""
+
+    params: dict[str, Any]
+    seed: int
+    steps: int
+    outcome: str = "finite"
+    first_bad_step: int | None = None
+    loss: list[float] = field(default_factory=list)
+    logit_absmax: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    skipped_steps: int = 0  # amp-fp16: steps the GradScaler skipped for an overflow
+    score: float | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    compute_dtype: str = "float32"
+    error: str | None = None
+    number: int | None = None
+    phase: str = "search"
+
+    @property
+    def is_nan(self) -> bool:
+        return self.outcome in NONFINITE
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict: non-finite numbers become the strings "nan", "inf", "-inf"."""
+        return {key: _json_safe(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialResult:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("loss", "logit_absmax", "grad_norm"):
+            known[key] = [float(v) for v in known.get(key, [])]
+        return cls(**known)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def instability_score(result: TrialResult) -> float | None:
+    """1 or more for a non-finite run (earlier failure higher); below 1 for a finite run.
+
+    A finite run scores by how close its largest logit came to the compute dtype's
+    maximum, on a log scale, so the sampler is drawn toward the edge of the range.
+    """
+    if result.outcome == "error":
+        return None
+    if result.is_nan:
+        return 1.0 + (result.steps - result.first_bad_step) / result.steps
+    peak = max((v for v in result.logit_absmax if math.isfinite(v)), default=0.0)
+    limit = torch.finfo(getattr(torch, result.compute_dtype)).max
+    return min(0.999, math.log1p(peak) / math.log1p(limit))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise NansearchError("device=cuda: no CUDA device is visible; use device=auto or cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def make_optimizer(params, lr: float, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(())
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+class TrialRunner:
+    """Builds and runs trials in one process; checkpoints are read once and copied."""
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        factors: list[Factor],
+        target: Target,
+        device: torch.device | None = None,
+    ):
+        self.cfg = cfg
+        self.factors = factors
+        self.target = target
+        self.device = device or pick_device(cfg.device)
+        self.cache = CheckpointCache(target)
+
+    def prepare(self, params: dict[str, Any], seed: int) -> TrialSetup:
+        """The trial's model, batch and settings, shaped by every factor in stage order."""
+        generator = torch.Generator().manual_seed(seed)
+        setup = TrialSetup(target=self.target, cache=self.cache, generator=generator)
+        batch_stage = STAGES.index("batch")
+        for factor in self.factors:
+            if setup.batch is None and STAGES.index(factor.stage) >= batch_stage:
+                setup.batch = self._clean_batch(setup)
+            factor.apply(setup, params[factor.name])
+        if setup.batch is None:
+            setup.batch = self._clean_batch(setup)
+        return setup
+
+    def _clean_batch(self, setup: TrialSetup) -> dict[str, torch.Tensor]:
+        loaded = setup.loaded
+        if loaded is not None and loaded.batch is not None:
+            return loaded.batch
+        return self.target.make_batch(setup.model, setup.generator)
+
+    def run(self, params: dict[str, Any], seed: int, steps: int | None = None) -> TrialResult:
+        """Run one trial. Never raises for a failure of the run itself: that is an outcome."""
+        steps = steps or self.cfg.steps
+        result = TrialResult(params=dict(params), seed=seed, steps=steps, device=str(self.device))
+        start = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                setup = self.prepare(params, seed)
+                train(setup, result, steps, self.cfg.optimizer, self.device)
+        except KeyboardInterrupt:
+            raise
+        except NansearchError as exc:
+            result.outcome, result.error = "error", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the run's own failure, e.g. out of memory
+            result.outcome = "error"
+            result.error = f"{type(exc).__name__}: {exc}"
+            result.error += "\n" + "".join(traceback.format_exception(exc, limit=-3))[-1500:]
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        result.seconds = time.perf_counter() - start
+        result.score = instability_score(result)
+        return result
+
+
+def train(
+    setup: TrialSetup,
+    result: TrialResult,
+    steps: int,
+    opt_cfg: OptimizerConfig,
+    device: torch.device,
+) -> None:
+    """The training loop, writing into ``result``; stops at the first non-finite value."""
+    model = setup.model.to(device)
+    model.train()
+    pure = setup.autocast_dtype is None
+    batch = {
+        key: value.to(device=device, dtype=setup.param_dtype)
+        if value.is_floating_point() and pure
+        else value.to(device)
+        for key, value in setup.batch.items()
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, setup.lr, opt_cfg)
+    scaler = torch.amp.GradScaler(device.type) if setup.grad_scaler else None
+    autocast = (
+        torch.autocast(device.type, dtype=setup.autocast_dtype)
+        if setup.autocast_dtype
+        else nullcontext()
+    )
+    result.compute_dtype = str(setup.autocast_dtype or setup.param_dtype).removeprefix("torch.")
+    forward = setup.target.forward
+
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits, loss = forward(model, batch)
+        logit_absmax = logits.detach().abs().amax().float()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scale = scaler.get_scale()
+            scaler.unscale_(optimizer)
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_norm = _total_norm(grads)
+        if scaler:
+            scaler.step(optimizer)  # skips the update when a gradient overflowed
+            scaler.update()
+        else:
+            optimizer.step()
+        param_norm = _total_norm([p.detach() for p in params])
+        # the one host read of the step
+        values = torch.stack([logit_absmax, loss.detach().float(), grad_norm, param_norm])
+        logit_v, loss_v, grad_v, param_v = values.tolist()
+        result.logit_absmax.append(logit_v)
+        result.loss.append(loss_v)
+        result.grad_norm.append(grad_v)
+
+        bad = None
+        if not math.isfinite(logit_v):
+            bad = "nonfinite-logits"
+        elif not math.isfinite(loss_v):
+            bad = "nonfinite-loss"
+        elif not math.isfinite(grad_v):
+            # Under a GradScaler an overflow is routine: the step is skipped and the
+            # scale halves. It is a failure once the scale has reached its floor.
+            if scaler is None or scale <= opt_cfg.min_loss_scale:
+                bad = "nonfinite-grad"
+            else:
+                result.skipped_steps += 1
+        if bad is None and not math.isfinite(param_v):
+            bad = "nonfinite-params"
+        if bad:
+            result.outcome, result.first_bad_step = bad, step
+            return

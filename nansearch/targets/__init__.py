@@ -1,0 +1,23 @@
+"""Targets: what a trial trains."""
+
+from nansearch.config import NansearchError, TargetConfig
+from nansearch.targets._base import CheckpointCache, Loaded, Target
+
+
+def build_target(cfg: TargetConfig) -> Target:
+    if cfg.kind == "causal-lm":
+        from nansearch.targets.causal_lm import CausalLMTarget
+
+        return CausalLMTarget(cfg)
+    if cfg.kind == "blip2":
+        from nansearch.targets.blip2 import Blip2Target
+
+        return Blip2Target(cfg)
+    if cfg.kind == "custom":
+        from nansearch.targets.custom import CustomTarget
+
+        return CustomTarget(cfg)
+    raise NansearchError(f"target.kind={cfg.kind!r}: valid values are causal-lm, blip2, custom")
+
+
+__all__ = ["CheckpointCache", "Loaded", "Target", "build_target"]

@@ -1,0 +1,117 @@
+"""What a target is: something that loads a checkpoint, makes a clean batch and runs forward."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Loaded:
+    """A model as a checkpoint gave it, with what the load reported."""
+
+    model: nn.Module
+    checkpoint: str
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched_keys: list[str] = field(default_factory=list)
+    batch: dict[str, torch.Tensor] | None = None  # a batch that came with the checkpoint
+
+
+class Target(ABC):
+    """A thing to train. Implementations live one per file in this package."""
+
+    name: str = "target"
+
+    @abstractmethod
+    def load(self, checkpoint: str) -> Loaded:
+        """Read ``checkpoint`` into a model on the CPU, in float32."""
+
+    @abstractmethod
+    def make_batch(self, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A clean training batch for ``model``, drawn from ``generator``."""
+
+    def lengthen(
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        length: int,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """The batch with its token rows stretched to ``length`` by repetition."""
+        reps = -(-length // batch["input_ids"].shape[1])
+        return {
+            key: value.repeat(1, reps)[:, :length]
+            if value.dim() == 2 and not value.is_floating_point()
+            else value
+            for key, value in batch.items()
+        }
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        """Return ``(logits, loss)`` for one training step."""
+        out = model(**batch)
+        return out.logits, out.loss
+
+    def max_positions(self, model: nn.Module) -> int | None:
+        """The longest sequence the model accepts, when it says."""
+        config = getattr(model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+    def vocab_size(self, model: nn.Module) -> int | None:
+        config = getattr(model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        value = getattr(config, "vocab_size", None)
+        return value if isinstance(value, int) else None
+
+
+class CheckpointCache:
+    """Reads each checkpoint from disk once per process and hands out copies."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._loaded: dict[str, Loaded] = {}
+
+    def get(self, checkpoint: str) -> Loaded:
+        if checkpoint not in self._loaded:
+            self._loaded[checkpoint] = self.target.load(checkpoint)
+        original = self._loaded[checkpoint]
+        return Loaded(
+            model=copy.deepcopy(original.model),
+            checkpoint=original.checkpoint,
+            missing_keys=list(original.missing_keys),
+            unexpected_keys=list(original.unexpected_keys),
+            mismatched_keys=list(original.mismatched_keys),
+            batch=None
+            if original.batch is None
+            else {k: v.clone() for k, v in original.batch.items()},
+        )
+
+
+def corpus_batch(
+    generator: torch.Generator, batch_size: int, seq_len: int, vocab: int, offset: int = 4
+) -> torch.Tensor:
+    """Token ids from a small learnable corpus: arithmetic progressions over 256 ids.
+
+    Ids start at ``offset`` (below it sit the special tokens) and stay under
+    ``offset + 256``, so a larger vocabulary keeps rows that the corpus never trains,
+    as real checkpoints do.
+    """
+    span = max(2, min(256, vocab - offset))
+    start = torch.randint(0, span, (batch_size, 1), generator=generator)
+    stride = torch.randint(1, 8, (batch_size, 1), generator=generator)
+    position = torch.arange(seq_len).unsqueeze(0)
+    return offset + (start + stride * position) % span
+
+
+def options_get(options: dict[str, Any], key: str, default: Any) -> Any:
+    return options.get(key, default) if options else default

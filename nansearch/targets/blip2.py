@@ -1,0 +1,62 @@
+"""A BLIP-2 style image+text model, trained on a VQA-style batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Blip2ForConditionalGeneration
+
+from nansearch.config import TargetConfig
+from nansearch.targets._base import Loaded, Target, corpus_batch
+from nansearch.targets.loading import resolve_checkpoint
+
+
+class Blip2Target(Target):
+    name = "blip2"
+
+    def __init__(self, cfg: TargetConfig):
+        self.cfg = cfg
+
+    def load(self, checkpoint: str) -> Loaded:
+        kwargs = {"output_loading_info": True, "dtype": torch.float32}
+        if self.cfg.attn_implementation:
+            kwargs["attn_implementation"] = self.cfg.attn_implementation
+        model, info = Blip2ForConditionalGeneration.from_pretrained(
+            resolve_checkpoint(checkpoint), **kwargs
+        )
+        return Loaded(
+            model=model,
+            checkpoint=checkpoint,
+            missing_keys=sorted(info.get("missing_keys", [])),
+            unexpected_keys=sorted(info.get("unexpected_keys", [])),
+        )
+
+    def make_batch(
+        self, model: nn.Module, generator: torch.Generator, seq_len: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        vision = model.config.vision_config
+        size = vision.image_size
+        pixels = torch.randn(self.cfg.batch_size, 3, size, size, generator=generator)
+        vocab = self.vocab_size(model) or 260
+        # question and answer tokens after the image's query tokens
+        ids = corpus_batch(generator, self.cfg.batch_size, seq_len or self.cfg.seq_len, vocab)
+        image_token = getattr(model.config, "image_token_id", None) or getattr(
+            model.config, "image_token_index", None
+        )
+        n_query = model.config.num_query_tokens
+        if image_token is not None:
+            prefix = torch.full((ids.shape[0], n_query), image_token, dtype=ids.dtype)
+            ids = torch.cat([prefix, ids], dim=1)
+        labels = ids.clone()
+        if image_token is not None:
+            labels[:, :n_query] = -100
+        return {
+            "pixel_values": pixels,
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": labels,
+        }
+
+    def lengthen(self, model, batch, length, generator):
+        # the image's query tokens take their share of the language model's positions
+        return self.make_batch(model, generator, seq_len=length - model.config.num_query_tokens)

@@ -1,0 +1,62 @@
+"""A Hugging Face causal language model, loaded the way the user's code loads it."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from torch import nn
+
+from nansearch.config import NansearchError, TargetConfig
+from nansearch.targets._base import Loaded, Target, corpus_batch
+from nansearch.targets.loading import resolve_checkpoint
+
+
+def model_class(name: str):
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise NansearchError(
+            f"target.model_class={name!r}: not a transformers model class "
+            "(for example AutoModelForCausalLM or OPTForCausalLM)"
+        )
+    return cls
+
+
+class CausalLMTarget(Target):
+    name = "causal-lm"
+
+    def __init__(self, cfg: TargetConfig):
+        self.cfg = cfg
+        self.cls = model_class(cfg.model_class)
+
+    def load(self, checkpoint: str) -> Loaded:
+        path = resolve_checkpoint(checkpoint)
+        kwargs = {"output_loading_info": True, "dtype": torch.float32, "use_safetensors": None}
+        if self.cfg.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        if self.cfg.attn_implementation:
+            kwargs["attn_implementation"] = self.cfg.attn_implementation
+        model, info = self.cls.from_pretrained(path, **kwargs)
+        return Loaded(
+            model=model,
+            checkpoint=checkpoint,
+            missing_keys=sorted(info.get("missing_keys", [])),
+            unexpected_keys=sorted(info.get("unexpected_keys", [])),
+            mismatched_keys=sorted(
+                str(k[0]) if isinstance(k, tuple) else str(k)
+                for k in info.get("mismatched_keys", [])
+            ),
+        )
+
+    def make_batch(
+        self, model: nn.Module, generator: torch.Generator, seq_len: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        vocab = self.vocab_size(model) or 260
+        ids = corpus_batch(generator, self.cfg.batch_size, seq_len or self.cfg.seq_len, vocab)
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": ids.clone(),
+        }
+
+    def lengthen(self, model, batch, length, generator):
+        return self.make_batch(model, generator, seq_len=length)

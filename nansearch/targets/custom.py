@@ -1,0 +1,85 @@
+"""A user's own training code, named as ``package.module:function`` or ``file.py:function``.
+
+The function is called as ``function(checkpoint, options)`` and returns ``(model, batch)``:
+a ``torch.nn.Module`` in float32 and a dict of tensors. ``model(**batch)`` must return
+the logits (a tensor, or an object or dict with ``logits``), and the loss as ``loss`` when
+it computes one; otherwise nansearch takes the cross-entropy against ``batch["labels"]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nansearch.config import NansearchError, TargetConfig
+from nansearch.targets._base import Loaded, Target
+
+
+def import_callable(spec: str, what: str):
+    """Resolve ``package.module:name`` or ``path/to/file.py:name``."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise NansearchError(
+            f"{what}={spec!r}: write it as 'package.module:function' or 'path/to/file.py:function'"
+        )
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise NansearchError(f"{what}={spec!r}: no such file {path}")
+        name = f"nansearch_user_{path.stem}"
+        module = sys.modules.get(name)
+        if module is None or getattr(module, "__file__", None) != str(path.resolve()):
+            loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise NansearchError(f"{what}={spec!r}: cannot import {module_name}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise NansearchError(f"{what}={spec!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+class CustomTarget(Target):
+    name = "custom"
+
+    def __init__(self, cfg: TargetConfig):
+        self.cfg = cfg
+        self.fn = import_callable(cfg.fn, "target.fn")
+
+    def load(self, checkpoint: str) -> Loaded:
+        built = self.fn(checkpoint, dict(self.cfg.options))
+        if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
+            raise NansearchError(
+                f"target.fn={self.cfg.fn!r} must return (model, batch), got {type(built).__name__}"
+            )
+        model, batch = built
+        return Loaded(model=model, checkpoint=checkpoint, batch=dict(batch))
+
+    def make_batch(self, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NansearchError("a custom target's batch comes from target.fn")
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        out = model(**batch)
+        logits = (
+            out
+            if torch.is_tensor(out)
+            else (out["logits"] if isinstance(out, dict) else out.logits)
+        )
+        loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+        if loss is None:
+            labels = batch["labels"]
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+            )
+        return logits, loss

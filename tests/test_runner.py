@@ -1,0 +1,70 @@
+"""The trial runner on the demo's real checkpoints: real mechanisms, real outcomes."""
+
+import math
+
+import pytest
+
+from nansearch.config import load_config
+from nansearch.factors import build_factors
+from nansearch.runner import TrialRunner, instability_score
+from nansearch.targets import build_target
+from tests.conftest import DEMO
+
+BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    cfg = load_config(DEMO, ["steps=8"])
+    return TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+
+
+def test_pure_fp16_adam_goes_nonfinite_within_the_first_steps(runner):
+    result = runner.run({**BASE, "dtype": "fp16"}, seed=0)
+    assert result.is_nan
+    assert result.first_bad_step <= 2
+    # Adam's eps=1e-8 is 0 in fp16: the first update divides 0 by 0
+    assert (result.outcome, result.first_bad_step) == ("nonfinite-params", 0)
+
+
+def test_fp32_at_a_sane_lr_stays_finite(runner):
+    result = runner.run({**BASE}, seed=0)
+    assert result.outcome == "finite"
+    assert len(result.loss) == 8 and all(math.isfinite(v) for v in result.loss)
+    assert result.loss[-1] < result.loss[0]
+    assert 0 <= result.score < 1
+
+
+def test_missing_weights_left_uninitialized_give_nan_logits_at_step_0(runner):
+    result = runner.run(
+        {**BASE, "checkpoint": "blip2-full", "init": "uninitialized-missing"}, seed=0
+    )
+    assert (result.outcome, result.first_bad_step) == ("nonfinite-logits", 0)
+    assert result.score == 2.0
+
+
+def test_high_lr_overflows_fp16_autocast_but_not_fp32(runner):
+    hot = {**BASE, "lr": 1.0}
+    assert runner.run({**hot, "dtype": "amp-fp16"}, seed=0).outcome == "nonfinite-logits"
+    assert runner.run(hot, seed=0).outcome == "finite"
+
+
+def test_same_seed_same_trial_on_cpu(runner):
+    a = runner.run({**BASE, "lr": 0.05}, seed=3)
+    b = runner.run({**BASE, "lr": 0.05}, seed=3)
+    assert a.loss == b.loss and a.grad_norm == b.grad_norm and a.score == b.score
+
+
+def test_checkpoint_is_read_once_and_copied(runner):
+    runner.run(BASE, seed=0)
+    loaded = dict(runner.cache._loaded)
+    first = runner.cache.get(loaded and runner.factors[0].paths["opt-lm"])
+    second = runner.cache.get(runner.factors[0].paths["opt-lm"])
+    assert first.model is not second.model
+    assert runner.cache._loaded.keys() == loaded.keys()
+
+
+def test_score_orders_failures_before_finite_runs(runner):
+    early = runner.run({**BASE, "dtype": "fp16"}, seed=0)
+    finite = runner.run(BASE, seed=0)
+    assert instability_score(early) >= 1 > instability_score(finite)

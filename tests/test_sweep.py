@@ -1,0 +1,112 @@
+"""Whole sweeps: files written, crashes recorded, resume, custom targets."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from nansearch.commands.sweep import sweep
+from nansearch.config import NansearchError, load_config
+from nansearch.factors import build_factors
+from nansearch.search import cover_plan
+from tests.conftest import CUSTOM, DEMO, REPO, demo_overrides
+
+
+def test_demo_sweep_writes_the_study_folder(tmp_path):
+    outcome = sweep(DEMO, demo_overrides(trials=12))
+    folder = tmp_path / "runs" / "t"
+    for name in ("trials.jsonl", "ranking.json", "config.yaml", "optuna-journal.log"):
+        assert (folder / name).is_file(), name
+    lines = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    assert [line["number"] for line in lines] == list(range(12))
+    assert {"number", "params", "outcome", "first_bad_step", "score"} <= set(lines[0])
+    ranking = json.loads((folder / "ranking.json").read_text())
+    assert {f["name"] for f in ranking["factors"]} == {"checkpoint", "dtype", "lr", "init", "batch"}
+    level = ranking["factors"][0]["levels"][0]
+    assert {"value", "nan", "total", "rate", "ci_low", "ci_high"} <= set(level)
+    effects = [f["effect"] for f in ranking["factors"]]
+    assert effects == sorted(effects, reverse=True)
+    assert sum(line["outcome"] != "finite" for line in lines) == ranking["nan"] + ranking["errors"]
+    assert outcome.ranking["trials"] == 12
+    assert "trials: 12" in (folder / "config.yaml").read_text()
+
+
+def test_first_trials_cover_every_level_evenly():
+    cfg = load_config(DEMO)
+    plan = cover_plan(build_factors(cfg), 20, seed=0)
+    for name, levels in [("dtype", cfg.factors.dtype.levels), ("batch", cfg.factors.batch.levels)]:
+        counts = [sum(p[name] == level for p in plan) for level in levels]
+        assert counts == [20 // len(levels)] * len(levels)
+    lrs = sorted(p["lr"] for p in plan)
+    assert lrs[0] < 10 * cfg.factors.lr.low and lrs[-1] > cfg.factors.lr.high / 10
+
+
+def test_a_trial_that_raises_is_recorded_and_the_sweep_completes(tmp_path):
+    sweep(
+        DEMO,
+        demo_overrides(
+            trials=8, **{"factors.batch.levels": "[clean,out-of-range-ids]", "search.cover": 8}
+        ),
+    )
+    lines = [
+        json.loads(line) for line in (tmp_path / "runs/t/trials.jsonl").read_text().splitlines()
+    ]
+    errors = [line for line in lines if line["outcome"] == "error"]
+    assert len(lines) == 8 and len(errors) == 4
+    assert all(line["params"]["batch"] == "out-of-range-ids" for line in errors)
+    assert all("IndexError" in line["error"] for line in errors)
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/t/optuna-journal.log"))
+        ),
+    )
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 4
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+
+
+def test_resume_continues_the_trial_count(tmp_path):
+    sweep(DEMO, demo_overrides(trials=5))
+    with pytest.raises(NansearchError, match=r"already exists.*--resume"):
+        sweep(DEMO, demo_overrides(trials=8))
+    outcome = sweep(DEMO, demo_overrides(trials=8), resume=True)
+    assert [r.number for r in outcome.results] == list(range(8))
+    lines = (tmp_path / "runs/t/trials.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+
+
+def test_custom_target_from_a_file_path_runs_in_a_sweep(tmp_path):
+    outcome = sweep(
+        CUSTOM,
+        [
+            "out=runs",
+            "trials=9",
+            "steps=3",
+            "tracking.wandb=off",
+            "factors.dtype.levels=[fp32]",
+            f"target.fn={REPO}/sweeps/custom_target.py:build",
+        ],
+    )
+    by_batch = {}
+    for r in outcome.results:
+        by_batch.setdefault(r.params["batch"], set()).add(r.outcome)
+    # its hand-written attention masks with -inf: an all-padding row is 0/0 in softmax
+    assert by_batch["padded-row"] == {"nonfinite-logits"}
+    assert by_batch["clean"] == {"finite"}
+    assert by_batch["labels-all-ignored"] == {"nonfinite-loss"}
+
+
+def test_make_style_cli_run_prints_the_ranking(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nansearch", "sweep", DEMO, *demo_overrides(trials=4, steps=2)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rank factor" in proc.stdout and "ranking" in proc.stdout
+    assert "4/4" in proc.stderr  # the progress bar reached the budget
