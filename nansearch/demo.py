@@ -26,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-VERSION = "v1"
+VERSION = "v2"
 NAMES = ("opt-lm", "blip2-full")
 
 
@@ -107,6 +107,11 @@ def blip2_around(language_model):
         torch.manual_seed(1)
         model = Blip2ForConditionalGeneration(config)
     model.language_model.load_state_dict(language_model.state_dict())
+    # Query tokens start at zero here; the real checkpoint's are trained. Zero queries
+    # make the Q-Former's LayerNorm divide by a zero deviation (eps 1e-12): gradients
+    # of 1e18 that have nothing to do with the case this demo reproduces.
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(2))
     return model
 
 

@@ -112,9 +112,14 @@ def make_optimizer(params, lr: float, cfg: OptimizerConfig) -> torch.optim.Optim
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together, in float64.
+
+    Squares of large but finite float32 values (1e20 squared) overflow float32, which
+    would report a finite gradient as non-finite; float64 holds them.
+    """
     if not tensors:
-        return torch.zeros(())
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -226,7 +231,7 @@ def train(
             optimizer.step()
         param_norm = _total_norm([p.detach() for p in params])
         # the one host read of the step
-        values = torch.stack([logit_absmax, loss.detach().float(), grad_norm, param_norm])
+        values = torch.stack([logit_absmax.double(), loss.detach().double(), grad_norm, param_norm])
         logit_v, loss_v, grad_v, param_v = values.tolist()
         result.logit_absmax.append(logit_v)
         result.loss.append(loss_v)

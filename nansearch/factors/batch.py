@@ -59,20 +59,33 @@ def _nan_input(setup: TrialSetup) -> None:
         patch[: max(1, patch.numel() // 16)] = float("nan")
 
 
+def _reserved_ids(setup: TrialSetup) -> set[int]:
+    """Ids with a role besides text, such as BLIP-2's image token, that a level must not move."""
+    config = getattr(setup.model, "config", None)
+    return {
+        value
+        for key in ("image_token_id", "image_token_index")
+        if isinstance(value := getattr(config, key, None), int)
+    }
+
+
 def _vocab_edge_ids(setup: TrialSetup) -> None:
     vocab = setup.target.vocab_size(setup.model)
     if vocab is None:
         raise LevelNotApplicable(
             "batch level 'vocab-edge-ids' needs a model config with vocab_size"
         )
-    ids = setup.batch["input_ids"]
-    half = ids.shape[1] // 2
-    edge = torch.arange(vocab - 1, vocab - 1 - (ids.shape[1] - half), -1).clamp_min(0)
-    ids[:, half:] = edge
-    if "labels" in setup.batch:
-        labels = setup.batch["labels"]
-        keep = labels[:, half:] != -100
-        labels[:, half:] = torch.where(keep, edge.expand_as(labels[:, half:]), labels[:, half:])
+    reserved = _reserved_ids(setup)
+    ids, labels = setup.batch["input_ids"], setup.batch.get("labels")
+    text = ~torch.isin(ids, torch.tensor(sorted(reserved), dtype=ids.dtype))
+    top = torch.tensor([i for i in range(vocab - 1, -1, -1) if i not in reserved][: ids.shape[1]])
+    for row in range(ids.shape[0]):
+        positions = text[row].nonzero().squeeze(1)
+        positions = positions[len(positions) // 2 :]  # the second half of the text
+        ids[row, positions] = top[: len(positions)].to(ids.dtype)
+        if labels is not None:
+            kept = positions[labels[row, positions] != -100]
+            labels[row, kept] = ids[row, kept]
 
 
 def _long_sequence(setup: TrialSetup) -> None:
