@@ -10,13 +10,19 @@ from safetensors.torch import load_file
 from transformers import OPTForCausalLM
 
 from nansearch.audit import SEVERITIES, Audit, read_audit, run_audit
-from nansearch.cli import main
+from nansearch.cli import build_parser
 from nansearch.config import load_config
 from nansearch.demo import demo_checkpoint
 from nansearch.factors import build_factors
 from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
 from tests.conftest import DEMO, REPO, demo_overrides
+
+
+def main(argv: list[str]) -> int:
+    """The command line as ``nansearch`` runs it, minus its process-wide logging setup."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 @pytest.fixture(scope="module")
