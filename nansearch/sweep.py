@@ -7,10 +7,12 @@ import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
 from nansearch.ranking import rank
@@ -29,6 +31,7 @@ class SweepOutcome:
     results: list[TrialResult]
     ranking: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    audit: Audit | None = None
 
 
 def import_plugins(plugins: list[str]) -> None:
@@ -66,18 +69,36 @@ def write_ranking(
     return ranking
 
 
+def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) -> Audit:
+    """The audit before the first trial, written to ``audit.json`` and logged."""
+    audit = run_audit(cfg, factors, runner)
+    path = audit.write(cfg.study_dir / AUDIT_FILE)
+    log.info("audit: %s in %.1fs, written to %s", summary(audit), audit.seconds, path)
+    for finding in audit.findings:
+        log.debug("%s %s [%s]: %s", finding.severity, finding.check, finding.subject, finding.found)
+    return audit
+
+
 def run_sweep(
-    cfg: SweepConfig, resume: bool = False, callbacks: SweepCallbacks | None = None
+    cfg: SweepConfig,
+    resume: bool = False,
+    callbacks: SweepCallbacks | None = None,
+    on_audit: Callable[[Audit], None] | None = None,
 ) -> SweepOutcome:
+    """Audit, search, rank. ``on_audit`` hears the audit before the first trial runs."""
     factors, runner = prepare(cfg)
     search = Search(cfg, factors, runner, resume=resume)
+    audit = audit_sweep(cfg, factors, runner)
+    if on_audit is not None:
+        on_audit(audit)
     results = search.run(callbacks)
     ranking = write_ranking(cfg, factors, results, search.dir)
     files = {
         "config": search.dir / "config.yaml",
+        "audit": search.dir / AUDIT_FILE,
         "trials": search.dir / "trials.jsonl",
         "ranking": search.dir / "ranking.json",
     }
     if cfg.storage is None:
         files["storage"] = search.dir / "optuna-journal.log"
-    return SweepOutcome(search.dir, results, ranking, files)
+    return SweepOutcome(search.dir, results, ranking, files, audit)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.ranking import format_table
 from nansearch.runner import TrialResult
@@ -64,12 +65,18 @@ class Progress:
             self.bar.close()
 
 
+def show_audit(audit) -> None:
+    """The audit's findings, printed before the progress bar starts."""
+    print(format_findings(audit), flush=True)
+    print(flush=True)
+
+
 def sweep(sweep_file: str, overrides: list[str], resume: bool = False) -> SweepOutcome:
     cfg = load_config(sweep_file, overrides)
     progress = Progress()
     callbacks = SweepCallbacks(on_start=[progress.start], on_trial=[progress])
     try:
-        return run_sweep(cfg, resume=resume, callbacks=callbacks)
+        return run_sweep(cfg, resume=resume, callbacks=callbacks, on_audit=show_audit)
     finally:
         progress.close()
 

@@ -19,7 +19,7 @@ class CheckpointFactor(Factor):
         return CategoricalDistribution(list(self.paths))
 
     def apply(self, setup: TrialSetup, value: str) -> None:
-        setup.loaded = setup.cache.get(self.paths[value])
+        setup.loaded = setup.cache.get(self.paths[value], level=value)
 
     def check(self) -> list[str]:
         if not self.paths:

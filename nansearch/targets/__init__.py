@@ -2,6 +2,7 @@
 
 from nansearch.config import NansearchError, TargetConfig
 from nansearch.targets._base import CheckpointCache, Loaded, Target
+from nansearch.targets.loading import CheckpointError
 
 
 def build_target(cfg: TargetConfig) -> Target:
@@ -20,4 +21,4 @@ def build_target(cfg: TargetConfig) -> Target:
     raise NansearchError(f"target.kind={cfg.kind!r}: valid values are causal-lm, blip2, custom")
 
 
-__all__ = ["CheckpointCache", "Loaded", "Target", "build_target"]
+__all__ = ["CheckpointCache", "CheckpointError", "Loaded", "Target", "build_target"]

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nansearch.targets.loading import CheckpointError
+
 
 @dataclass
 class Loaded:
@@ -21,6 +23,20 @@ class Loaded:
     unexpected_keys: list[str] = field(default_factory=list)
     mismatched_keys: list[str] = field(default_factory=list)
     batch: dict[str, torch.Tensor] | None = None  # a batch that came with the checkpoint
+
+    @classmethod
+    def from_info(cls, model: nn.Module, checkpoint: str, info: dict[str, Any]) -> Loaded:
+        """From ``from_pretrained(..., output_loading_info=True)``'s model and report."""
+        return cls(
+            model=model,
+            checkpoint=checkpoint,
+            missing_keys=sorted(info.get("missing_keys", [])),
+            unexpected_keys=sorted(info.get("unexpected_keys", [])),
+            mismatched_keys=sorted(
+                str(k[0]) if isinstance(k, tuple) else str(k)
+                for k in info.get("mismatched_keys", [])
+            ),
+        )
 
 
 class Target(ABC):
@@ -75,16 +91,32 @@ class Target(ABC):
 
 
 class CheckpointCache:
-    """Reads each checkpoint from disk once per process and hands out copies."""
+    """Reads each checkpoint from disk once per process and hands out copies.
+
+    A checkpoint that fails to load fails once: the error is kept and raised again for
+    every later trial of that level, naming the level, while the other levels go on.
+    """
 
     def __init__(self, target: Target):
         self.target = target
         self._loaded: dict[str, Loaded] = {}
+        self._failed: dict[str, Exception] = {}
 
-    def get(self, checkpoint: str) -> Loaded:
+    def peek(self, checkpoint: str, level: str | None = None) -> Loaded:
+        """The loaded checkpoint itself, not a copy: for reading, never for training."""
+        if checkpoint in self._failed:
+            raise self._failed[checkpoint]
         if checkpoint not in self._loaded:
-            self._loaded[checkpoint] = self.target.load(checkpoint)
-        original = self._loaded[checkpoint]
+            try:
+                self._loaded[checkpoint] = self.target.load(checkpoint)
+            except CheckpointError as exc:
+                self._failed[checkpoint] = exc.at_level(level) if level else exc
+                raise self._failed[checkpoint] from None
+        return self._loaded[checkpoint]
+
+    def get(self, checkpoint: str, level: str | None = None) -> Loaded:
+        """A copy of the loaded checkpoint that a trial may change."""
+        original = self.peek(checkpoint, level)
         return Loaded(
             model=copy.deepcopy(original.model),
             checkpoint=original.checkpoint,

@@ -8,7 +8,7 @@ from transformers import Blip2ForConditionalGeneration
 
 from nansearch.config import TargetConfig
 from nansearch.targets._base import Loaded, Target, corpus_batch
-from nansearch.targets.loading import resolve_checkpoint
+from nansearch.targets.loading import from_pretrained
 
 
 class Blip2Target(Target):
@@ -18,18 +18,11 @@ class Blip2Target(Target):
         self.cfg = cfg
 
     def load(self, checkpoint: str) -> Loaded:
-        kwargs = {"output_loading_info": True, "dtype": torch.float32}
+        kwargs = {"dtype": torch.float32}
         if self.cfg.attn_implementation:
             kwargs["attn_implementation"] = self.cfg.attn_implementation
-        model, info = Blip2ForConditionalGeneration.from_pretrained(
-            resolve_checkpoint(checkpoint), **kwargs
-        )
-        return Loaded(
-            model=model,
-            checkpoint=checkpoint,
-            missing_keys=sorted(info.get("missing_keys", [])),
-            unexpected_keys=sorted(info.get("unexpected_keys", [])),
-        )
+        model, info = from_pretrained(Blip2ForConditionalGeneration, checkpoint, **kwargs)
+        return Loaded.from_info(model, checkpoint, info)
 
     def make_batch(
         self, model: nn.Module, generator: torch.Generator, seq_len: int | None = None

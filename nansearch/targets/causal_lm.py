@@ -8,7 +8,7 @@ from torch import nn
 
 from nansearch.config import NansearchError, TargetConfig
 from nansearch.targets._base import Loaded, Target, corpus_batch
-from nansearch.targets.loading import resolve_checkpoint
+from nansearch.targets.loading import from_pretrained
 
 
 def model_class(name: str):
@@ -29,23 +29,13 @@ class CausalLMTarget(Target):
         self.cls = model_class(cfg.model_class)
 
     def load(self, checkpoint: str) -> Loaded:
-        path = resolve_checkpoint(checkpoint)
-        kwargs = {"output_loading_info": True, "dtype": torch.float32, "use_safetensors": None}
+        kwargs = {"dtype": torch.float32}
         if self.cfg.trust_remote_code:
             kwargs["trust_remote_code"] = True
         if self.cfg.attn_implementation:
             kwargs["attn_implementation"] = self.cfg.attn_implementation
-        model, info = self.cls.from_pretrained(path, **kwargs)
-        return Loaded(
-            model=model,
-            checkpoint=checkpoint,
-            missing_keys=sorted(info.get("missing_keys", [])),
-            unexpected_keys=sorted(info.get("unexpected_keys", [])),
-            mismatched_keys=sorted(
-                str(k[0]) if isinstance(k, tuple) else str(k)
-                for k in info.get("mismatched_keys", [])
-            ),
-        )
+        model, info = from_pretrained(self.cls, checkpoint, **kwargs)
+        return Loaded.from_info(model, checkpoint, info)
 
     def make_batch(
         self, model: nn.Module, generator: torch.Generator, seq_len: int | None = None
