@@ -274,10 +274,10 @@ class Diagnostics(StepObserver):
         for key, value in (("op_step", op_step), ("anomaly_step", anomaly_step)):
             if value is not None and value < 0:
                 raise ValueError(f"{key}={value}: must be a step number, 0 or more")
-        self._watch = model, optimizer
+        self._given = model, optimizer
         self.op_step = op_step
         self.anomaly_step = anomaly_step
-        self.model: nn.Module | None = None
+        self.model: nn.Module | None = None  # the model watched, kept to inspect afterwards
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
         self.trail: deque[dict[str, Any]] = deque(maxlen=trail)
@@ -302,12 +302,12 @@ class Diagnostics(StepObserver):
         self._grad_finite: list[bool] = []
         self._anomaly = ExitStack()
         self._warnings: list[warnings.WarningMessage] | None = None
-        self._anomaly_from: int | None = None
+        self._anomalous = False  # anomaly mode is on
 
     # -- the context manager ---------------------------------------------------------
 
     def __enter__(self) -> Diagnostics:
-        model, optimizer = self._watch
+        model, optimizer = self._given
         if model is not None:
             self.attach(model, optimizer, None)
         return self
@@ -350,12 +350,12 @@ class Diagnostics(StepObserver):
     def before_forward(self, step: int) -> None:
         self.step = step
         self.trail.clear()
-        self.forward = self.received = None
+        self.forward = self.received = self.grads = None
         self._stack.clear()
         if step == self.op_step and self._handles:
             self._op_watch.enter_context(_OpWatch(self))
-        if self.anomaly_step is not None and step >= self.anomaly_step and not self._warnings:
-            self._anomaly_from = step
+        if self.anomaly_step is not None and step >= self.anomaly_step and not self._anomalous:
+            self._anomalous = True
             self._warnings = self._anomaly.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
             self._anomaly.enter_context(torch.autograd.detect_anomaly(check_nan=True))
@@ -400,7 +400,7 @@ class Diagnostics(StepObserver):
         """Take the backward operation from anomaly mode's error, when its warning was lost."""
         match = _ANOMALY_ERROR.search(message or "")
         if match and self.backward is None:
-            self.backward = BackwardFinding(self._anomaly_from or self.step, match.group(1))
+            self.backward = BackwardFinding(self.step, match.group(1))
 
     def _enter(self, path: str, module: nn.Module, args) -> None:
         self._stack.append(path)
