@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
 from nansearch.runner import TrialResult, TrialRunner
 from nansearch.search import open_storage, read_trials, recorded
+from nansearch.sweep import prepare
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,7 @@ def fresh_seeds(seed: int, count: int) -> list[int]:
 
 def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str, Any]:
     """Rerun one trial with diagnostics, then with fresh seeds; the record to save."""
+    start = time.perf_counter()
     diag = Diagnostics()
     with diag:
         again = runner.run(trial.params, trial.seed, trial.steps, observer=diag)
@@ -168,6 +171,7 @@ def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str
                 {"seed": r.seed, "outcome": r.outcome, "first_bad_step": r.first_bad_step}
                 for r in fresh
             ],
+            "seconds": time.perf_counter() - start,
         }
     )
 
@@ -193,8 +197,6 @@ def rerun_study(
     outcome = RerunOutcome(study_dir)
     if not chosen:
         return outcome
-    from nansearch.sweep import prepare
-
     _, runner = prepare(cfg)
     folder = study_dir / RERUNS
     folder.mkdir(parents=True, exist_ok=True)
