@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from nansearch.config import NansearchError, OptimizerConfig, SweepConfig
 from nansearch.factors import Factor, TrialSetup
@@ -123,6 +124,31 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+class StepObserver:
+    """Sees inside the training loop; ``nansearch rerun`` attaches its diagnostics here.
+
+    Every method is a no-op by default. A trial run without an observer makes no call
+    at all, so detection keeps its one host read per step.
+    """
+
+    def attach(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+    ) -> None:
+        """Called once, before the first step, with what the loop will train."""
+
+    def before_forward(self, step: int) -> None:
+        pass
+
+    def after_forward(self, step: int, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        pass
+
+    def before_update(self, step: int) -> None:
+        """After the backward pass (and the GradScaler's unscaling), before the update."""
+
+    def after_update(self, step: int) -> None:
+        pass
+
+
 class TrialRunner:
     """Builds and runs trials in one process; checkpoints are read once and copied."""
 
@@ -158,7 +184,13 @@ class TrialRunner:
             return loaded.batch
         return self.target.make_batch(setup.model, setup.generator)
 
-    def run(self, params: dict[str, Any], seed: int, steps: int | None = None) -> TrialResult:
+    def run(
+        self,
+        params: dict[str, Any],
+        seed: int,
+        steps: int | None = None,
+        observer: StepObserver | None = None,
+    ) -> TrialResult:
         """Run one trial. Never raises for a failure of the run itself: that is an outcome."""
         steps = steps or self.cfg.steps
         result = TrialResult(params=dict(params), seed=seed, steps=steps, device=str(self.device))
@@ -168,7 +200,7 @@ class TrialRunner:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 setup = self.prepare(params, seed)
-                train(setup, result, steps, self.cfg.optimizer, self.device)
+                train(setup, result, steps, self.cfg.optimizer, self.device, observer)
         except KeyboardInterrupt:
             raise
         except NansearchError as exc:
@@ -191,6 +223,7 @@ def train(
     steps: int,
     opt_cfg: OptimizerConfig,
     device: torch.device,
+    observer: StepObserver | None = None,
 ) -> None:
     """The training loop, writing into ``result``; stops at the first non-finite value."""
     model = setup.model.to(device)
@@ -212,11 +245,17 @@ def train(
     )
     result.compute_dtype = str(setup.autocast_dtype or setup.param_dtype).removeprefix("torch.")
     forward = setup.target.forward
+    if observer is not None:
+        observer.attach(model, optimizer, batch)
 
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
+        if observer is not None:
+            observer.before_forward(step)
         with autocast:
             logits, loss = forward(model, batch)
+        if observer is not None:
+            observer.after_forward(step, logits, loss)
         logit_absmax = logits.detach().abs().amax().float()
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
@@ -224,11 +263,15 @@ def train(
             scaler.unscale_(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = _total_norm(grads)
+        if observer is not None:
+            observer.before_update(step)
         if scaler:
             scaler.step(optimizer)  # skips the update when a gradient overflowed
             scaler.update()
         else:
             optimizer.step()
+        if observer is not None:
+            observer.after_update(step)
         param_norm = _total_norm([p.detach() for p in params])
         # the one host read of the step
         values = torch.stack([logit_absmax.double(), loss.detach().double(), grad_norm, param_norm])

@@ -1,0 +1,390 @@
+"""Rerun the worst trials of a study with diagnostics, and say where each NaN was born.
+
+For each chosen trial:
+
+1. the trial again with its own seed, under :class:`~nansearch.diagnostics.Diagnostics`:
+   does it fail at the same step, the same way (on the CPU it must);
+2. when it failed in the forward or the backward pass, its failing step once more, op by
+   op in the forward pass, in autograd's anomaly mode when the gradient is to blame;
+3. ``seeds`` runs with fresh seeds and no diagnostics: how often the configuration fails.
+
+Each rerun gets one sentence of diagnosis and is saved as
+``<study>/reruns/trial-<n>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nansearch.config import NansearchError, SweepConfig, load_config
+from nansearch.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
+from nansearch.runner import TrialResult, TrialRunner
+from nansearch.search import open_storage, read_trials, recorded
+from nansearch.sweep import prepare
+
+log = logging.getLogger(__name__)
+
+RERUNS = "reruns"
+STAGES = {
+    "nonfinite-logits": "forward",
+    "nonfinite-loss": "loss",
+    "nonfinite-grad": "backward",
+    "nonfinite-params": "optimizer",
+}
+
+RecordCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RerunOutcome:
+    """What a rerun produced, for the command line to print and for tests to check."""
+
+    study_dir: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def open_study(study_dir: Path) -> SweepConfig:
+    """The configuration a finished study ran with."""
+    config = study_dir / "config.yaml"
+    if not config.is_file():
+        parent = study_dir.parent
+        known = sorted(p.parent.name for p in parent.glob("*/config.yaml"))
+        raise NansearchError(
+            f"{study_dir}: no study there (no config.yaml); "
+            + (f"studies under {parent}: {', '.join(known)}" if known else "run a sweep first")
+        )
+    return load_config(config)
+
+
+def latest_study(out: Path) -> str:
+    """The study under ``out`` that changed last."""
+    studies = sorted(out.glob("*/config.yaml"), key=lambda p: p.parent.stat().st_mtime)
+    if not studies:
+        raise NansearchError(f"no study under {out}/: run `nansearch sweep` first")
+    return studies[-1].parent.name
+
+
+def study_trials(cfg: SweepConfig, study_dir: Path) -> list[TrialResult]:
+    """The study's recorded trials: ``trials.jsonl``, or the Optuna storage that holds them."""
+    jsonl = study_dir / "trials.jsonl"
+    if cfg.storage is None and jsonl.is_file():
+        return read_trials(jsonl)
+    import optuna
+
+    storage = open_storage(cfg.storage, study_dir)
+    try:
+        study = optuna.load_study(study_name=cfg.study, storage=storage)
+    except KeyError:
+        raise NansearchError(f"study {cfg.study!r} is not in its storage {cfg.storage}") from None
+    return recorded(study)
+
+
+def select(results: list[TrialResult], top: int, numbers: list[int] | None) -> list[TrialResult]:
+    """The trials named by number, or the ``top`` failing configurations, worst first.
+
+    Failing trials rank by score (earlier failure higher), then by number; a configuration
+    that several trials share is rerun once.
+    """
+    if numbers:
+        by_number = {r.number: r for r in results}
+        for number in numbers:
+            if number not in by_number:
+                valid = f"0 to {max(by_number)}" if by_number else "none yet"
+                raise NansearchError(f"--trial {number}: no such trial (trials: {valid})")
+        return [by_number[n] for n in dict.fromkeys(numbers)]
+    failing = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
+    chosen: list[TrialResult] = []
+    seen: set[str] = set()
+    for result in failing:
+        key = json.dumps(result.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(result)
+    return chosen[:top]
+
+
+def fresh_seeds(seed: int, count: int) -> list[int]:
+    """``count`` seeds drawn from the trial's seed: the same on every rerun, never the trial's."""
+    rng = random.Random(seed)
+    seeds: list[int] = []
+    while len(seeds) < count:
+        candidate = rng.randrange(2**31)
+        if candidate != seed and candidate not in seeds:
+            seeds.append(candidate)
+    return seeds
+
+
+def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str, Any]:
+    """Rerun one trial with diagnostics, then with fresh seeds; the record to save."""
+    start = time.perf_counter()
+    diag = Diagnostics()
+    with diag:
+        again = runner.run(trial.params, trial.seed, trial.steps, observer=diag)
+    deep = None
+    stage = STAGES.get(again.outcome)
+    if stage in ("forward", "backward"):
+        step = again.first_bad_step
+        deep = Diagnostics(
+            op_step=step if stage == "forward" else None,
+            anomaly_step=step if stage == "backward" else None,
+        )
+        with deep:
+            pass_two = runner.run(trial.params, trial.seed, step + 1, observer=deep)
+        deep.explain_error(pass_two.error)
+    stage, module, sentence = diagnose(again, diag, deep)
+    fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
+    op = _op_within(diag.forward, deep) if stage == "forward" else None
+    return _finite(
+        {
+            "trial": trial.number,
+            "params": trial.params,
+            "seed": trial.seed,
+            "diagnosis": sentence,
+            "reproduced": (again.outcome, again.first_bad_step)
+            == (trial.outcome, trial.first_bad_step),
+            "seed_rate": {"nan": sum(r.is_nan for r in fresh), "total": len(fresh)},
+            "first_bad_step": again.first_bad_step,
+            "outcome": again.outcome,
+            "stage": stage,
+            "module": module,
+            "trail": list(diag.trail),
+            "trial_outcome": trial.outcome,
+            "trial_first_bad_step": trial.first_bad_step,
+            "steps": trial.steps,
+            "device": again.device,
+            "compute_dtype": again.compute_dtype,
+            "error": again.error,
+            "op": asdict(op) if op else None,
+            "findings": _findings(diag, deep),
+            "seeds": [
+                {"seed": r.seed, "outcome": r.outcome, "first_bad_step": r.first_bad_step}
+                for r in fresh
+            ],
+            "seconds": time.perf_counter() - start,
+        }
+    )
+
+
+def rerun_study(
+    study_dir: Path,
+    top: int = 3,
+    numbers: list[int] | None = None,
+    seeds: int = 5,
+    on_record: RecordCallback | None = None,
+) -> RerunOutcome:
+    """Rerun the chosen trials of the study in ``study_dir`` and save one record each.
+
+    ``on_record`` hears every record once it is saved (experiment tracking plugs in
+    here); its failures are logged and the rerun goes on.
+    """
+    if top < 1:
+        raise NansearchError(f"--top {top}: rerun at least 1 trial")
+    if seeds < 0:
+        raise NansearchError(f"--seeds {seeds}: the number of fresh seeds must be 0 or more")
+    cfg = open_study(study_dir)
+    chosen = select(study_trials(cfg, study_dir), top, numbers)
+    outcome = RerunOutcome(study_dir)
+    if not chosen:
+        return outcome
+    _, runner = prepare(cfg)
+    folder = study_dir / RERUNS
+    folder.mkdir(parents=True, exist_ok=True)
+    for trial in chosen:
+        log.info("rerunning trial %d with diagnostics", trial.number)
+        record = {"study": cfg.study, **rerun_trial(runner, trial, seeds)}
+        path = folder / f"trial-{trial.number}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        outcome.records.append(record)
+        outcome.files.append(path)
+        if on_record is not None:
+            try:
+                on_record(record)
+            except Exception:  # a tracker must never stop the rerun
+                log.exception("the record callback failed for trial %d", trial.number)
+    return outcome
+
+
+# -- the sentence -----------------------------------------------------------------------
+
+
+def diagnose(
+    result: TrialResult, diag: Diagnostics, deep: Diagnostics | None = None
+) -> tuple[str | None, str | None, str]:
+    """(stage, module, one sentence) for a rerun's result and what its diagnostics saw."""
+    if result.outcome == "error":
+        first = (result.error or "").strip().splitlines()
+        return None, None, f"the rerun ended in an error, not a NaN: {first[0] if first else ''}"
+    if not result.is_nan:
+        return None, None, f"the rerun stayed finite for {result.steps} steps"
+    stage = STAGES[result.outcome]
+    head = f"step {result.first_bad_step}: "
+    if stage == "forward":
+        module, text = _forward(diag, deep)
+    elif stage == "loss":
+        module, text = None, _loss(result, diag)
+    elif stage == "backward":
+        module, text = _backward(diag, deep)
+    else:
+        module, text = _optimizer(diag)
+    return stage, module, head + text
+
+
+def _forward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, str]:
+    if diag.inputs:
+        values = ", ".join(
+            f"{i.key} ({_count(i.nan, i.inf)} of {i.total} values)" for i in diag.inputs
+        )
+        text = f"the batch holds non-finite values in {values}"
+        where = diag.received
+        if where is None:
+            return None, text
+        return (
+            where.module,
+            f"{text}; the first module to receive them is {where.module} ({where.cls})",
+        )
+    found = diag.forward
+    if found is None:
+        return None, "the logits are non-finite, yet no module's output was"
+    op = _op_within(found, deep)
+    reason = f"first non-finite output in {found.module} ({found.cls}): "
+    limit = torch.finfo(getattr(torch, found.dtype)).max
+    if found.weight_nonfinite:
+        return found.module, reason + f"its weights hold {found.weight_nonfinite} non-finite values"
+    if found.rows and set(found.rows) <= set(diag.masked_rows):
+        return found.module, reason + "a row of the attention mask is all zero"
+    if op is not None and op.made == "inf":
+        return found.module, reason + (
+            f"{op.op} overflowed {op.dtype} (max {torch.finfo(getattr(torch, op.dtype)).max:g}) "
+            f"on inputs up to {op.input_absmax:.4g}"
+        )
+    if op is not None and op.input_neginf:
+        return found.module, reason + f"{op.op} over a row that is all -inf is 0/0"
+    if op is not None:
+        return found.module, reason + (
+            f"{op.op} made NaN from finite inputs (up to {op.input_absmax:.4g}) in {op.dtype}"
+        )
+    if found.output_inf:
+        return found.module, reason + (
+            f"values passed the {found.dtype} maximum {limit:g} "
+            f"(inputs up to {found.input_absmax:.4g}, weights up to {found.weight_absmax:.4g})"
+        )
+    return found.module, reason + (
+        f"NaN from finite inputs (up to {found.input_absmax:.4g}) "
+        f"and weights (up to {found.weight_absmax:.4g}) in {found.dtype}"
+    )
+
+
+def _op_within(found: ModuleFinding | None, deep: Diagnostics | None) -> OpFinding | None:
+    """The op that made the first NaN or Inf, when it ran inside the module that gave birth."""
+    op = deep.op if deep is not None else None
+    if op is None or found is None:
+        return None
+    inside = op.module == found.module or op.module.startswith(found.module + ".")
+    return op if inside or found.module == ROOT else None
+
+
+def _loss(result: TrialResult, diag: Diagnostics) -> str:
+    value = result.loss[result.first_bad_step] if result.loss else math.nan
+    word = "NaN" if math.isnan(value) else "Inf"
+    finding = diag.loss
+    if finding is None:
+        return f"the loss is {word} with finite logits"
+    if finding.labels_counted == 0:
+        return f"the loss is {word} with finite logits: every label is ignored (-100)"
+    return f"the loss is {word} with finite logits (max |logit| {finding.logit_absmax:.4g})"
+
+
+def _backward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, str]:
+    grads = diag.grads
+    module = _modules(grads.params)[0] if grads else None
+    backward = deep.backward if deep is not None else None
+    if backward is not None:
+        text = f"the gradient went NaN in {backward.op}, with a finite forward pass and loss"
+        mine = [f for f in backward.frames if "/torch/" not in f["file"]] or backward.frames
+        if mine:
+            frame = mine[-1]
+            text += (
+                f"; the forward code that made it: `{frame['code']}` "
+                f"({Path(frame['file']).name}:{frame['line']})"
+            )
+        return module, text
+    if grads is not None:
+        word = "NaN" if grads.nan else "Inf"
+        return module, (
+            f"gradients of {_who(grads.params, grads.count)} became {word} in the backward pass, "
+            "with a finite forward pass and loss"
+        )
+    return None, "a gradient became non-finite in the backward pass"
+
+
+def _optimizer(diag: Diagnostics) -> tuple[str | None, str]:
+    update = diag.update
+    if update is None:
+        return None, "the parameters are non-finite after the optimizer update"
+    word = "NaN" if update.nan_values else "Inf"
+    if update.eps is not None and update.eps_in_dtype == 0 and update.zero_second_moment:
+        reason = f"{update.optimizer} eps {update.eps:g} is 0 in {update.dtype}"
+    elif update.nonfinite_grad:
+        reason = f"a non-finite gradient reached {update.optimizer}"
+    else:
+        reason = f"the update at lr {update.lr:g} overflowed {update.dtype}"
+    module = _modules(update.params)[0]
+    return module, (
+        f"parameters of {_who(update.params, update.count)} became {word} in the optimizer update: {reason}"
+    )
+
+
+def _modules(params: list[str]) -> list[str]:
+    """Module paths of parameter names, in order, each once."""
+    return list(dict.fromkeys(name.rpartition(".")[0] or name for name in params))
+
+
+def _who(params: list[str], count: int) -> str:
+    """The first parameter's module, and how many more parameters went with it."""
+    first = _modules(params)[0]
+    rest = count - sum(1 for name in params if name.rpartition(".")[0] == first)
+    return first + (f" (and {rest} more parameters)" if rest > 0 else "")
+
+
+def _count(nan: int, inf: int) -> str:
+    parts = [f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _findings(diag: Diagnostics, deep: Diagnostics | None) -> dict[str, Any]:
+    found = {
+        "forward": diag.forward,
+        "received": diag.received,
+        "inputs": diag.inputs,
+        "loss": diag.loss,
+        "grads": diag.grads,
+        "update": diag.update,
+        "backward": deep.backward if deep is not None else None,
+    }
+    return {
+        key: [asdict(v) for v in value] if isinstance(value, list) else asdict(value)
+        for key, value in found.items()
+        if value
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
