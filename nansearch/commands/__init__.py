@@ -1,5 +1,5 @@
 """Subcommands: each module has ``register(subparsers)`` and a function that returns data."""
 
-from nansearch.commands import sweep
+from nansearch.commands import sweep, worker
 
-COMMANDS = [sweep.register]
+COMMANDS = [sweep.register, worker.register]
