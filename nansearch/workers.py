@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from nansearch import trial_queue
 from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
 from nansearch.interrupt import stop_on_interrupt
+from nansearch.runner import TrialResult, pick_device
 from nansearch.search import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
+from nansearch.trial_queue import RESULT_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,6 @@ def run_workers(
     Worker *i* seeds its sampler with ``seed + i``. Returns how many trials they ran
     and whether a Ctrl-C stopped them early.
     """
-    from nansearch.runner import pick_device
-
     pick_device(search.cfg.device)  # device=cuda without a GPU fails here, not in each worker
     prebuild(search.cfg)
     context = multiprocessing.get_context("spawn")
@@ -138,7 +138,6 @@ def run_workers(
         for spec in specs
     ]
     seen = {r.number for r in recorded(search.study)}
-    callbacks.start(len(seen), search.budget)
     exited: set[int] = set()
     with stop_on_interrupt() as interrupt:
         try:
@@ -151,6 +150,7 @@ def run_workers(
                     spec.gpu or "none",
                     spec.threads,
                 )
+            callbacks.start(len(seen), search.budget)
             while True:
                 if interrupt.is_set():
                     stop.set()
@@ -164,11 +164,12 @@ def run_workers(
                     break
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; their trials go back
-            for process in processes:
+            started = [p for p in processes if p.pid is not None]
+            for process in started:
                 process.terminate()
-            for process in processes:
+            for process in started:
                 process.join()
-            trial_queue.fail_orphans(search.study, [p.pid for p in processes])
+            trial_queue.fail_orphans(search.study, [p.pid for p in started])
             raise
     report(search, callbacks, seen)
     if all(p.exitcode == EXIT_USER_ERROR for p in processes):
@@ -193,7 +194,7 @@ def died(search: Search, process: multiprocessing.process.BaseProcess) -> None:
 
 def report(search: Search, callbacks: SweepCallbacks, seen: set[int]) -> None:
     """Tell ``callbacks`` of the trials recorded since the last look."""
-    for result in recorded(search.study):
-        if result.number not in seen:
-            seen.add(result.number)
-            callbacks.trial(result)
+    for trial in search.study.get_trials(deepcopy=False, states=trial_queue.FINISHED):
+        if trial.number not in seen and RESULT_ATTR in trial.user_attrs:
+            seen.add(trial.number)
+            callbacks.trial(TrialResult.from_json(trial.user_attrs[RESULT_ATTR]))

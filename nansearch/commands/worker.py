@@ -7,7 +7,6 @@ storage URL and the study's name. Its trials come out of the study's shared budg
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ from nansearch.commands.sweep import EXIT_INTERRUPTED, print_outcome
 from nansearch.runner import TrialResult
 from nansearch.search import SweepCallbacks, open_storage, shown, stored_config
 from nansearch.sweep import SweepOutcome, run_sweep
-
-log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,9 +57,9 @@ def worker(
 ) -> SweepOutcome:
     """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome."""
     where = shown(storage)
-    cfg = stored_config(open_storage(storage, Path(out)), study, where, [f"out={out}"])
-    # as this machine reaches the storage, with the study's heartbeat settings
-    cfg.storage, cfg.workers = storage, workers
+    overrides = [f"out={out}", f"workers={workers}"]
+    cfg = stored_config(open_storage(storage, Path(out)), study, where, overrides)
+    cfg.storage = storage  # as this machine reaches it; the study's heartbeat settings stay
     return run_sweep(cfg, callbacks=callbacks, join=True)
 
 
