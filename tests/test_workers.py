@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,24 @@ def test_ctrl_c_stops_after_the_running_trial_and_resume_meets_the_budget(tmp_pa
     outcome = sweep(str(path), [], resume=True)
     assert_accounted(load(storage), tmp_path / "runs" / "steady", budget=5)
     assert outcome.complete and outcome.ran_here == 5 - stopped
+
+
+def test_ctrl_c_in_a_one_worker_sweep_records_the_running_trial(tmp_path):
+    path = steady_sweep(tmp_path, trials=3, steps=30)
+    storage = open_storage(None, tmp_path / "runs" / "steady")
+    caught = []
+
+    def press_ctrl_c():
+        caught.append(running_trial_of_a_worker(storage)[0])
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
+    watcher.start()
+    outcome = sweep(str(path), [])
+    watcher.join()
+    assert outcome.interrupted and not outcome.complete
+    assert outcome.results[-1].number == caught[0].number  # recorded, and nothing after it
+    assert not load(storage).get_trials(states=(TrialState.RUNNING,))
 
 
 @pytest.mark.parametrize(
