@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 import warnings
@@ -376,8 +377,15 @@ class Search:
 
 
 def append_trial(result: TrialResult, path: Path) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(trial_line(result)) + "\n")
+    """Append the trial's line in one write, so that workers sharing the file never
+    interleave their lines."""
+    data = (json.dumps(trial_line(result)) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 def write_trials(results: list[TrialResult], path: Path) -> None:
