@@ -107,6 +107,15 @@ class SearchConfig:
 
 
 @dataclass
+class HeartbeatConfig:
+    """How a shared (RDB) storage notices a worker that died: seconds between a running
+    trial's heartbeats, and the silence after which it is failed and run again."""
+
+    interval: int = 10
+    grace: int = 30
+
+
+@dataclass
 class TrackingConfig:
     wandb: str | None = None  # offline | online | off; default online with credentials
     project: str = "nansearch"
@@ -122,6 +131,8 @@ class SweepConfig:
     seed: int = 0
     storage: str | None = None  # any Optuna storage URL; default a journal file
     device: str = "auto"  # auto | cpu | cuda
+    workers: int = 1  # worker processes on this machine, sharing the study and the GPUs
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     plugins: list[str] = field(default_factory=list)  # modules or files that register levels
     target: TargetConfig = field(default_factory=TargetConfig)
     factors: FactorsConfig = field(default_factory=FactorsConfig)
@@ -185,6 +196,13 @@ def _check_values(cfg: SweepConfig) -> list[str]:
         problems.append(f"steps={cfg.steps}: must be at least 1")
     if not cfg.study or "/" in cfg.study or cfg.study.startswith("."):
         problems.append(f"study={cfg.study!r}: must be a plain folder name")
+    if cfg.workers < 1:
+        problems.append(f"workers={cfg.workers}: must be at least 1")
+    if cfg.heartbeat.interval < 1 or cfg.heartbeat.grace <= cfg.heartbeat.interval:
+        problems.append(
+            f"heartbeat: need interval >= 1 and grace > interval (seconds), got "
+            f"interval={cfg.heartbeat.interval}, grace={cfg.heartbeat.grace}"
+        )
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device={cfg.device!r}: valid values are auto, cpu, cuda")
     if cfg.target.kind not in ("causal-lm", "blip2", "custom"):
@@ -262,11 +280,24 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> SweepConfig:
     """Read a sweep: structured defaults, then the YAML file, then ``key=value`` overrides."""
+    data = read_yaml(Path(path)) if path is not None else {}
+    return _build(data, overrides, str(path) if path else "overrides")
+
+
+def config_from_yaml(text: str, source: str, overrides: list[str] = ()) -> SweepConfig:
+    """A configuration written by :func:`to_yaml` (kept in a study's storage), checked again."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(text))
+    except Exception as exc:  # yaml errors come in many classes
+        raise NansearchError(f"{source}: not a valid configuration: {exc}") from None
+    if not isinstance(data, dict):
+        raise NansearchError(f"{source}: not a valid configuration (not a mapping)")
+    return _build(data, overrides, source)
+
+
+def _build(data: dict[str, Any], overrides: list[str], source: str) -> SweepConfig:
     schema = OmegaConf.structured(SweepConfig)
-    problems: list[str] = []
-    source = str(path) if path else "overrides"
-    if path is not None:
-        problems += _merge_each(schema, read_yaml(Path(path)), [])
+    problems = _merge_each(schema, data, [])
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -3,6 +3,9 @@
 The first trials cover every level of every factor evenly (a shuffled balanced design,
 enqueued into the study), so every rate rests on data; then Optuna's sampler steers
 toward instability by maximizing :func:`nansearch.runner.instability_score`.
+
+The budget is a queue of waiting trials in the study itself (:mod:`nansearch.trial_queue`),
+so workers in other processes and on other machines share it through the storage.
 """
 
 from __future__ import annotations
@@ -10,52 +13,123 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 
-from nansearch.config import NansearchError, SweepConfig, save_config
+from nansearch import trial_queue
+from nansearch.config import (
+    HeartbeatConfig,
+    NansearchError,
+    SweepConfig,
+    config_from_yaml,
+    save_config,
+    to_yaml,
+)
 from nansearch.factors import Factor
 from nansearch.ranking import Bins
 from nansearch.runner import TrialResult, TrialRunner
+from nansearch.trial_queue import FINISHED, PHASE_ATTR, RESULT_ATTR
 
 log = logging.getLogger(__name__)
 
-RESULT_ATTR = "result"
+CONFIG_ATTR = "config"  # the study's resolved configuration, as YAML: workers rebuild it
+BUDGET_ATTR = "trials"  # the trial budget shared by every worker
+POLL_SECONDS = 0.5  # how often a worker with nothing queued looks again
+CONNECT_TIMEOUT = 5  # seconds to reach a database server
 
 
-def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None, study_dir: Path, heartbeat: HeartbeatConfig | None = None
+) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; a journal file in the study folder by default.
 
     ``url`` is any Optuna storage URL (``sqlite:///...``, ``postgresql://...``), or a
     journal file as ``journal:PATH`` or a plain path ending in ``.log`` or ``.jsonl``.
+    A database storage records a heartbeat for each running trial, so a trial whose
+    worker died is failed and run again (see :mod:`nansearch.trial_queue`).
     """
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if url is None:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(study_dir / "optuna-journal.log")))
-    if url.startswith("journal:") or url.endswith((".log", ".jsonl")):
-        path = Path(url.removeprefix("journal:"))
+    if url is None or url.startswith("journal:") or url.endswith((".log", ".jsonl")):
+        path = (
+            study_dir / "optuna-journal.log" if url is None else Path(url.removeprefix("journal:"))
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        # absolute: the file lock is a symlink to it, and a relative one would dangle,
+        # so a lock left by a killed worker would never be seen as stale and broken
+        return JournalStorage(JournalFileBackend(str(path.resolve())))
     if "://" not in url:
         raise NansearchError(
             f"storage={url!r}: not a storage URL; use e.g. sqlite:///study.db, "
             "postgresql://user@host/db, or journal:path/to/file.log"
         )
+    heartbeat = heartbeat or HeartbeatConfig()
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                with_installed_driver(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat.interval,
+                grace_period=heartbeat.grace,
+                heartbeat_stale_trial_callback=trial_queue.Requeue(),
+            )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NansearchError(f"storage={url!r}: cannot open it: {first}") from None
+        raise NansearchError(f"storage={shown(url)!r}: cannot open it: {first}") from None
+
+
+def with_installed_driver(url: str) -> str:
+    """A ``postgresql://`` URL names no driver, and SQLAlchemy then wants psycopg 3; use
+    psycopg2 when only that one is installed (``pip install nansearch[postgres]``)."""
+    from importlib.util import find_spec
+
+    scheme, sep, rest = url.partition("://")
+    if scheme == "postgresql" and find_spec("psycopg") is None and find_spec("psycopg2"):
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
+def shown(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def stored_config(
+    storage: optuna.storages.BaseStorage, study: str, where: str, overrides: list[str] = ()
+) -> SweepConfig:
+    """The configuration a sweep stored in its study, for a worker that joins it."""
+    if study not in optuna.get_all_study_names(storage):
+        raise NansearchError(
+            f"study {study!r} not found in {where}; start it there first with "
+            f"nansearch sweep SWEEP.yaml study={study} storage=..."
+        )
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study))
+    if CONFIG_ATTR not in attrs:
+        raise NansearchError(
+            f"study {study!r} in {where} holds no nansearch configuration; "
+            "it was not created by nansearch sweep"
+        )
+    return config_from_yaml(attrs[CONFIG_ATTR], f"study {study!r} in {where}", overrides)
 
 
 def distributions(factors: list[Factor]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -110,12 +184,18 @@ def cover_plan(factors: list[Factor], count: int, seed: int) -> list[dict[str, A
     return [{name: col[i] for name, col in columns.items()} for i in range(count)]
 
 
-def make_sampler(cfg: SweepConfig, n_startup: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    cfg: SweepConfig, n_startup: int, seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler; each worker seeds its own, so that workers do not draw the same values."""
+    seed = cfg.seed if seed is None else seed
     if cfg.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(
-        seed=cfg.seed, n_startup_trials=max(1, n_startup), multivariate=True
-    )
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # multivariate
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(1, n_startup), multivariate=True
+        )
 
 
 def recorded(study: optuna.Study) -> list[TrialResult]:
@@ -123,35 +203,9 @@ def recorded(study: optuna.Study) -> list[TrialResult]:
     results = []
     for trial in study.get_trials(deepcopy=False):
         data = trial.user_attrs.get(RESULT_ATTR)
-        if data is not None and trial.state in (TrialState.COMPLETE, TrialState.FAIL):
+        if data is not None and trial.state in FINISHED:
             results.append(TrialResult.from_json(data))
     return sorted(results, key=lambda r: r.number)
-
-
-def fail_stale(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a process that died as failed, and retry each once.
-
-    Only for storages without heartbeats (the journal file), when no other worker can be
-    running: a sweep that starts or resumes alone.
-    """
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        retry(study, trial)
-    return len(stale)
-
-
-def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Enqueue a failed trial's configuration again, unless it was a retry itself."""
-    if "retry_of" in trial.user_attrs or not trial.params:
-        return
-    study.enqueue_trial(
-        trial.params,
-        user_attrs={
-            "phase": trial.user_attrs.get("phase", "search"),
-            "retry_of": trial.number,
-        },
-    )
 
 
 @dataclass
@@ -175,26 +229,41 @@ class SweepCallbacks:
             except Exception:  # an observer must never stop the search
                 log.exception("a trial callback failed; the sweep goes on")
 
+    def __add__(self, other: SweepCallbacks) -> SweepCallbacks:
+        return SweepCallbacks(self.on_start + other.on_start, self.on_trial + other.on_trial)
+
+
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
 
 class Search:
-    """One study: its storage, its factors, and the loop that fills its trial budget."""
+    """One study: its storage, its factors, and the loop that takes its queued trials.
+
+    ``sweep`` opens a study (creating it, or resuming it with ``resume``) and queues its
+    budget; a worker opens it with ``join`` and takes trials from the queue. Any number
+    of them, in one process or many, share the budget through the study's storage.
+    """
 
     def __init__(
         self,
         cfg: SweepConfig,
         factors: list[Factor],
-        runner: TrialRunner,
+        runner: TrialRunner | None,
         resume: bool = False,
         storage: optuna.storages.BaseStorage | None = None,
+        join: bool = False,
+        sampler_seed: int | None = None,
     ):
         self.cfg = cfg
         self.factors = factors
         self.runner = runner
         self.dir = cfg.study_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.storage = storage or open_storage(cfg.storage, self.dir)
+        self.storage = storage or open_storage(cfg.storage, self.dir, cfg.heartbeat)
         self.cover = cover_size(cfg, factors)
-        self.study = self._open(resume)
+        self.sampler = make_sampler(cfg, self.cover, sampler_seed)
+        self.study = self._join() if join else self._open(resume)
 
     def _open(self, resume: bool) -> optuna.Study:
         name = self.cfg.study
@@ -210,59 +279,113 @@ class Search:
             study_name=name,
             storage=self.storage,
             direction="maximize",
-            sampler=make_sampler(self.cfg, self.cover),
+            sampler=self.sampler,
             load_if_exists=True,
         )
+        study.set_user_attr(CONFIG_ATTR, to_yaml(self.cfg))
+        study.set_user_attr(BUDGET_ATTR, self.cfg.trials)
         if not exists:
             study.set_user_attr("config_seed", self.cfg.seed)
-            for params in cover_plan(self.factors, self.cover, self.cfg.seed):
-                study.enqueue_trial(params, user_attrs={"phase": "cover"})
+            plan = cover_plan(self.factors, self.cover, self.cfg.seed)
+            trial_queue.enqueue(study, plan, self.cfg.trials)
         else:
-            stale = fail_stale(study)
-            if stale:
-                log.warning(
-                    "%d trial(s) left running by a stopped process were marked "
-                    "failed and will be run again",
-                    stale,
-                )
+            trial_queue.recover(study)
+            trial_queue.top_up(study, self.cfg.trials)
+        save_config(self.cfg, self.dir / "config.yaml")
         return study
+
+    def _join(self) -> optuna.Study:
+        name = self.cfg.study
+        if name not in optuna.get_all_study_names(self.storage):
+            raise NansearchError(
+                f"study {name!r} not found in storage {shown(self.cfg.storage or str(self.dir))}; "
+                "start it with nansearch sweep first"
+            )
+        save_config(self.cfg, self.dir / "config.yaml")
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=self.sampler)
+
+    @property
+    def budget(self) -> int:
+        """The study's budget: a resumed sweep may have raised it since a worker joined."""
+        return int(self.study.user_attrs.get(BUDGET_ATTR, self.cfg.trials))
 
     @property
     def done(self) -> int:
         return len(recorded(self.study))
 
-    def run(self, callbacks: SweepCallbacks | None = None) -> list[TrialResult]:
-        """Run trials until the budget is met; returns every recorded trial."""
-        callbacks = callbacks or SweepCallbacks()
-        save_config(self.cfg, self.dir / "config.yaml")
-        dists = distributions(self.factors)
-        callbacks.start(self.done, self.cfg.trials)
-        while self.done < self.cfg.trials:
-            self.run_one(dists, callbacks)
-        results = recorded(self.study)
-        write_trials(results, self.dir / "trials.jsonl")
-        return results
+    def run(self, callbacks: SweepCallbacks | None = None, stop: Stop | None = None) -> int:
+        """Take and run queued trials until the budget is met or ``stop`` is set.
 
-    def run_one(self, dists, callbacks: SweepCallbacks) -> TrialResult:
-        trial = self.study.ask(dists)
-        phase = trial.user_attrs.get("phase", "search")
+        With nothing queued while another worker's trial runs, it waits: that trial
+        may be lost and put back in the queue. Returns how many trials ran here.
+        """
+        if self.runner is None:
+            raise ValueError("a Search without a runner cannot run trials")
+        callbacks = callbacks or SweepCallbacks()
+        dists = distributions(self.factors)
+        callbacks.start(self.done, self.budget)
+        ran = 0
+        while not (stop and stop.is_set()):
+            trial_queue.reap(self.study)
+            now, budget = trial_queue.tally(self.study), self.budget
+            if now.done >= budget:
+                break
+            trial = None
+            if now.done + now.running < budget:
+                trial = trial_queue.take(self.study, dists)
+            if trial is not None:
+                ran += self.run_one(trial, callbacks) is not None
+            elif trial_queue.tally(self.study).running == 0:
+                log.warning(
+                    "nothing queued and nothing running, with %d of %d trials done",
+                    now.done,
+                    budget,
+                )
+                break
+            else:
+                time.sleep(POLL_SECONDS)
+        return ran
+
+    def run_one(self, trial: optuna.Trial, callbacks: SweepCallbacks) -> TrialResult | None:
+        """Run a taken trial and record it; None when it was failed as stale meanwhile."""
+        phase = trial.user_attrs.get(PHASE_ATTR, "search")
         seed = self.cfg.seed * 100_003 + trial.number
-        result = self.runner.run(trial.params, seed)
+        try:
+            with trial_queue.heartbeat(self.study, trial._trial_id):
+                result = self.runner.run(trial.params, seed)
+        except KeyboardInterrupt:
+            trial_queue.fail(self.study, [self.study._storage.get_trial(trial._trial_id)])
+            raise
         result.number, result.phase = trial.number, phase
-        trial.set_user_attr(RESULT_ATTR, result.to_json())
-        trial.set_user_attr("outcome", result.outcome)
+        try:
+            trial.set_user_attr("outcome", result.outcome)
+            trial.set_user_attr(RESULT_ATTR, result.to_json())  # from here on it counts as done
+        except UpdateFinishedTrialError:
+            log.warning(
+                "trial %d was failed while it ran (its heartbeat went stale); "
+                "its result is dropped and its configuration runs again",
+                trial.number,
+            )
+            return None
         if result.score is None:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         else:
-            self.study.tell(trial, result.score)
+            self.study.tell(trial, result.score, skip_if_finished=True)
         append_trial(result, self.dir / "trials.jsonl")
         callbacks.trial(result)
         return result
 
 
 def append_trial(result: TrialResult, path: Path) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(trial_line(result)) + "\n")
+    """Append the trial's line in one write, so that workers sharing the file never
+    interleave their lines."""
+    data = (json.dumps(trial_line(result)) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 def write_trials(results: list[TrialResult], path: Path) -> None:

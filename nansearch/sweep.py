@@ -6,19 +6,24 @@ import importlib
 import importlib.util
 import json
 import logging
+import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
+from nansearch.interrupt import stop_on_interrupt
 from nansearch.ranking import rank
 from nansearch.runner import TrialResult, TrialRunner
-from nansearch.search import Search, SweepCallbacks, rank_axes
+from nansearch.search import Search, SweepCallbacks, rank_axes, recorded, write_trials
 from nansearch.targets import build_target
+from nansearch.workers import run_workers
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,13 @@ class SweepOutcome:
     ranking: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
     audit: Audit | None = None
+    budget: int = 0
+    ran_here: int = 0  # trials run by this command's own workers
+    interrupted: bool = False  # stopped by Ctrl-C; ``--resume`` goes on
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) >= self.budget
 
 
 def import_plugins(plugins: list[str]) -> None:
@@ -79,19 +91,51 @@ def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) ->
     return audit
 
 
+def trial_callbacks(cfg: SweepConfig) -> SweepCallbacks:
+    """What runs beside each trial in the process that ran it, built from the config.
+
+    Every worker process builds its own (nothing here is pickled across processes);
+    tracking that logs each trial as it finishes belongs here.
+    """
+    return SweepCallbacks()
+
+
 def run_sweep(
     cfg: SweepConfig,
     resume: bool = False,
     callbacks: SweepCallbacks | None = None,
+    join: bool = False,
+    storage: optuna.storages.BaseStorage | None = None,
     on_audit: Callable[[Audit], None] | None = None,
 ) -> SweepOutcome:
-    """Audit, search, rank. ``on_audit`` hears the audit before the first trial runs."""
+    """Open the study (create or resume it; or ``join`` one a sweep created), audit it,
+    run ``cfg.workers`` workers on it until the budget is met, then rank the shared study.
+
+    ``callbacks`` hear of every trial the study records while this runs; with several
+    workers, the trials of workers elsewhere too. ``on_audit`` hears the audit before the
+    first trial runs.
+    """
+    callbacks = callbacks or SweepCallbacks()
+    # a sweep's workers draw from its seed; a joining machine's must draw other values
+    seed = random.randrange(2**31) if join else cfg.seed
     factors, runner = prepare(cfg)
-    search = Search(cfg, factors, runner, resume=resume)
-    audit = audit_sweep(cfg, factors, runner)
-    if on_audit is not None:
-        on_audit(audit)
-    results = search.run(callbacks)
+    audit = None
+    if cfg.workers > 1:
+        search = Search(cfg, factors, None, resume=resume, storage=storage, join=join)
+    else:
+        search = Search(cfg, factors, runner, resume, storage, join, sampler_seed=seed)
+    if not join:
+        audit = audit_sweep(cfg, factors, runner)
+        if on_audit is not None:
+            on_audit(audit)
+    if cfg.workers > 1:
+        ran, interrupted = run_workers(search, callbacks, cfg.workers, seed)
+    else:
+        with stop_on_interrupt() as stop:
+            ran = search.run(callbacks + trial_callbacks(cfg), stop)
+        interrupted = stop.is_set()
+    results = recorded(search.study)
+    write_trials(results, search.dir / "trials.jsonl")
     ranking = write_ranking(cfg, factors, results, search.dir)
     files = {
         "config": search.dir / "config.yaml",
@@ -101,4 +145,13 @@ def run_sweep(
     }
     if cfg.storage is None:
         files["storage"] = search.dir / "optuna-journal.log"
-    return SweepOutcome(search.dir, results, ranking, files, audit)
+    outcome = SweepOutcome(
+        search.dir, results, ranking, files, audit, search.budget, ran, interrupted=interrupted
+    )
+    if not outcome.complete and not interrupted:
+        log.warning(
+            "%d of %d trials recorded; nansearch sweep --resume goes on to the budget",
+            len(results),
+            search.budget,
+        )
+    return outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -32,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue an existing study up to its trial budget"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes on this machine, one per GPU round-robin (same as workers=N)",
     )
     parser.set_defaults(func=main)
 
@@ -71,7 +78,11 @@ def show_audit(audit) -> None:
     print(flush=True)
 
 
-def sweep(sweep_file: str, overrides: list[str], resume: bool = False) -> SweepOutcome:
+def sweep(
+    sweep_file: str, overrides: list[str], resume: bool = False, workers: int | None = None
+) -> SweepOutcome:
+    if workers is not None:
+        overrides = [*overrides, f"workers={workers}"]
     cfg = load_config(sweep_file, overrides)
     progress = Progress()
     callbacks = SweepCallbacks(on_start=[progress.start], on_trial=[progress])
@@ -83,11 +94,21 @@ def sweep(sweep_file: str, overrides: list[str], resume: bool = False) -> SweepO
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    outcome = sweep(args.sweep_file, args.overrides, args.resume)
+    outcome = sweep(args.sweep_file, args.overrides, args.resume, args.workers)
+    print_outcome(outcome, time.perf_counter() - start)
+    if not outcome.complete:
+        again = shlex.join(["nansearch", "sweep", args.sweep_file, *args.overrides, "--resume"])
+        print(f"{len(outcome.results)} of {outcome.budget} trials recorded; to go on: {again}")
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+EXIT_INTERRUPTED = 130
+
+
+def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
     print()
     print(format_table(outcome.ranking))
     print()
-    print(f"study {outcome.study_dir} ({time.perf_counter() - start:.0f}s)")
+    print(f"study {outcome.study_dir} ({seconds:.0f}s)")
     for name, path in outcome.files.items():
         print(f"  {name:<9} {path}")
-    return 0

@@ -1,0 +1,51 @@
+"""Ctrl-C stops a sweep after the running trial is recorded; a second Ctrl-C stops it now."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+
+class StopFlag:
+    """Set from a signal handler, read by the trial loop. A plain attribute: a signal
+    handler must not take a lock that the code it interrupted may hold."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+@contextmanager
+def stop_on_interrupt() -> Iterator[StopFlag]:
+    """While inside, a first SIGINT sets the returned flag and a second raises
+    KeyboardInterrupt. Outside the main thread, where no handler can be installed, the
+    flag is only ever set by its owner."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handle(signum, frame) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.set()
+        log.warning(
+            "stopping once the running trial is recorded; the study stays resumable "
+            "(press Ctrl-C again to stop at once)"
+        )
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
