@@ -1,5 +1,5 @@
 """Subcommands: each module has ``register(subparsers)`` and a function that returns data."""
 
-from nansearch.commands import sweep
+from nansearch.commands import report, sweep
 
-COMMANDS = [sweep.register]
+COMMANDS = [sweep.register, report.register]
