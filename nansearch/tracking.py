@@ -26,11 +26,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "api.wandb.ai"
 TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
+LEAN_SETTINGS = {
+    "x_disable_meta": True,
+    "x_disable_machine_info": True,
+    "disable_git": True,
+    "disable_code": True,
+}
 
 
 def has_credentials() -> bool:
     """Whether W&B can log in: ``WANDB_API_KEY``, or a ``.netrc`` entry for its host."""
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", f"https://{DEFAULT_HOST}")).hostname
     try:
@@ -87,6 +93,14 @@ def make_tracker(cfg: SweepConfig, study_dir: Path) -> Tracker:
     mode = resolve_mode(cfg.tracking.wandb)
     if mode == "off":
         return Tracker()
+    if mode == "online" and not has_credentials():
+        # W&B would stop the sweep at a login prompt
+        log.warning(
+            "W&B: online asked for, but no credentials (WANDB_API_KEY or `wandb login`); "
+            "logging offline under %s",
+            Path(study_dir) / "wandb",
+        )
+        mode = "offline"
     return WandbTracker(mode, study_dir)
 
 
@@ -114,13 +128,16 @@ class WandbTracker(Tracker):
 
     # -- runs ---------------------------------------------------------------------------
 
-    def _record(self, what: str, write, **init: Any) -> Any:
+    def _record(self, what: str, write, lean: bool = False, **init: Any) -> Any:
         """Open a run, let ``write(run)`` fill it, finish it; step down on failure and retry.
 
-        Returns ``write``'s value, or None when W&B could not take the run at all.
+        ``lean`` skips what every trial would repeat (the machine, git, the program):
+        the analysis run records it once. Returns ``write``'s value, or None when W&B
+        could not take the run at all.
         """
         import wandb
 
+        skip = LEAN_SETTINGS if lean else {}
         while self.mode != "off":
             run = None
             try:
@@ -131,7 +148,7 @@ class WandbTracker(Tracker):
                     dir=str(self.study_dir),
                     reinit="create_new",
                     settings=wandb.Settings(
-                        mode=self.mode, console="off", x_disable_stats=True, silent=True
+                        mode=self.mode, console="off", x_disable_stats=True, silent=True, **skip
                     ),
                     **init,
                 )
@@ -188,6 +205,7 @@ class WandbTracker(Tracker):
         self._record(
             f"trial {result.number}",
             write,
+            lean=True,
             job_type="trial",
             name=f"trial-{result.number}",
             config=config,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import math
 import os
 import random
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +25,7 @@ from nansearch.report import leveler
 from tests.conftest import DEMO, demo_overrides
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TIMEOUT = 60  # seconds without a word from chromium
 HOSTILE = '<img src=x onerror="document.title=1"><script>window.bad=1</script>'
 
 CONCLUSIONS = [
@@ -113,14 +114,13 @@ class Chromium:
     def __init__(self, profile: Path):
         to_chrome, self._ours = os.pipe()
         self._theirs, from_chrome = os.pipe()
-
-        def attach_pipes():  # in the child: its fd 3 reads commands, fd 4 writes replies
-            read, write = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome, from_chrome))
-            os.dup2(read, 3)
-            os.dup2(write, 4)
-
+        # chromium reads commands from its fd 3 and writes replies to its fd 4
         self.proc = subprocess.Popen(
             [
+                "bash",  # dash takes single-digit descriptors only
+                "-c",
+                f'exec "$@" 3<&{to_chrome} 4>&{from_chrome}',
+                "bash",
                 CHROMIUM,
                 "--headless",
                 "--no-sandbox",
@@ -133,8 +133,7 @@ class Chromium:
                 "--remote-debugging-pipe",
                 "about:blank",
             ],
-            close_fds=False,
-            preexec_fn=attach_pipes,
+            pass_fds=(to_chrome, from_chrome),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -161,6 +160,9 @@ class Chromium:
 
     def _message(self) -> dict:
         while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self._theirs], [], [], TIMEOUT)
+            if not ready:
+                raise TimeoutError(f"chromium sent nothing for {TIMEOUT}s")
             chunk = os.read(self._theirs, 1 << 16)
             if not chunk:
                 raise RuntimeError("chromium closed the DevTools pipe")

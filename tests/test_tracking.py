@@ -191,6 +191,9 @@ def test_default_mode_follows_the_credentials(tmp_path, monkeypatch):
     assert resolve_mode("offline") == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode(None) == "off"
+    monkeypatch.delenv("WANDB_API_KEY")
+    online = load_config(DEMO, ["tracking.wandb=online"])
+    assert make_tracker(online, tmp_path).mode == "offline"  # rather than a login prompt
     cfg = load_config(DEMO, ["tracking.wandb=off"])
     tracker = make_tracker(cfg, tmp_path)
     assert type(tracker) is Tracker and tracker.finish_study({}, [], tmp_path, None) == {}
