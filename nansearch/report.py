@@ -20,6 +20,7 @@ from typing import Any
 
 from nansearch import charts
 from nansearch.config import NansearchError
+from nansearch.ranking import Bins
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
@@ -121,22 +122,24 @@ def leveler(factor: dict[str, Any]) -> Callable[[Any], str | None]:
     labels = [str(row["value"]) for row in factor["levels"]]
     if factor.get("kind") != "range":
         return lambda value: str(value) if str(value) in labels else None
-    lows = []
-    for label in labels:  # "low..high", as nansearch.ranking.Bins labels them
-        try:
-            lows.append(float(label.split("..")[0]))
-        except ValueError:
-            return lambda value: None
+    bins = range_bins(labels)
 
     def level(value: Any) -> str | None:
-        if not isinstance(value, (int, float)):
+        if bins is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        for i in range(len(lows) - 1, -1, -1):
-            if value >= lows[i] * (1 - 1e-9):
-                return labels[i]
-        return labels[0]
+        return bins.label(bins.index(float(value)))
 
     return level
+
+
+def range_bins(labels: list[str]) -> Bins | None:
+    """The log-spaced bins whose labels ("low..high") the ranking shows, or None."""
+    try:
+        low, high = float(labels[0].split("..")[0]), float(labels[-1].split("..")[1])
+    except (IndexError, ValueError):
+        return None
+    bins = Bins.log_spaced(low, high, len(labels))
+    return bins if bins.labels() == labels else None
 
 
 def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -231,7 +234,10 @@ def rates_section(ranking: dict[str, Any]) -> Section | None:
         f"<figure>{charts.rate_bars(f['levels'], 'NaN rate per ' + f['name'] + ' level')}</figure>"
         for f in ranking.get("factors", [])
     )
-    note = "Bars: the share of finished trials that went non-finite; whiskers: the Wilson 95% interval."
+    note = (
+        "Bars: the share of finished trials that went non-finite; "
+        "whiskers: the Wilson 95% interval."
+    )
     return section("rates", "NaN rate per level", f'<div class="grid">{charts_html}</div>', note)
 
 
@@ -364,7 +370,8 @@ def rerun_card(record: dict[str, Any]) -> str:
     chart = ""
     if trail:
         rows = [(str(t.get("module")), _number(t.get("absmax"))) for t in trail]
-        chart = f"<figure>{charts.value_bars(rows, 'max |output| per module, last before the failure', log=True)}</figure>"
+        title = "max |output| per module, last before the failure"
+        chart = f"<figure>{charts.value_bars(rows, title, log=True)}</figure>"
     return (
         f'<article class="rerun"><h3>Trial {escape(fmt(record.get("trial")))}</h3>'
         f'<p class="params">{escape(params)}</p>'
@@ -402,7 +409,8 @@ def trials_section(trials: list[dict[str, Any]]) -> Section | None:
                 escape(fmt(t.get("number"))),
                 escape(str(t.get("phase", ""))),
                 *[escape(fmt(params.get(n))) for n in names],
-                f'<span class="{"nan" if is_nan(t) else ""}">{escape(str(t.get("outcome")))}</span>',
+                f'<span class="{"nan" if is_nan(t) else ""}">{escape(str(t.get("outcome")))}'
+                "</span>",
                 escape(fmt(t.get("first_bad_step"))),
                 escape(fmt(t.get("score"))),
                 escape(fmt(t.get("seconds"))),
@@ -438,7 +446,8 @@ figure{margin:6px 0}.conclusions li{font-size:1.08em;margin:.3em 0}
 .rerun{border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:10px 0}
 .rerun h3{margin:.2em 0}.params{color:#555;font-family:monospace}
 .diagnosis{font-size:1.08em;font-weight:600}
-dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:.4em 0}dt{color:#666}dd{margin:0}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:.4em 0}
+dt{color:#666}dd{margin:0}
 .legend{list-style:none;padding:0;font-size:.9em}.legend li{margin:2px 0}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle}
 pre{background:#f6f6f6;padding:8px;overflow:auto}

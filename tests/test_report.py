@@ -323,6 +323,8 @@ def test_range_levels_match_the_ranking_bins():
     for value in values:
         assert level(value) == bins.label(bins.index(value)), value
     assert level("fp16") is None and math.isclose(bins.edges[-1], 1.0)
+    # labels that no log-spaced bins produce are left out rather than guessed
+    assert leveler({"kind": "range", "levels": [{"value": "a..b"}]})(0.5) is None
 
 
 def test_report_command_names_the_studies_it_knows(study, capsys):
