@@ -293,10 +293,13 @@ class WandbTracker(Tracker):
 def end_session() -> None:
     """End this process's W&B session, so the next study reads the environment afresh.
 
-    W&B reads its ``WANDB_*`` variables once per session and ignores later changes.
+    W&B reads its ``WANDB_*`` variables once per session and ignores later changes. A
+    session with a run of the caller's own (``wandb.run``) is left to its owner.
     """
     import wandb
 
+    if wandb.run is not None:
+        return
     try:
         wandb.teardown()
     except Exception:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import wandb
 
 from nansearch.commands.sweep import sweep, tracking_lines
 from nansearch.config import load_config
@@ -57,6 +58,7 @@ def offline_runs(study_dir: Path) -> list[dict]:
 
 
 def test_offline_sweep_logs_each_trial_and_an_analysis_run(tmp_path):
+    mine = wandb.init(project="mine", dir=str(tmp_path / "mine"), mode="offline")
     outcome = sweep(DEMO, demo_overrides(trials=5, steps=3, **{"tracking.wandb": "offline"}))
     study = tmp_path / "runs" / "t"
     trials = {
@@ -114,6 +116,13 @@ def test_offline_sweep_logs_each_trial_and_an_analysis_run(tmp_path):
     artifacts = [r["artifact"] for r in analysis["records"] if r["type"] == "artifact"]
     assert any(a["type"] == "report" and a["name"] == "report-t" for a in artifacts)
 
+    # the caller's own run stayed the global one, untouched by the sweep's runs
+    assert wandb.run is mine
+    mine.log({"after_sweep": 1})  # a finished run would refuse this
+    mine.finish()
+    (own,) = [inspect(d) for d in (tmp_path / "mine" / "wandb").glob("offline-run-*")]
+    assert own["summary"]["after_sweep"] == 1 and own["project"] == "mine"
+    assert not (tmp_path / "wandb").exists()  # the runs went into the study folder
     assert outcome.tracking["mode"] == "offline"
     assert outcome.tracking["sync"] == "wandb sync runs/t/wandb"
     assert "upload them with: wandb sync runs/t/wandb" in "\n".join(
