@@ -168,7 +168,7 @@ def line_chart(
     series: Sequence[tuple[str, Sequence[float]]], title: str, steps: int, log: bool = False
 ) -> str:
     """One line per series over ``steps`` steps; a non-finite value is an × on the top edge."""
-    left, top, width, height = 56, 24, 380, 180
+    left, top, width, height = 70, 24, 380, 180
     points = [v for _, values in series for v in values if math.isfinite(v)]
     if log:
         points = [math.log10(max(abs(v), 1e-30)) for v in points]

@@ -302,6 +302,9 @@ def curves_section(trials: list[dict[str, Any]]) -> Section | None:
     if not failures:
         return None
     failures.sort(key=lambda t: (-len(t["loss"]), -(t.get("score") or 0), t.get("number") or 0))
+    if len(failures[0]["loss"]) < 2:
+        note = "Every non-finite trial failed at its first step: there is no trend to draw."
+        return section("curves", "Loss and logit magnitude of the top failures", "", note)
     top = [
         (
             f"trial {t.get('number')}: "
