@@ -20,9 +20,11 @@ from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
 from nansearch.interrupt import stop_on_interrupt
 from nansearch.ranking import rank
+from nansearch.report import write_report
 from nansearch.runner import TrialResult, TrialRunner
 from nansearch.search import Search, SweepCallbacks, rank_axes, recorded, write_trials
 from nansearch.targets import build_target
+from nansearch.tracking import Tracker, make_tracker
 from nansearch.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class SweepOutcome:
     @property
     def complete(self) -> bool:
         return len(self.results) >= self.budget
+
+    tracking: dict[str, Any] = field(default_factory=dict)  # W&B: sync command, report URL
 
 
 def import_plugins(plugins: list[str]) -> None:
@@ -100,6 +104,20 @@ def trial_callbacks(cfg: SweepConfig) -> SweepCallbacks:
     return SweepCallbacks()
 
 
+def write_report_safely(study_dir: Path) -> Path | None:
+    """report.html; a failure to draw it never costs the sweep its results."""
+    try:
+        return write_report(study_dir)
+    except Exception:
+        log.exception("report.html could not be written; `nansearch report` rebuilds it")
+        return None
+
+
+def read_audit(study_dir: Path) -> dict[str, Any] | None:
+    path = study_dir / "audit.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_sweep(
     cfg: SweepConfig,
     resume: bool = False,
@@ -107,6 +125,7 @@ def run_sweep(
     join: bool = False,
     storage: optuna.storages.BaseStorage | None = None,
     on_audit: Callable[[Audit], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> SweepOutcome:
     """Open the study (create or resume it; or ``join`` one a sweep created), audit it,
     run ``cfg.workers`` workers on it until the budget is met, then rank the shared study.
@@ -128,25 +147,41 @@ def run_sweep(
         audit = audit_sweep(cfg, factors, runner)
         if on_audit is not None:
             on_audit(audit)
-    if cfg.workers > 1:
-        ran, interrupted = run_workers(search, callbacks, cfg.workers, seed)
-    else:
-        with stop_on_interrupt() as stop:
-            ran = search.run(callbacks + trial_callbacks(cfg), stop)
-        interrupted = stop.is_set()
-    results = recorded(search.study)
-    write_trials(results, search.dir / "trials.jsonl")
-    ranking = write_ranking(cfg, factors, results, search.dir)
+    # W&B lives in this process: it hears every trial the study records, once,
+    # whether this process ran it or one of its workers did
+    tracker = tracker or make_tracker(cfg, search.dir)
+    observed = SweepCallbacks(
+        on_start=list(callbacks.on_start), on_trial=[tracker.log_trial, *callbacks.on_trial]
+    )
+    tracker.start(cfg)
+    tracking: dict[str, Any] = {}
+    try:
+        if cfg.workers > 1:
+            ran, interrupted = run_workers(search, observed, cfg.workers, seed)
+        else:
+            with stop_on_interrupt() as stop:
+                ran = search.run(observed + trial_callbacks(cfg), stop)
+            interrupted = stop.is_set()
+        results = recorded(search.study)
+        write_trials(results, search.dir / "trials.jsonl")
+        ranking = write_ranking(cfg, factors, results, search.dir)
+        report = write_report_safely(search.dir)
+        if not join:
+            tracking = tracker.finish_study(ranking, results, search.dir, read_audit(search.dir))
+    finally:
+        tracker.close()
     files = {
         "config": search.dir / "config.yaml",
         "audit": search.dir / AUDIT_FILE,
         "trials": search.dir / "trials.jsonl",
         "ranking": search.dir / "ranking.json",
     }
+    if report is not None:
+        files["report"] = report
     if cfg.storage is None:
         files["storage"] = search.dir / "optuna-journal.log"
     outcome = SweepOutcome(
-        search.dir, results, ranking, files, audit, search.budget, ran, interrupted=interrupted
+        search.dir, results, ranking, files, audit, search.budget, ran, interrupted, tracking
     )
     if not outcome.complete and not interrupted:
         log.warning(

@@ -112,3 +112,19 @@ def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
     print(f"study {outcome.study_dir} ({seconds:.0f}s)")
     for name, path in outcome.files.items():
         print(f"  {name:<9} {path}")
+    for line in tracking_lines(outcome.tracking):
+        print(line)
+
+
+def tracking_lines(info: dict) -> list[str]:
+    """Where the W&B runs are: the report URL online, the sync command offline."""
+    lines = []
+    if info.get("report_url"):
+        lines.append(f"W&B report: {info['report_url']}")
+    if info.get("runs_url"):
+        lines.append(f"W&B runs:   {info['runs_url']}")
+    if info.get("sync"):
+        lines.append(f"W&B runs are offline; upload them with: {info['sync']}")
+    if info.get("failures"):
+        lines.append(f"W&B failed {info['failures']} time(s); see the warnings above")
+    return lines

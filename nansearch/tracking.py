@@ -1,0 +1,480 @@
+"""Weights & Biases tracking: one run per trial, one per rerun, one analysis run per study.
+
+This is the only module that imports ``wandb``. The search hands results to a
+:class:`Tracker` through its callbacks; the tracker never stops a sweep. When W&B
+fails, the failure is logged, the trial's local record (``trials.jsonl``) stands, and
+tracking steps down: from online to offline (the runs can be uploaded later with
+``wandb sync``), and from offline to off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from nansearch.config import SweepConfig
+from nansearch.runner import TrialResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "api.wandb.ai"
+TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
+LEAN_SETTINGS = {
+    "x_disable_meta": True,
+    "x_disable_machine_info": True,
+    "disable_git": True,
+    "disable_code": True,
+}
+
+
+def has_credentials() -> bool:
+    """Whether W&B can log in: ``WANDB_API_KEY``, or a ``.netrc`` entry for its host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", f"https://{DEFAULT_HOST}")).hostname
+    try:
+        entries = netrc.netrc(os.environ.get("NETRC")).hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return host in entries
+
+
+def resolve_mode(setting: str | None) -> str:
+    """``online``, ``offline`` or ``off``: the sweep file's choice, else ``WANDB_MODE``,
+    else online when credentials exist and offline when they do not."""
+    if setting:
+        return setting
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("disabled", "off"):
+        return "off"
+    if env in ("offline", "dryrun"):
+        return "offline"
+    if env == "online":
+        return "online"
+    return "online" if has_credentials() else "offline"
+
+
+class Tracker:
+    """Where a study's runs are recorded. This base records nothing (``tracking.wandb=off``)."""
+
+    mode = "off"
+
+    def start(self, cfg: SweepConfig) -> None:
+        """Called once before the first trial."""
+
+    def log_trial(self, result: TrialResult) -> None:
+        """One finished trial."""
+
+    def log_rerun(self, record: dict[str, Any]) -> None:
+        """One diagnostic rerun of a trial (``nansearch rerun``)."""
+
+    def finish_study(
+        self,
+        ranking: dict[str, Any],
+        results: list[TrialResult],
+        study_dir: Path,
+        audit: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The study's analysis; returns what to tell the user (sync command, report URL)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the tracker holds."""
+
+
+def make_tracker(cfg: SweepConfig, study_dir: Path) -> Tracker:
+    mode = resolve_mode(cfg.tracking.wandb)
+    if mode == "off":
+        return Tracker()
+    if mode == "online" and not has_credentials():
+        # W&B would stop the sweep at a login prompt
+        log.warning(
+            "W&B: online asked for, but no credentials (WANDB_API_KEY or `wandb login`); "
+            "logging offline under %s",
+            Path(study_dir) / "wandb",
+        )
+        mode = "offline"
+    return WandbTracker(mode, study_dir)
+
+
+class WandbTracker(Tracker):
+    """Logs to W&B online, or offline into ``<study>/wandb/``."""
+
+    def __init__(self, mode: str, study_dir: Path):
+        if mode not in ("online", "offline"):
+            raise ValueError(f"mode={mode!r}: expected online or offline")
+        self.mode = mode
+        self.study_dir = Path(study_dir)
+        self.cfg: SweepConfig | None = None
+        self.failures = 0
+        self.entity: str | None = None
+        self.project_url: str | None = None
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.study_dir / "wandb"
+
+    def start(self, cfg: SweepConfig) -> None:
+        self.cfg = cfg
+        self.entity = cfg.tracking.entity
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def _record(self, what: str, write, lean: bool = False, **init: Any) -> Any:
+        """Open a run, let ``write(run)`` fill it, finish it; step down on failure and retry.
+
+        ``lean`` skips what every trial would repeat (the machine, git, the program):
+        the analysis run records it once. Returns ``write``'s value, or None when W&B
+        could not take the run at all.
+        """
+        import wandb
+
+        skip = LEAN_SETTINGS if lean else {}
+        while self.mode != "off":
+            run = None
+            try:
+                run = wandb.init(
+                    project=self.cfg.tracking.project,
+                    entity=self.cfg.tracking.entity,
+                    group=self.cfg.study,
+                    dir=str(self.study_dir),
+                    reinit="create_new",
+                    settings=wandb.Settings(
+                        mode=self.mode, console="off", x_disable_stats=True, silent=True, **skip
+                    ),
+                    **init,
+                )
+                value = write(run)
+                if self.mode == "online":
+                    self.entity = run.entity
+                    self.project_url = run.project_url
+                run.finish()
+                return value
+            except Exception as exc:  # W&B must never stop a sweep
+                self.failures += 1
+                self._step_down(what, exc)
+                if run is not None:
+                    try:
+                        run.finish(exit_code=1)
+                    except Exception:
+                        log.debug("W&B: could not finish the failed run", exc_info=True)
+        return None
+
+    def _step_down(self, what: str, exc: Exception) -> None:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.mode == "online":
+            self.mode = "offline"
+            log.warning(
+                "W&B: %s failed online (%s); logging offline under %s from now on",
+                what,
+                reason,
+                self.offline_dir,
+            )
+        else:
+            self.mode = "off"
+            log.warning(
+                "W&B: %s failed (%s); W&B is off for the rest of this study, "
+                "the local record goes on",
+                what,
+                reason,
+            )
+
+    def log_trial(self, result: TrialResult) -> None:
+        config = {
+            **result.params,
+            "seed": result.seed,
+            "target": target_name(self.cfg),
+            "trial": result.number,
+            "phase": result.phase,
+            "steps": result.steps,
+        }
+
+        def write(run) -> None:
+            for step, row in enumerate(trial_history(result)):
+                run.log(row, step=step)
+            run.summary.update(trial_summary(result))
+
+        self._record(
+            f"trial {result.number}",
+            write,
+            lean=True,
+            job_type="trial",
+            name=f"trial-{result.number}",
+            config=config,
+            tags=[result.outcome],
+        )
+
+    def log_rerun(self, record: dict[str, Any]) -> None:
+        import wandb
+
+        config = {"trial": record["trial"], **record.get("params", {})}
+        summary = {
+            key: value
+            for key, value in record.items()
+            if key not in ("trial", "params") and _scalar_or_flat(value)
+        }
+        tags = ["rerun"]
+        if "reproduced" in record:
+            tags.append("reproduced" if record["reproduced"] else "not-reproduced")
+
+        def write(run) -> None:
+            trail = record.get("trail") or []
+            if trail:
+                table = wandb.Table(columns=["module", "absmax"])
+                for row in trail:
+                    table.add_data(str(row.get("module")), _finite_or_none(row.get("absmax")))
+                run.log({"trail": table})
+            run.summary.update(summary)
+
+        self._record(
+            f"rerun of trial {record['trial']}",
+            write,
+            job_type="rerun",
+            name=f"rerun-trial-{record['trial']}",
+            config=config,
+            tags=tags,
+        )
+
+    def finish_study(
+        self,
+        ranking: dict[str, Any],
+        results: list[TrialResult],
+        study_dir: Path,
+        audit: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        study_dir = Path(study_dir)
+        config = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        self._record(
+            "the analysis run",
+            lambda run: log_analysis(run, ranking, results, study_dir, audit),
+            job_type="analysis",
+            name=f"{self.cfg.study}-analysis",
+            config=config,
+            tags=["analysis"],
+        )
+        info: dict[str, Any] = {"mode": self.mode, "failures": self.failures}
+        if self.mode == "offline" or any(self.offline_dir.glob("offline-run-*")):
+            info["sync"] = f"wandb sync {shlex.quote(str(self.offline_dir))}"
+        if self.mode == "online":
+            if self.project_url:
+                info["runs_url"] = f"{self.project_url}/groups/{quote(self.cfg.study)}"
+            info["report_url"] = self.publish_report(ranking)
+        return info
+
+    def publish_report(self, ranking: dict[str, Any]) -> str | None:
+        from nansearch.wandb_report import build_report
+
+        try:
+            return build_report(
+                entity=self.entity,
+                project=self.cfg.tracking.project,
+                study=self.cfg.study,
+                ranking=ranking,
+            )
+        except Exception as exc:
+            self.failures += 1
+            log.warning("W&B: the report could not be saved (%s); the runs are logged", exc)
+            return None
+
+    def close(self) -> None:
+        end_session()
+
+
+def end_session() -> None:
+    """End this process's W&B session, so the next study reads the environment afresh.
+
+    W&B reads its ``WANDB_*`` variables once per session and ignores later changes. A
+    session with a run of the caller's own (``wandb.run``) is left to its owner.
+    """
+    import wandb
+
+    if wandb.run is not None:
+        return
+    try:
+        wandb.teardown()
+    except Exception:
+        log.debug("W&B: teardown failed", exc_info=True)
+
+
+# -- what goes into the runs ------------------------------------------------------------
+
+
+def target_name(cfg: SweepConfig) -> str:
+    target = cfg.target
+    if target.kind == "custom":
+        return f"custom {target.fn}"
+    if target.kind == "causal-lm":
+        return f"causal-lm {target.model_class}"
+    return target.kind
+
+
+def trial_history(result: TrialResult) -> list[dict[str, Any]]:
+    """One row per step: the three values the runner read back and non-finite flags."""
+    rows = []
+    for step in range(len(result.loss)):
+        row = {key: getattr(result, key)[step] for key in TRIAL_STEP_KEYS}
+        row["nonfinite/logits"] = int(not math.isfinite(row["logit_absmax"]))
+        row["nonfinite/loss"] = int(not math.isfinite(row["loss"]))
+        row["nonfinite/grad"] = int(not math.isfinite(row["grad_norm"]))
+        row["nonfinite/params"] = int(
+            result.outcome == "nonfinite-params" and step == result.first_bad_step
+        )
+        rows.append(row)
+    return rows
+
+
+def trial_summary(result: TrialResult) -> dict[str, Any]:
+    summary = {
+        "outcome": result.outcome,
+        "nan": int(result.is_nan),
+        "score": result.score,
+        "seconds": result.seconds,
+        "skipped_steps": result.skipped_steps,
+        "compute_dtype": result.compute_dtype,
+        "device": result.device,
+    }
+    if result.is_nan:
+        summary["first_bad_step"] = result.first_bad_step
+        summary["nonfinite_in"] = result.outcome.removeprefix("nonfinite-")
+    if result.error:
+        summary["error"] = result.error[:1000]
+    return {key: value for key, value in summary.items() if value is not None}
+
+
+def log_analysis(
+    run,
+    ranking: dict[str, Any],
+    results: list[TrialResult],
+    study_dir: Path,
+    audit: dict[str, Any] | None,
+) -> None:
+    """The ranking, NaN rate per level, importances, trials, conclusions, audit, report."""
+    import wandb
+
+    row_keys = ["nan", "total", "errors", "rate", "ci_low", "ci_high"]
+    table = wandb.Table(columns=["rank", "factor", "kind", "effect", "level", *row_keys])
+    logged: dict[str, Any] = {"ranking": table}
+    for rank, factor in enumerate(ranking.get("factors", []), 1):
+        per_level = wandb.Table(columns=["level", *row_keys])
+        for row in factor["levels"]:
+            values = [row.get(key) for key in row_keys]
+            table.add_data(
+                rank, factor["name"], factor["kind"], factor["effect"], row["value"], *values
+            )
+            per_level.add_data(row["value"], *values)
+        logged[f"nan_rate/{factor['name']}"] = wandb.plot.bar(
+            per_level, "level", "rate", title=f"NaN rate per {factor['name']} level"
+        )
+
+    importance = ranking.get("importance") or {}
+    if importance:
+        imp = wandb.Table(columns=["factor", "importance"], data=list(importance.items()))
+        logged["importance"] = wandb.plot.bar(
+            imp, "factor", "importance", title="fANOVA importance for the instability score"
+        )
+
+    names = [f["name"] for f in ranking.get("factors", [])]
+    names += sorted({k for r in results for k in r.params} - set(names))
+    trials = wandb.Table(
+        allow_mixed_types=True,
+        columns=[
+            "trial",
+            "phase",
+            *names,
+            "seed",
+            "outcome",
+            "first_bad_step",
+            "score",
+            "seconds",
+            "error",
+        ],
+    )
+    for r in results:
+        params = [_cell(r.params.get(name)) for name in names]
+        error = (r.error or "").splitlines()[0] if r.error else None
+        trials.add_data(
+            r.number,
+            r.phase,
+            *params,
+            r.seed,
+            r.outcome,
+            r.first_bad_step,
+            r.score,
+            r.seconds,
+            error,
+        )
+    logged["trials"] = trials
+
+    conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
+    if conclusions:
+        logged["conclusions"] = wandb.Table(columns=["conclusion"], data=[[c] for c in conclusions])
+    for key in ("interactions", "minimal_causes"):
+        if ranking.get(key):
+            logged[key] = _dict_table(wandb, ranking[key])
+    findings = (audit or {}).get("findings") or []
+    if findings:
+        logged["audit"] = _dict_table(wandb, findings)
+    run.log(logged)
+
+    # under study/ so that no count hides a table of the same name
+    run.summary.update(
+        {
+            "study/trials": ranking.get("trials"),
+            "study/nan": ranking.get("nan"),
+            "study/finite": ranking.get("finite"),
+            "study/errors": ranking.get("errors"),
+            "study/outcomes": ranking.get("outcomes", {}),
+            "study/top_factor": names[0] if names else None,
+            "study/importance": importance,
+            "study/audit_findings": len(findings),
+        }
+    )
+    report = study_dir / "report.html"
+    if report.is_file():
+        name = re.sub(r"[^\w.-]", "-", str(ranking.get("study") or study_dir.name))
+        artifact = wandb.Artifact(f"report-{name}", type="report")
+        artifact.add_file(str(report), name="report.html")
+        run.log_artifact(artifact)
+
+
+def _dict_table(wandb, rows: list[dict[str, Any]]):
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return wandb.Table(
+        allow_mixed_types=True,
+        columns=columns,
+        data=[[_cell(row.get(key)) for key in columns] for row in rows],
+    )
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: scalars as they are, anything else as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _scalar_or_flat(value: Any) -> bool:
+    scalar = (bool, int, float, str, type(None))
+    if isinstance(value, dict):
+        return all(isinstance(v, scalar) for v in value.values())
+    return isinstance(value, scalar)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

@@ -1,0 +1,93 @@
+"""A W&B Report for one study, built with ``wandb-workspaces`` when W&B is online.
+
+The report shows the study's trial runs (its W&B group): parallel coordinates over
+the factors and the instability score, each factor's importance with respect to the
+score, the NaN rate per level of each categorical factor (the mean of each run's 0/1
+``nan``), and the analysis run's ranking and trials tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _require():
+    try:
+        import wandb_workspaces.reports.v2 as wr
+        from wandb_workspaces import expr
+    except ImportError:
+        raise ImportError(
+            "W&B Reports need wandb-workspaces: pip install 'nansearch[reports]'"
+        ) from None
+    return wr, expr
+
+
+def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]) -> list:
+    """The report's blocks: conclusions, the trials' panels, the analysis tables."""
+    wr, expr = _require()
+    factors = ranking.get("factors", [])
+    names = [f["name"] for f in factors]
+
+    def runset(job_type: str, title: str):
+        return wr.Runset(
+            entity=entity,
+            project=project,
+            name=title,
+            filters=expr.And(expr.Metric("Group") == study, expr.Metric("JobType") == job_type),
+        )
+
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(name)) for name in names]
+    columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("score")))
+    panels = [
+        wr.ParallelCoordinatesPlot(title="Factors and instability score", columns=columns),
+        wr.ParameterImportancePlot(with_respect_to="score"),
+    ]
+    for factor in factors:
+        if factor["kind"] == "categorical":
+            panels.append(
+                wr.BarPlot(
+                    title=f"NaN rate per {factor['name']} level",
+                    metrics=["nan"],
+                    groupby=wr.Config(factor["name"]),
+                    groupby_aggfunc="mean",
+                    orientation="h",
+                )
+            )
+    panels.append(wr.LinePlot(title="max |logit| per step", x="Step", y=["logit_absmax"]))
+
+    conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
+    summary = (
+        f"{ranking.get('trials', 0)} trials: {ranking.get('nan', 0)} NaN, "
+        f"{ranking.get('finite', 0)} finite, {ranking.get('errors', 0)} errors."
+    )
+    blocks: list = [wr.P(summary)]
+    if conclusions:
+        blocks += [wr.H2("Conclusions"), wr.UnorderedList(items=conclusions)]
+    blocks += [
+        wr.H2("Trials"),
+        wr.PanelGrid(runsets=[runset("trial", f"{study} trials")], panels=panels),
+        wr.H2("Ranking and trials tables"),
+        wr.PanelGrid(
+            runsets=[runset("analysis", f"{study} analysis")],
+            panels=[
+                wr.WeavePanelSummaryTable(table_name="ranking"),
+                wr.WeavePanelSummaryTable(table_name="trials"),
+            ],
+        ),
+    ]
+    return blocks
+
+
+def build_report(*, entity: str | None, project: str, study: str, ranking: dict[str, Any]) -> str:
+    """Save the study's report to W&B and return its URL."""
+    wr, _ = _require()
+    kwargs = {"entity": entity} if entity else {}
+    report = wr.Report(
+        project=project,
+        title=f"nansearch {study}"[:128],
+        description="Which suspected cause makes the logits NaN, trial by trial.",
+        **kwargs,
+    )
+    report.blocks = report_blocks(project, report.entity, study, ranking)
+    report.save()
+    return report.url

@@ -1,0 +1,370 @@
+"""W&B tracking: real runs written offline and read back from disk; the W&B Report
+built against a local stand-in for the W&B server's GraphQL endpoint."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import wandb
+
+from nansearch.commands.sweep import sweep, tracking_lines
+from nansearch.config import load_config
+from nansearch.tracking import Tracker, WandbTracker, end_session, make_tracker, resolve_mode
+from nansearch.wandb_report import build_report
+from tests.conftest import DEMO, demo_overrides
+
+WANDB = str(Path(sys.executable).parent / "wandb")
+FAKE_KEY = "k" * 40
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb_session():
+    """W&B reads its environment once per session: each test starts and ends its own."""
+    end_session()
+    yield
+    end_session()
+
+
+def inspect(run_dir: Path) -> dict:
+    """A run read back from its .wandb file: the summary view plus the run record."""
+    summary = subprocess.run(
+        [WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(summary.stdout)
+    records = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [json.loads(line) for line in records.stdout.splitlines() if line.strip()]
+    data["run"] = next(line["run"] for line in lines if line["type"] == "run")
+    data["records"] = lines
+    return data
+
+
+def offline_runs(study_dir: Path) -> list[dict]:
+    return [inspect(d) for d in sorted((study_dir / "wandb").glob("offline-run-*"))]
+
+
+def test_offline_sweep_logs_each_trial_and_an_analysis_run(tmp_path):
+    mine = wandb.init(project="mine", dir=str(tmp_path / "mine"), mode="offline")
+    outcome = sweep(DEMO, demo_overrides(trials=5, steps=3, **{"tracking.wandb": "offline"}))
+    study = tmp_path / "runs" / "t"
+    trials = {
+        line["number"]: line
+        for line in map(json.loads, (study / "trials.jsonl").read_text().splitlines())
+    }
+    runs = offline_runs(study)
+    by_type = {}
+    for run in runs:
+        by_type.setdefault(run["run"]["job_type"], []).append(run)
+    assert sorted(by_type) == ["analysis", "trial"]
+    assert len(by_type["trial"]) == 5 and len(by_type["analysis"]) == 1
+    assert {run["run"]["run_group"] for run in runs} == {"t"}
+    assert {run["project"] for run in runs} == {"nansearch"}
+
+    for run in by_type["trial"]:
+        trial = trials[run["config"]["trial"]]
+        assert run["name"] == f"trial-{trial['number']}"
+        assert {k: run["config"][k] for k in trial["params"]} == trial["params"]
+        assert run["config"]["seed"] == trial["seed"]
+        assert run["config"]["target"] == "causal-lm OPTForCausalLM"
+        summary = run["summary"]
+        assert summary["outcome"] == trial["outcome"]
+        assert run["tags"] == [trial["outcome"]]
+        assert summary["score"] == pytest.approx(trial["score"])
+        assert summary["nan"] == int(trial["outcome"].startswith("nonfinite"))
+        if summary["nan"]:
+            assert summary["first_bad_step"] == trial["first_bad_step"]
+            assert summary["nonfinite_in"] == trial["outcome"].removeprefix("nonfinite-")
+        history = [r["history"]["item"] for r in run["records"] if r["type"] == "history"]
+        assert len(history) == len(trial["loss"])  # one row per step the trial ran
+        assert {"loss", "logit_absmax", "grad_norm", "nonfinite/logits"} <= set(history[0])
+        if trial["outcome"] == "nonfinite-logits":
+            assert history[-1]["nonfinite/logits"] == 1
+
+    (analysis,) = by_type["analysis"]
+    assert analysis["name"] == "t-analysis"
+    assert analysis["summary"]["ranking"]["_type"] == "table-file"
+    assert analysis["summary"]["trials"]["nrows"] == 5
+    assert analysis["summary"]["study/nan"] == outcome.ranking["nan"]
+    run_dir = next((study / "wandb").glob(f"offline-run-*-{analysis['run_id']}"))
+    table = json.loads((run_dir / "files" / analysis["summary"]["ranking"]["path"]).read_text())
+    ranking = json.loads((study / "ranking.json").read_text())
+    expected = [
+        (f["name"], row["value"], row["nan"]) for f in ranking["factors"] for row in f["levels"]
+    ]
+    cols = table["columns"]
+    got = [
+        (r[cols.index("factor")], r[cols.index("level")], r[cols.index("nan")])
+        for r in table["data"]
+    ]
+    assert got == expected
+    for factor in ranking["factors"]:
+        assert f"nan_rate/{factor['name']}_table" in analysis["summary"]
+    artifacts = [r["artifact"] for r in analysis["records"] if r["type"] == "artifact"]
+    assert any(a["type"] == "report" and a["name"] == "report-t" for a in artifacts)
+
+    # the caller's own run stayed the global one, untouched by the sweep's runs
+    assert wandb.run is mine
+    mine.log({"after_sweep": 1})  # a finished run would refuse this
+    mine.finish()
+    (own,) = [inspect(d) for d in (tmp_path / "mine" / "wandb").glob("offline-run-*")]
+    assert own["summary"]["after_sweep"] == 1 and own["project"] == "mine"
+    assert not (tmp_path / "wandb").exists()  # the runs went into the study folder
+    assert outcome.tracking["mode"] == "offline"
+    assert outcome.tracking["sync"] == "wandb sync runs/t/wandb"
+    assert "upload them with: wandb sync runs/t/wandb" in "\n".join(
+        tracking_lines(outcome.tracking)
+    )
+
+
+def test_unreachable_wandb_online_never_stops_the_sweep(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
+    with caplog.at_level(logging.WARNING, logger="nansearch.tracking"):
+        outcome = sweep(DEMO, demo_overrides(trials=4, steps=2, **{"tracking.wandb": "online"}))
+    study = tmp_path / "runs" / "t"
+    lines = (study / "trials.jsonl").read_text().splitlines()
+    assert [json.loads(line)["number"] for line in lines] == [0, 1, 2, 3]
+    assert json.loads((study / "ranking.json").read_text())["trials"] == 4
+    assert (study / "report.html").is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trial 0 failed online" in w and "offline" in w for w in warnings), warnings
+    # after the first failure the study went on offline: nothing is missing from W&B either
+    runs = offline_runs(study)
+    assert sorted(r["config"]["trial"] for r in runs if r["run"]["job_type"] == "trial") == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert outcome.tracking["mode"] == "offline" and outcome.tracking["failures"] == 1
+    assert outcome.tracking["sync"] == "wandb sync runs/t/wandb"
+
+
+def test_a_rerun_is_logged_with_its_trial_and_diagnosis(tmp_path):
+    cfg = load_config(DEMO, ["study=s", "out=runs"])
+    tracker = make_tracker(cfg, cfg.study_dir)
+    assert tracker.mode == "offline"  # no credentials in the tests
+    tracker.start(cfg)
+    tracker.log_rerun(
+        {
+            "trial": 7,
+            "params": {"dtype": "fp16", "lr": 0.3},
+            "diagnosis": "step 1: parameters became NaN in the optimizer update",
+            "reproduced": True,
+            "seed_rate": {"nan": 3, "total": 3},
+            "first_bad_step": 1,
+            "stage": "optimizer",
+            "module": "model.decoder.layers.0.fc1",
+            "trail": [{"module": "model.decoder.layers.0", "absmax": 310.5}],
+        }
+    )
+    tracker.close()
+    (run,) = offline_runs(tmp_path / "runs" / "s")
+    assert run["run"]["job_type"] == "rerun" and run["run"]["run_group"] == "s"
+    assert run["config"] == {"trial": 7, "dtype": "fp16", "lr": 0.3}
+    summary = run["summary"]
+    assert summary["diagnosis"].startswith("step 1: parameters became NaN")
+    assert summary["reproduced"] is True and summary["stage"] == "optimizer"
+    assert summary["seed_rate"] == {"nan": 3, "total": 3}
+    assert summary["module"] == "model.decoder.layers.0.fc1"
+    assert summary["trail"]["nrows"] == 1
+    assert "reproduced" in run["tags"]
+
+
+def test_default_mode_follows_the_credentials(tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_mode(None) == "offline"  # no key, no netrc
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc.chmod(0o600)
+    assert resolve_mode(None) == "online"
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    assert resolve_mode(None) == "online"
+    assert resolve_mode("offline") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(None) == "off"
+    monkeypatch.delenv("WANDB_API_KEY")
+    online = load_config(DEMO, ["tracking.wandb=online"])
+    assert make_tracker(online, tmp_path).mode == "offline"  # rather than a login prompt
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    tracker = make_tracker(cfg, tmp_path)
+    assert type(tracker) is Tracker and tracker.finish_study({}, [], tmp_path, None) == {}
+
+
+# -- the W&B Report, against a stand-in for the server's GraphQL endpoint -----------------
+
+
+class FakeWandbServer(http.server.ThreadingHTTPServer):
+    """Answers the GraphQL operations a report save makes; records every request."""
+
+    def __init__(self, fail: set[str] = frozenset()):
+        super().__init__(("127.0.0.1", 0), FakeWandbHandler)
+        self.fail = fail
+        self.requests: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def operation(self, name: str) -> list[dict]:
+        return [r for r in self.requests if r.get("operationName") == name]
+
+
+class FakeWandbHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path != "/graphql":
+            return self.reply({})  # telemetry
+        request = json.loads(body)
+        query = request.get("query", "")
+        name = query.split("(")[0].split("{")[0].split()[-1]
+        request["operationName"] = name
+        self.server.requests.append(request)
+        if name in self.server.fail:
+            return self.reply({"errors": [{"message": f"{name}: permission denied"}]})
+        variables = request.get("variables") or {}
+        project = {"id": "UHJvamVjdDox", "name": "nansearch", "entityName": "alice"}
+        data = {
+            "Viewer": {
+                "viewer": {
+                    "id": "VXNlcjox",
+                    "entity": "alice",
+                    "username": "alice",
+                    "email": "alice@example.com",
+                    "flags": "{}",
+                    "teams": {"edges": []},
+                }
+            },
+            "ProjectInternalId": {"project": {"id": "UHJvamVjdDox", "internalId": "p-1"}},
+            "GetProjects": {
+                "models": {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}
+            },
+            "CreateProject": {
+                "result": {
+                    "project": {**project, "description": "", "access": "PRIVATE", "views": "{}"},
+                    "model": {**project, "description": "", "access": "PRIVATE", "views": "{}"},
+                    "inserted": True,
+                }
+            },
+            "upsertView": {
+                "upsertView": {
+                    "view": {
+                        "id": "VmlldzoxMjM0",
+                        "name": variables.get("name"),
+                        "displayName": variables.get("displayName"),
+                        "description": variables.get("description"),
+                        "type": "runs",
+                        "spec": variables.get("spec"),
+                        "project": project,
+                        "createdAt": "2026-01-01T00:00:00",
+                        "updatedAt": "2026-01-01T00:00:00",
+                        "user": {"id": "1", "username": "alice", "name": "alice"},
+                    },
+                    "inserted": True,
+                }
+            },
+        }.get(name, {})
+        self.reply({"data": data})
+
+    def reply(self, payload: dict) -> None:
+        out = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.fixture
+def wandb_server(monkeypatch, request):
+    server = FakeWandbServer(fail=getattr(request, "param", frozenset()))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    end_session()
+    yield server
+    end_session()
+    server.shutdown()
+    server.server_close()
+
+
+RANKING = {
+    "study": "t",
+    "trials": 12,
+    "nan": 5,
+    "finite": 7,
+    "errors": 0,
+    "factors": [
+        {"name": "dtype", "kind": "categorical", "effect": 1.0, "levels": []},
+        {"name": "lr", "kind": "range", "effect": 0.4, "levels": []},
+        {"name": "batch", "kind": "categorical", "effect": 0.2, "levels": []},
+    ],
+    "conclusions": [{"text": "dtype=fp16 alone is sufficient: 4/4 runs NaN"}],
+}
+
+
+def test_report_is_saved_with_the_study_panels(wandb_server):
+    url = build_report(entity="alice", project="nansearch", study="t", ranking=RANKING)
+    assert url == f"{wandb_server.url}/alice/nansearch/reports/nansearch-t--VmlldzoxMjM0"
+    (save,) = wandb_server.operation("upsertView")
+    variables = save["variables"]
+    assert variables["entityName"] == "alice" and variables["projectName"] == "nansearch"
+    assert variables["displayName"] == "nansearch t"
+    spec = json.loads(variables["spec"])
+    text = json.dumps(spec)
+    assert "dtype=fp16 alone is sufficient: 4/4 runs NaN" in text
+
+    grids = [b for b in spec["blocks"] if b["type"] == "panel-grid"]
+    trial_set = grids[0]["metadata"]["runSets"][0]
+    filters = {f["key"]["name"]: f["value"] for f in trial_set["filters"]["filters"]}
+    assert filters == {"group": "t", "jobType": "trial"}
+    panels = {p["viewType"]: [] for p in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]}
+    for panel in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]:
+        panels[panel["viewType"]].append(panel["config"])
+    (parallel,) = panels["Parallel Coordinates Plot"]
+    assert [c["accessor"] for c in parallel["columns"]] == [
+        "config:dtype.value",
+        "config:lr.value",
+        "config:batch.value",
+        "summary:score",
+    ]
+    assert panels["Parameter Importance"][0]["targetKey"] == "score"
+    bars = panels["Bar Chart"]  # NaN rate per level: the mean of the runs' 0/1 `nan`
+    assert [(b["groupBy"], b["metrics"], b["groupAgg"]) for b in bars] == [
+        ("dtype.value", ["nan"], "mean"),
+        ("batch.value", ["nan"], "mean"),
+    ]
+    analysis_set = grids[1]["metadata"]["runSets"][0]
+    assert {f["value"] for f in analysis_set["filters"]["filters"]} == {"t", "analysis"}
+    assert '"trials"' in json.dumps(grids[1]) and '"ranking"' in json.dumps(grids[1])
+
+
+@pytest.mark.parametrize("wandb_server", [{"upsertView"}], indirect=True)
+def test_a_report_that_cannot_be_saved_is_a_warning(wandb_server, tmp_path, caplog):
+    cfg = load_config(DEMO, ["study=t", "tracking.entity=alice"])
+    tracker = WandbTracker("online", tmp_path)
+    tracker.start(cfg)
+    with caplog.at_level(logging.WARNING, logger="nansearch.tracking"):
+        assert tracker.publish_report(RANKING) is None
+    assert "report could not be saved" in caplog.text and "permission denied" in caplog.text
+    assert tracker.failures == 1
