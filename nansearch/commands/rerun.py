@@ -59,7 +59,22 @@ def rerun(
 
 
 def main(args: argparse.Namespace) -> int:
-    outcome = rerun(args.study, args.out, args.top, args.trials, args.seeds)
+    from nansearch.config import load_config
+    from nansearch.report import write_report
+    from nansearch.tracking import make_tracker
+
+    root = Path(args.out)
+    study_dir = root / (args.study or latest_study(root))
+    cfg = load_config(study_dir / "config.yaml")
+    tracker = make_tracker(cfg, study_dir)
+    tracker.start(cfg)
+    try:
+        outcome = rerun(
+            study_dir.name, args.out, args.top, args.trials, args.seeds, on_record=tracker.log_rerun
+        )
+    finally:
+        tracker.close()
+    write_report(study_dir)  # the report shows the diagnoses
     if not outcome.records:
         print(f"study {outcome.study_dir}: no failing trial to rerun")
         return 0
