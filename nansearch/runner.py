@@ -215,7 +215,8 @@ def train(
         logit_absmax = logits.detach().abs().amax().float()
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
-            scale = scaler.get_scale()
+            # the scale this step ran at, kept on the device until the step's one read
+            scale = scaler._get_scale_async().clone()
             scaler.unscale_(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = _total_norm(grads)
@@ -225,9 +226,11 @@ def train(
         else:
             optimizer.step()
         param_norm = _total_norm([p.detach() for p in params])
+        checked = [logit_absmax, loss.detach().float(), grad_norm, param_norm]
+        if scaler:
+            checked.append(scale)
         # the one host read of the step
-        values = torch.stack([logit_absmax, loss.detach().float(), grad_norm, param_norm])
-        logit_v, loss_v, grad_v, param_v = values.tolist()
+        logit_v, loss_v, grad_v, param_v, *scale_v = torch.stack(checked).tolist()
         result.logit_absmax.append(logit_v)
         result.loss.append(loss_v)
         result.grad_norm.append(grad_v)
@@ -240,7 +243,7 @@ def train(
         elif not math.isfinite(grad_v):
             # Under a GradScaler an overflow is routine: the step is skipped and the
             # scale halves. It is a failure once the scale has reached its floor.
-            if scaler is None or scale <= opt_cfg.min_loss_scale:
+            if scaler is None or scale_v[0] <= opt_cfg.min_loss_scale:
                 bad = "nonfinite-grad"
             else:
                 result.skipped_steps += 1
