@@ -212,14 +212,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             logits, loss = forward(model, batch)
-        logit_absmax = logits.detach().abs().amax().float()
+        low, high = torch.aminmax(logits.detach())  # one pass, no |logits| temporary
+        logit_absmax = torch.maximum(high, -low).float()
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             # the scale this step ran at, kept on the device until the step's one read
             scale = scaler._get_scale_async().clone()
             scaler.unscale_(optimizer)
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = _total_norm(grads)
+        # no name holds the gradients past this line, so zero_grad frees them for reuse
+        grad_norm = _total_norm([p.grad for p in params if p.grad is not None])
         if scaler:
             scaler.step(optimizer)  # skips the update when a gradient overflowed
             scaler.update()
