@@ -1,21 +1,46 @@
-"""Run every benchmark and print its table; each module has ``run() -> str``."""
+"""Run the benchmarks and print their tables; each module has ``run() -> str``.
+
+``python -m benchmarks [--quick] [suite ...]``: all suites by default; ``--quick`` runs
+shorter versions (fewer rounds and steps) of those that offer one.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 
-SUITES: list[str] = []
+SUITES: list[str] = ["overhead", "fixed_cost", "sweep_floor", "memory"]
+
+
+def quiet_libraries() -> None:
+    """The libraries' load reports and progress bars, as the command line keeps them."""
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str]) -> int:
-    chosen = argv or SUITES
-    for name in chosen:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)}")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, wider spread")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"no suite {', '.join(unknown)}; suites: {', '.join(SUITES)}")
+    if args.quick:
+        from benchmarks._common import QUICK_ENV
+
+        os.environ[QUICK_ENV] = "1"
+    quiet_libraries()
+    for name in args.suites or SUITES:
         module = importlib.import_module(f"benchmarks.{name}")
-        print(module.run())
+        print(module.run(), flush=True)
         print()
-    if not chosen:
-        print("no benchmarks registered yet")
     return 0
 
 

@@ -1,8 +1,9 @@
 """What the benchmarks share: the machine, alternated timing, the ratio table, result files.
 
-Every figure is a ratio against a baseline measured in the same run, so a busy machine
-slows both sides. Timings on a shared machine are noisy: the two sides alternate, the
-rounds repeat, the table shows the median ratio and the lowest and highest round.
+Every figure is a ratio against a baseline measured in the same run. Timings on a
+shared machine are noisy: the two sides alternate, the rounds repeat, and the table
+shows the median ratio with the lowest and highest round, the cores, the torch threads
+and the load, and says when other work was sharing the cores.
 
 Results go to ``bench-results/<suite>.json``; when a file from a previous run is there,
 the table shows its figure next to the new one before replacing it.
@@ -86,7 +87,9 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        # load averages as the suite ends: over its last minute and last five
         "load_1min": round(os.getloadavg()[0], 2),
+        "load_5min": round(os.getloadavg()[1], 2),
     }
 
 
@@ -94,7 +97,7 @@ def describe(env: dict[str, Any]) -> str:
     return (
         f"{env['usable_cores']} usable of {env['cores']} cores, "
         f"{env['torch_threads']} torch threads, torch {env['torch']}, {env['device']}, "
-        f"load {env['load_1min']} at start"
+        f"load average {env['load_1min']} (1 min), {env['load_5min']} (5 min)"
     )
 
 
@@ -236,10 +239,13 @@ def report(
     rows: list[Row],
     notes: list[str],
     details: dict[str, Any] | None = None,
-    env: dict[str, Any] | None = None,
+    busy: str = "timings are noisy; compare with a run on an idle machine",
 ) -> str:
-    """The suite's table, compared with the previous run's file, which it then replaces."""
-    env = env or environment()
+    """The suite's table, compared with the previous run's file, which it then replaces.
+
+    ``busy`` is said when other work shared the cores while the suite ran.
+    """
+    env = environment()
     path = RESULTS / f"{suite}.json"
     previous = _previous(path)
     lines = [title, f"  {describe(env)}{'; quick run' if quick() else ''}"]
@@ -261,6 +267,8 @@ def report(
         if row.note:
             lines.append(f"  {'':<{width}}  {row.note}")
     lines += [f"  {note}" for note in notes]
+    if max(env["load_1min"], env["load_5min"]) > env["usable_cores"] + 0.5:
+        lines.append(f"  busy machine (load above {env['usable_cores']} cores): {busy}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "suite": suite,

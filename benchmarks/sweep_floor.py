@@ -1,0 +1,115 @@
+"""A whole sweep against its floor: the bare training time of the same trials.
+
+The sweep is ``nansearch sweep sweeps/demo.yaml`` in a process of its own with W&B
+offline, timed from process start to exit: imports, checkpoint reads, the study, every
+trial, the ranking and the files it writes. Its floor is the training those trials did:
+each trial's model and batch as its factors shaped them, trained by a bare loop for as
+many steps as the trial ran (to its first bad step when it stopped there), timed in this
+process after a warm-up. Sweep and floor alternate over the rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import (
+    DEMO,
+    bare_train,
+    demo_ready,
+    isolated_env,
+    nansearch_command,
+    quick,
+    ratio_row,
+    report,
+    run_command,
+    summarize,
+    tracking_note,
+    wandb_mode,
+)
+from nansearch.config import SweepConfig, load_config
+from nansearch.factors import build_factors
+from nansearch.runner import TrialRunner
+from nansearch.targets import build_target
+
+TARGET = 1.15
+
+
+def sweep(folder: Path, study: str, overrides: list[str]) -> tuple[float, list[dict]]:
+    """Wall seconds of the sweep, and its trials as ``trials.jsonl`` records them."""
+    cmd = nansearch_command("sweep", str(DEMO), f"study={study}", *overrides)
+    seconds = run_command(cmd, isolated_env(folder), folder)
+    lines = (folder / "runs" / study / "trials.jsonl").read_text().splitlines()
+    return seconds, [json.loads(line) for line in lines]
+
+
+def floor(runner: TrialRunner, cfg: SweepConfig, trials: list[dict], most: int = 0) -> float:
+    """Seconds of bare training for the steps ``trials`` ran (at ``most`` each, if set)."""
+    total = 0.0
+    for trial in trials:
+        steps = len(trial["loss"]) if trial["outcome"] != "error" else 1
+        steps = min(steps, most) if most else steps
+        with torch.random.fork_rng():
+            torch.manual_seed(trial["seed"])
+            setup = runner.prepare(trial["params"], trial["seed"])
+            start = time.perf_counter()
+            with contextlib.suppress(Exception):  # the trial raised too, at its first step
+                bare_train(setup, steps, runner.device, cfg.optimizer)
+            total += time.perf_counter() - start
+    return total
+
+
+def run() -> str:
+    short = quick()
+    trials, steps, rounds = (12, 10, 1) if short else (30, 20, 2)
+    demo_ready()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        overrides = [
+            f"trials={trials}",
+            f"steps={steps}",
+            "out=runs",
+            f"tracking.wandb={wandb_mode()}",
+        ]
+        cfg = load_config(DEMO, overrides)
+        runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+        pairs, recorded = [], []
+        for i in range(rounds):
+            if i % 2 == 0:
+                wall, recorded = sweep(folder, f"floor{i}", overrides)
+                if i == 0:
+                    floor(runner, cfg, recorded, most=1)  # warm-up: every dtype and shape
+                bare = floor(runner, cfg, recorded)
+            else:
+                bare = floor(runner, cfg, recorded)
+                wall, recorded = sweep(folder, f"floor{i}", overrides)
+            pairs.append((bare, wall))
+    ratios = [wall / bare for bare, wall in pairs]
+    bare_s, wall_s = (summarize([p[k] for p in pairs])[0] for k in (0, 1))
+    ran = sum(len(t["loss"]) for t in recorded)
+    nan = sum(t["outcome"].startswith("nonfinite") for t in recorded)
+    rows = [
+        ratio_row(
+            f"demo sweep, {trials} trials x {steps} steps, wall / bare training",
+            ratios,
+            TARGET,
+        )
+    ]
+    notes = [
+        f"sweep wall {wall_s:.1f} s, bare training {bare_s:.1f} s of the same {trials} "
+        f"trials ({ran} steps run; {nan} stopped at a non-finite value); "
+        f"the tool's share {(wall_s - bare_s) / trials:.2f} s per trial, process start included",
+        f"{rounds} round(s), sweep and floor alternating; {tracking_note()}",
+    ]
+    details = {"pairs_seconds": pairs, "trials": trials, "steps": steps, "steps_run": ran}
+    busy = (
+        "contention slows training far more than process start or W&B, so this ratio "
+        "reads low; compare with a run on an idle machine"
+    )
+    title = "Whole sweep vs bare training of its trials"
+    return report("sweep_floor", title, rows, notes, details, busy)
