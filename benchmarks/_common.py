@@ -34,11 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "sweeps" / "demo.yaml"
 RESULTS = Path("bench-results")
 QUICK_ENV = "NANSEARCH_BENCH_QUICK"
+THREADS_ENV = "NANSEARCH_BENCH_THREADS"
 
 
 def quick() -> bool:
     """Whether ``python -m benchmarks --quick`` asked for the short version."""
     return os.environ.get(QUICK_ENV) == "1"
+
+
+def threads() -> int:
+    """Torch threads per process (``--threads``, default 1), here and in every child."""
+    return int(os.environ.get(THREADS_ENV, "1"))
 
 
 def tracking_available() -> bool:
@@ -96,7 +102,7 @@ def environment() -> dict[str, Any]:
 def describe(env: dict[str, Any]) -> str:
     return (
         f"{env['usable_cores']} usable of {env['cores']} cores, "
-        f"{env['torch_threads']} torch threads, torch {env['torch']}, {env['device']}, "
+        f"torch threads {env['torch_threads']}, torch {env['torch']}, {env['device']}, "
         f"load average {env['load_1min']} (1 min), {env['load_5min']} (5 min)"
     )
 
@@ -206,6 +212,7 @@ def wandb_inside(folder: Path) -> Iterator[None]:
 def isolated_env(folder: Path) -> dict[str, str]:
     """Environment for a ``nansearch`` child: W&B offline and its files inside ``folder``."""
     env = {**os.environ, **wandb_env(folder), "TQDM_DISABLE": "1"}
+    env["OMP_NUM_THREADS"] = str(threads())
     env.pop("WANDB_API_KEY", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
@@ -223,6 +230,21 @@ def run_command(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return seconds
+
+
+def worker_start(folder: Path, study: str) -> float:
+    """Wall seconds of a one-trial, one-step demo sweep in a fresh process: what a worker
+    pays once (process, imports, config, checkpoint reads, the study, the first step)."""
+    cmd = nansearch_command(
+        "sweep",
+        str(DEMO),
+        f"study={study}",
+        "trials=1",
+        "steps=1",
+        f"out={folder / 'runs'}",
+        f"tracking.wandb={wandb_mode()}",
+    )
+    return run_command(cmd, isolated_env(folder), folder)
 
 
 def demo_ready() -> None:

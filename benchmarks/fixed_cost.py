@@ -27,7 +27,6 @@ from benchmarks._common import (
     bare_train,
     demo_ready,
     isolated_env,
-    nansearch_command,
     quick,
     ratio_row,
     report,
@@ -36,7 +35,7 @@ from benchmarks._common import (
     timed,
     tracking_note,
     wandb_inside,
-    wandb_mode,
+    worker_start,
 )
 from nansearch.config import load_config
 from nansearch.factors import build_factors
@@ -47,20 +46,6 @@ TARGET = 0.10
 STEPS = 50
 TRIAL = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained"}
 TRIAL["batch"] = "clean"
-
-
-def worker_start(folder: Path, study: str) -> float:
-    """Wall seconds of a one-trial, one-step sweep in a fresh process."""
-    cmd = nansearch_command(
-        "sweep",
-        str(DEMO),
-        f"study={study}",
-        "trials=1",
-        "steps=1",
-        f"out={folder / 'runs'}",
-        f"tracking.wandb={wandb_mode()}",
-    )
-    return run_command(cmd, isolated_env(folder), folder)
 
 
 def import_floor(folder: Path) -> float:
@@ -81,7 +66,6 @@ def wandb_run(folder: Path) -> float:
         reinit="create_new",
         settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
     )
-    run.log({"loss": 1.0})
     run.finish()
     return time.perf_counter() - start
 

@@ -8,10 +8,9 @@ read back to the host together once per step) and no tracking. Both clocks inclu
 moving the model to the device and building the optimizer. The two alternate, round
 after round; the figure is the median of the per-round ratios.
 
-CPU: fp32, an OPT of about 10M parameters, timed in CPU time with one torch thread. On
-a shared machine, torch's worker threads spin while they wait for one another, and a
-busy neighbour then stretches wall and CPU time alike, by up to 5x in either
-direction; with one thread, the CPU time a step costs holds within a few percent.
+CPU: fp32, an OPT of about 10M parameters. With one torch thread (the benchmarks'
+default) the clock is the process's CPU time, which holds within a few percent on a
+shared machine; with more, wall time.
 GPU, when there is one: fp16 autocast with a GradScaler, an OPT of about 100M
 parameters, at least 50 steps, in wall time (the bare loop waits for the device at its
 end; the runner waits once per step, which is what is measured).
@@ -71,12 +70,10 @@ class Case:
     rounds: int
     batch: tuple[int, int]  # rows, tokens per row
     clock: Callable[[], float] = time.perf_counter
-    threads: int | None = None  # torch threads while measuring; None leaves them
 
 
 def measure(case: Case) -> tuple[Row, dict]:
     batch_size, seq_len = case.batch
-    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         count = build_checkpoint(Path(tmp) / "opt", case.size, positions=seq_len)
         cfg = load_config(
@@ -115,15 +112,11 @@ def measure(case: Case) -> tuple[Row, dict]:
                 raise RuntimeError(f"the benchmark trial must stay finite: {result.outcome}")
             return seconds
 
-        try:
-            torch.set_num_threads(case.threads or threads)
-            alternate(bare, instrumented, 2)  # warm-up: first-call costs on both sides
-            pairs = alternate(bare, instrumented, case.rounds)
-        finally:
-            torch.set_num_threads(threads)
+        alternate(bare, instrumented, 2)  # warm-up: first-call costs on both sides
+        pairs = alternate(bare, instrumented, case.rounds)
     bare_s = summarize([b for b, _ in pairs])[0]
     run_s = summarize([x for _, x in pairs])[0]
-    clock = "CPU time, 1 torch thread" if case.threads == 1 else "wall time"
+    clock = "CPU time" if case.clock is time.process_time else "wall time"
     note = (
         f"per step: bare {1000 * bare_s / case.steps:.1f} ms, runner "
         f"{1000 * run_s / case.steps:.1f} ms ({clock}); batch {batch_size}x{seq_len}; "
@@ -136,9 +129,9 @@ def measure(case: Case) -> tuple[Row, dict]:
 
 def run() -> str:
     short = quick()
-    cpu = Case(
-        "cpu", CPU_MODEL, "fp32", 5, 6 if short else 16, (8, 64), time.process_time, threads=1
-    )
+    single = torch.get_num_threads() == 1
+    clock = time.process_time if single else time.perf_counter
+    cpu = Case("cpu", CPU_MODEL, "fp32", 5, 6 if short else 16, (8, 64), clock)
     rows, details = [], {}
     row, details["cpu"] = measure(cpu)
     rows.append(row)
