@@ -261,12 +261,8 @@ def report(
     rows: list[Row],
     notes: list[str],
     details: dict[str, Any] | None = None,
-    busy: str = "timings are noisy; compare with a run on an idle machine",
 ) -> str:
-    """The suite's table, compared with the previous run's file, which it then replaces.
-
-    ``busy`` is said when other work shared the cores while the suite ran.
-    """
+    """The suite's table, compared with the previous run's file, which it then replaces."""
     env = environment()
     path = RESULTS / f"{suite}.json"
     previous = _previous(path)
@@ -290,7 +286,10 @@ def report(
             lines.append(f"  {'':<{width}}  {row.note}")
     lines += [f"  {note}" for note in notes]
     if max(env["load_1min"], env["load_5min"]) > env["usable_cores"] + 0.5:
-        lines.append(f"  busy machine (load above {env['usable_cores']} cores): {busy}")
+        lines.append(
+            f"  busy machine (load above {env['usable_cores']} cores): timings are noisy; "
+            "compare with a run on an idle machine"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "suite": suite,

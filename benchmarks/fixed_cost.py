@@ -130,9 +130,5 @@ def run() -> str:
         tracking_note(),
     ]
     details = {"seconds": parts, "import_floor": floor_s}
-    busy = (
-        "contention slows training far more than process start or W&B, so this ratio "
-        "reads low; compare with a run on an idle machine"
-    )
     title = "Fixed cost per trial vs a 50-step demo trial"
-    return report("fixed_cost", title, rows, notes, details, busy)
+    return report("fixed_cost", title, rows, notes, details)

@@ -119,12 +119,8 @@ def run() -> str:
         f"{rounds} round(s), sweep and floor alternating; {tracking_note()}",
     ]
     details = {"rounds_seconds": seen, "trials": trials, "steps": steps, "steps_run": ran}
-    busy = (
-        "contention slows training far more than process start or W&B, so this ratio "
-        "reads low; compare with a run on an idle machine"
-    )
     title = "Whole sweep vs bare training of its trials"
-    return report("sweep_floor", title, rows, notes, details, busy)
+    return report("sweep_floor", title, rows, notes, details)
 
 
 def break_even(start: float, steady: float) -> str:
