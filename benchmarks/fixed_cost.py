@@ -44,8 +44,13 @@ from nansearch.targets import build_target
 
 TARGET = 0.10
 STEPS = 50
-TRIAL = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained"}
-TRIAL["batch"] = "clean"
+TRIAL = {
+    "checkpoint": "opt-lm",
+    "dtype": "fp32",
+    "lr": 1e-3,
+    "init": "pretrained",
+    "batch": "clean",
+}
 
 
 def import_floor(folder: Path) -> float:
@@ -76,8 +81,9 @@ def run() -> str:
     cfg = load_config(DEMO, ["tracking.wandb=off"])
     runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
     device = runner.device
-    parts: dict[str, list[float]] = {"copy": [], "optimizer": [], "wandb": [], "train": []}
-    parts["worker"] = []
+    parts: dict[str, list[float]] = {
+        key: [] for key in ("copy", "optimizer", "wandb", "train", "worker")
+    }
     with tempfile.TemporaryDirectory() as tmp, wandb_inside(Path(tmp)):
         folder = Path(tmp)
         wandb_run(folder)  # the first run in a process also starts W&B's service

@@ -33,7 +33,7 @@ from nansearch.runner import TrialResult, TrialRunner, train
 from nansearch.targets import build_target
 
 TARGET = 1.05
-# OPT sizes: about 10.4M and 98M parameters (embeddings tied to the output layer)
+# OPT sizes: 10.3M and 98M parameters (embeddings tied to the output layer)
 CPU_MODEL = dict(vocab_size=8192, hidden_size=384, num_hidden_layers=4, ffn_dim=1536)
 GPU_MODEL = dict(vocab_size=16384, hidden_size=768, num_hidden_layers=12, ffn_dim=3072)
 
@@ -88,8 +88,13 @@ def measure(case: Case) -> tuple[Row, dict]:
             ],
         )
         runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
-        params = {"checkpoint": "bench", "dtype": case.dtype, "lr": 1e-4, "init": "pretrained"}
-        params["batch"] = "clean"
+        params = {
+            "checkpoint": "bench",
+            "dtype": case.dtype,
+            "lr": 1e-4,
+            "init": "pretrained",
+            "batch": "clean",
+        }
         forked = [runner.device.index or 0] if runner.device.type == "cuda" else []
 
         def prepared() -> TrialSetup:
