@@ -1,21 +1,61 @@
-"""Run every benchmark and print its table; each module has ``run() -> str``."""
+"""Run the benchmarks and print their tables; each module has ``run() -> str``.
+
+``python -m benchmarks [--quick] [--threads N] [suite ...]``: all suites by default;
+``--quick`` runs shorter versions (fewer rounds and steps) of those that offer one.
+
+Every process runs torch with one thread unless ``--threads`` says otherwise: on a
+machine shared with other work, torch's worker threads spin while they wait for one
+another, and a busy neighbour stretches the same training step by up to 5x from one
+run to the next; a single thread slows only in proportion to the CPU it gets. One
+thread per process is also how several CPU workers share a machine.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 
-SUITES: list[str] = ["workers"]
+import torch
+
+SUITES: list[str] = ["overhead", "fixed_cost", "sweep_floor", "memory", "workers"]
+
+
+def quiet_libraries() -> None:
+    """The libraries' load reports and progress bars, as the command line keeps them."""
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str]) -> int:
-    chosen = argv or SUITES
-    for name in chosen:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)}")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, wider spread")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process (default 1)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"no suite {', '.join(unknown)}; suites: {', '.join(SUITES)}")
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: must be at least 1")
+    from benchmarks._common import QUICK_ENV, THREADS_ENV
+
+    if args.quick:
+        os.environ[QUICK_ENV] = "1"
+    os.environ[THREADS_ENV] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    for name in args.suites or SUITES:
         module = importlib.import_module(f"benchmarks.{name}")
-        print(module.run())
+        print(module.run(), flush=True)
         print()
-    if not chosen:
-        print("no benchmarks registered yet")
     return 0
 
 

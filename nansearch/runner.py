@@ -256,13 +256,15 @@ def train(
             logits, loss = forward(model, batch)
         if observer is not None:
             observer.after_forward(step, logits, loss)
-        logit_absmax = logits.detach().abs().amax().float()
+        low, high = torch.aminmax(logits.detach())  # one pass, no |logits| temporary
+        logit_absmax = torch.maximum(high, -low)
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
-            scale = scaler.get_scale()
+            # the scale this step ran at, kept on the device until the step's one read
+            scale = scaler._get_scale_async().clone()
             scaler.unscale_(optimizer)
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = _total_norm(grads)
+        # no name holds the gradients past this line, so zero_grad frees them for reuse
+        grad_norm = _total_norm([p.grad for p in params if p.grad is not None])
         if observer is not None:
             observer.before_update(step)
         if scaler:
@@ -273,9 +275,11 @@ def train(
         if observer is not None:
             observer.after_update(step)
         param_norm = _total_norm([p.detach() for p in params])
+        checked = [logit_absmax.double(), loss.detach().double(), grad_norm, param_norm]
+        if scaler:
+            checked.append(scale.double())
         # the one host read of the step
-        values = torch.stack([logit_absmax.double(), loss.detach().double(), grad_norm, param_norm])
-        logit_v, loss_v, grad_v, param_v = values.tolist()
+        logit_v, loss_v, grad_v, param_v, *scale_v = torch.stack(checked).tolist()
         result.logit_absmax.append(logit_v)
         result.loss.append(loss_v)
         result.grad_norm.append(grad_v)
@@ -288,7 +292,7 @@ def train(
         elif not math.isfinite(grad_v):
             # Under a GradScaler an overflow is routine: the step is skipped and the
             # scale halves. It is a failure once the scale has reached its floor.
-            if scaler is None or scale <= opt_cfg.min_loss_scale:
+            if scaler is None or scale_v[0] <= opt_cfg.min_loss_scale:
                 bad = "nonfinite-grad"
             else:
                 result.skipped_steps += 1
