@@ -22,7 +22,14 @@ from nansearch.interrupt import stop_on_interrupt
 from nansearch.ranking import rank
 from nansearch.report import write_report
 from nansearch.runner import TrialResult, TrialRunner
-from nansearch.search import Search, SweepCallbacks, rank_axes, recorded, write_trials
+from nansearch.search import (
+    Search,
+    SweepCallbacks,
+    distributions,
+    rank_axes,
+    recorded,
+    write_trials,
+)
 from nansearch.targets import build_target
 from nansearch.tracking import Tracker, make_tracker
 from nansearch.workers import run_workers
@@ -79,7 +86,10 @@ def prepare(cfg: SweepConfig) -> tuple[list[Factor], TrialRunner]:
 def write_ranking(
     cfg: SweepConfig, factors: list[Factor], results: list[TrialResult], study_dir: Path
 ) -> dict[str, Any]:
-    ranking = {"study": cfg.study, **rank(results, rank_axes(factors))}
+    ranking = {
+        "study": cfg.study,
+        **rank(results, rank_axes(factors), distributions=distributions(factors), seed=cfg.seed),
+    }
     path = study_dir / "ranking.json"
     path.write_text(json.dumps(ranking, indent=2) + "\n")
     return ranking

@@ -9,7 +9,7 @@ import time
 
 from nansearch.audit import format_findings
 from nansearch.config import load_config
-from nansearch.ranking import format_table
+from nansearch.ranking import format_conclusions, format_table
 from nansearch.runner import TrialResult
 from nansearch.search import SweepCallbacks
 from nansearch.sweep import SweepOutcome, run_sweep
@@ -108,6 +108,10 @@ EXIT_INTERRUPTED = 130
 def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
     print()
     print(format_table(outcome.ranking))
+    if outcome.ranking.get("conclusions"):
+        print()
+        print("conclusions")
+        print(format_conclusions(outcome.ranking))
     print()
     print(f"study {outcome.study_dir} ({seconds:.0f}s)")
     for name, path in outcome.files.items():

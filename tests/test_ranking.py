@@ -1,0 +1,294 @@
+"""The ranking on synthetic studies whose NaN rates are planted, so the truth is known."""
+
+import random
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from scipy.stats import fisher_exact
+
+from nansearch.causes import find_causes, find_interactions
+from nansearch.isolate import isolate
+from nansearch.ranking import Bins, format_conclusions, format_table, rank, wilson
+from nansearch.runner import TrialResult
+
+DTYPES = ["fp32", "bf16", "fp16", "amp-fp16"]
+BATCHES = ["clean", "long", "labels-all-ignored"]
+INITS = ["pretrained", "reinit", "flaky-init"]
+AXES = [("dtype", DTYPES), ("batch", BATCHES), ("init", INITS), ("lr", Bins.log_spaced(1e-4, 1))]
+NAMES, CONTINUOUS = ["dtype", "batch", "init", "lr"], ["lr"]
+DISTRIBUTIONS = {
+    "dtype": CategoricalDistribution(DTYPES),
+    "batch": CategoricalDistribution(BATCHES),
+    "init": CategoricalDistribution(INITS),
+    "lr": FloatDistribution(1e-4, 1, log=True),
+}
+
+
+def trial(number, params, nan, phase="cover", outcome=None):
+    outcome = outcome or ("nonfinite-logits" if nan else "finite")
+    score = None if outcome == "error" else (1.5 if nan else 0.1 + (number % 7) / 100)
+    return TrialResult(
+        params=params,
+        seed=number,
+        steps=4,
+        outcome=outcome,
+        first_bad_step=0 if nan else None,
+        score=score,
+        number=number,
+        phase=phase,
+    )
+
+
+def planted(params, count):
+    """fp16 and ignored labels always; amp-fp16 above lr 0.1; flaky-init every other run."""
+    if params["dtype"] == "fp16" or params["batch"] == "labels-all-ignored":
+        return True
+    if params["dtype"] == "amp-fp16" and params["lr"] > 0.1:
+        return True
+    return params["init"] == "flaky-init" and count % 2 == 0
+
+
+def balanced_study(n=240, seed=0):
+    rng = random.Random(seed)
+    columns = {}
+    for name, levels in [("dtype", DTYPES), ("batch", BATCHES), ("init", INITS)]:
+        column = [levels[i % len(levels)] for i in range(n)]
+        rng.shuffle(column)
+        columns[name] = column
+    flaky_seen = 0
+    results = []
+    for i in range(n):
+        params = {name: columns[name][i] for name in columns}
+        params["lr"] = 10 ** rng.uniform(-4, 0)
+        if params["init"] == "flaky-init":
+            flaky_seen += 1
+        results.append(trial(i, params, planted(params, flaky_seen)))
+    return results
+
+
+@pytest.fixture(scope="module")
+def study():
+    return balanced_study()
+
+
+def test_wilson_matches_known_intervals():
+    low, high = wilson(0, 10)
+    assert low == 0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson(10, 10)
+    assert low == pytest.approx(0.7225, abs=1e-4) and high == pytest.approx(1)
+    low, high = wilson(5, 10)
+    assert (low, high) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+
+
+def test_causes_are_the_planted_ones(study):
+    causes = find_causes(study, NAMES, CONTINUOUS)
+    rules = {c.text.split(" above ")[0] for c in causes}
+    assert rules == {
+        "dtype=fp16",
+        "batch=labels-all-ignored",
+        "dtype=amp-fp16 with lr",
+        "init=flaky-init",
+    }
+    by_rule = {c.text.split(" above ")[0]: c for c in causes}
+    fp16 = by_rule["dtype=fp16"]
+    assert fp16.sufficient and fp16.nan == fp16.total == 60
+    amp = by_rule["dtype=amp-fp16 with lr"]
+    passing, failing = amp.boundary["lr"]
+    assert passing < 0.1 < failing and passing < amp.conditions[1].value < failing
+    assert amp.sufficient
+    flaky = by_rule["init=flaky-init"]
+    assert not flaky.sufficient and 0.3 < flaky.nan / flaky.total < 0.8
+    assert all(c.p_adjusted < 0.05 for c in causes)
+
+
+def test_tables_give_exact_wilson_intervals_and_fisher_tests(study):
+    ranking = rank(study, AXES)
+    dtype = next(f for f in ranking["factors"] if f["name"] == "dtype")
+    rows = {r["value"]: r for r in dtype["levels"]}
+    fp16 = rows["fp16"]
+    assert fp16["nan"] == fp16["total"] == 60 and fp16["rate"] == 1
+    assert (fp16["ci_low"], fp16["ci_high"]) == wilson(60, 60)
+    # "alone": the runs that no cause on another factor explains
+    alone = [
+        r
+        for r in study
+        if r.params["batch"] != "labels-all-ignored" and r.params["init"] != "flaky-init"
+    ]
+    k = sum(r.is_nan for r in alone if r.params["dtype"] == "fp16")
+    n = sum(r.params["dtype"] == "fp16" for r in alone)
+    rest_k = sum(r.is_nan for r in alone if r.params["dtype"] != "fp16")
+    rest_n = len(alone) - n
+    assert fp16["alone"] == {"nan": k, "total": n, "rate": 1.0}
+    expected = fisher_exact([[k, n - k], [rest_k, rest_n - rest_k]]).pvalue
+    assert fp16["p_value"] == pytest.approx(expected)
+    assert fp16["p_value"] < 1e-10 and fp16["effect"] > 0.8
+    # a null level is below the rest, never flagged as a cause
+    assert rows["fp32"]["alone"]["nan"] == 0 and rows["fp32"]["effect"] < 0
+    assert ranking["factors"][0]["name"] in ("dtype", "batch")
+
+
+def test_interaction_detection_finds_the_planted_pair(study):
+    causes = find_causes(study, NAMES, CONTINUOUS)
+    found = find_interactions(study, NAMES, CONTINUOUS, causes)
+    assert found, "the planted amp-fp16 x lr interaction was not found"
+    pairs = {(i.first.text, i.second.text.split(" above ")[0]) for i in found}
+    assert ("dtype=amp-fp16", "lr") in pairs
+    assert all(i.first.factor == "dtype" or i.second.factor == "lr" for i in found), [
+        i.text for i in found
+    ]
+    amp = next(i for i in found if i.first.text == "dtype=amp-fp16")
+    threshold = amp.second.value
+    expected = [
+        r
+        for r in study
+        if r.params["dtype"] == "amp-fp16"
+        and r.params["lr"] >= threshold
+        and r.params["batch"] != "labels-all-ignored"
+        and r.params["init"] != "flaky-init"
+    ]
+    assert amp.joint == {"nan": len(expected), "total": len(expected)}
+    assert amp.first_alone["nan"] == 0 and amp.second_alone["nan"] == 0
+
+
+def test_values_that_travelled_with_a_cause_are_not_blamed():
+    """TPE-like sampling: fp32 mostly drawn with ignored labels looks 75% NaN."""
+    results, number = [], 0
+    for dtype, batch, count in [
+        ("fp32", "labels-all-ignored", 30),
+        ("fp32", "clean", 10),
+        ("bf16", "clean", 10),
+        ("bf16", "labels-all-ignored", 10),
+    ]:
+        for _ in range(count):
+            params = {"dtype": dtype, "batch": batch, "init": "pretrained", "lr": 1e-3}
+            results.append(trial(number, params, batch == "labels-all-ignored", phase="focus"))
+            number += 1
+    ranking = rank(results, AXES)
+    dtype = next(f for f in ranking["factors"] if f["name"] == "dtype")
+    fp32 = next(r for r in dtype["levels"] if r["value"] == "fp32")
+    assert fp32["rate"] == 0.75
+    assert fp32["alone"] == {"nan": 0, "total": 10, "rate": 0.0}
+    assert [c["rule"] for c in ranking["causes"]] == ["batch=labels-all-ignored"]
+    first = ranking["conclusions"][0]["text"]
+    assert first.startswith("batch=labels-all-ignored alone is sufficient: 40/40 runs NaN")
+    assert "0/20 with any other batch" in first
+
+
+def test_errors_and_probes_stay_out_of_the_rates(study):
+    extra = [
+        trial(1000 + i, {**study[0].params, "dtype": "fp16"}, False, outcome="error")
+        for i in range(5)
+    ]
+    probes = [
+        trial(2000 + i, {**study[0].params, "dtype": "fp16"}, True, phase="confirm")
+        for i in range(7)
+    ]
+    base = rank(study, AXES)
+    ranking = rank(study + extra + probes, AXES)
+    assert ranking["errors"] == 5 and ranking["trials"] == len(study) + 12
+    assert ranking["phases"] == {"cover": len(study) + 5, "confirm": 7}
+
+    def fp16_row(r):
+        dtype = next(f for f in r["factors"] if f["name"] == "dtype")
+        return next(x for x in dtype["levels"] if x["value"] == "fp16")
+
+    row = fp16_row(ranking)
+    assert row["errors"] == 5
+    assert (row["nan"], row["total"]) == (fp16_row(base)["nan"], fp16_row(base)["total"])
+    # the causes rest on every trial: the confirm probes count there
+    fp16 = next(c for c in ranking["causes"] if c["rule"] == "dtype=fp16")
+    assert fp16["nan"] == 60 + 7 and fp16["total"] == 60 + 7
+
+
+def test_fanova_ranks_the_planted_factors_above_the_null_one(study):
+    ranking = rank(study, AXES, distributions=DISTRIBUTIONS, seed=0)
+    weights = ranking["importance"]
+    assert set(weights) == set(NAMES)
+    assert weights["dtype"] > weights["lr"] > 0 or weights["dtype"] > weights["init"]
+    assert max(weights, key=weights.get) in ("dtype", "batch")
+
+
+def test_conclusions_read_as_sentences_with_counts(study):
+    ranking = rank(study, AXES)
+    texts = [c["text"] for c in ranking["conclusions"]]
+    assert any(t.startswith("dtype=fp16 alone is sufficient: 60/60 runs NaN") for t in texts)
+    amp = next(t for t in texts if t.startswith("lr matters only with dtype=amp-fp16, above"))
+    assert "without dtype=amp-fp16: 0/" in amp
+    assert any(t.startswith("init=flaky-init raises the NaN rate") for t in texts)
+    printed = format_conclusions(ranking)
+    assert printed.splitlines()[0].startswith("1. ")
+    assert "rank factor" in format_table(ranking)
+
+
+def test_no_nan_at_all_says_so():
+    results = [
+        trial(i, {"dtype": "fp32", "batch": "clean", "init": "pretrained", "lr": 1e-3}, False)
+        for i in range(6)
+    ]
+    ranking = rank(results, AXES)
+    assert ranking["causes"] == [] and ranking["interactions"] == []
+    assert ranking["conclusions"][0]["kind"] == "no-nan"
+    assert ranking["conclusions"][0]["text"].startswith("No run went NaN in 6 runs")
+
+
+# -- isolation on a planted rule ---------------------------------------------------------
+
+
+def counting(rule):
+    calls = []
+
+    def probe(config):
+        calls.append(config)
+        return rule(config)
+
+    return probe, calls
+
+
+def test_isolation_finds_the_planted_pair_when_another_cause_hides_it():
+    # fails when (a and b) or c: with both present, no single flip fixes it
+    probe, calls = counting(lambda x: (x["a"] and x["b"]) or x["c"])
+    failing = dict.fromkeys("abcde", 1)
+    reference = dict.fromkeys("abcde", 0)
+    found = isolate(failing, reference, probe)
+    assert found.complete and found.needed == []
+    assert found.minimal in (["a", "b"], ["c"])
+    # 1-minimal: every value of the set is needed
+    for name in found.minimal:
+        config = {**reference, **{n: 1 for n in found.minimal if n != name}}
+        assert not probe(config)
+    assert len(calls) <= 12
+
+
+def test_isolation_adds_a_shared_value_that_is_needed():
+    # checkpoint x init: the passing run shares the checkpoint, so only init differs
+    probe, _ = counting(lambda x: x["checkpoint"] == "blip2" and x["init"] == "uninit")
+    failing = {"checkpoint": "blip2", "init": "uninit", "dtype": "fp32", "batch": "clean"}
+    reference = {"checkpoint": "blip2", "init": "pretrained", "dtype": "fp32", "batch": "long"}
+    found = isolate(failing, reference, probe, alternatives={"checkpoint": "opt", "dtype": "bf16"})
+    assert found.minimal == ["checkpoint", "init"]
+    assert found.needed == ["init"] and found.context == ["checkpoint"]
+    assert found.values == {"checkpoint": "blip2", "init": "uninit"}
+
+
+def test_isolation_bisects_a_range():
+    probe, _ = counting(lambda x: x["dtype"] == "amp" and x["lr"] > 0.3)
+    failing = {"dtype": "amp", "lr": 0.9, "batch": "clean"}
+    reference = {"dtype": "fp32", "lr": 0.01, "batch": "long"}
+    found = isolate(failing, reference, probe, continuous=["lr"], bisect_steps=4)
+    assert found.minimal == ["dtype", "lr"]
+    passing, fails_at = found.ranges["lr"]
+    assert passing <= 0.3 < fails_at < 0.9
+    assert found.text.startswith("dtype=amp with lr above")
+    assert found.holds({"dtype": "amp", "lr": 0.8, "batch": "x"})
+    assert not found.holds({"dtype": "amp", "lr": 0.02, "batch": "x"})
+
+
+def test_isolation_out_of_budget_is_marked_incomplete():
+    answers = iter([True, True])
+
+    def probe(config):
+        return next(answers, None)
+
+    found = isolate(dict.fromkeys("abcd", 1), dict.fromkeys("abcd", 0), probe)
+    assert not found.complete
+    assert found.minimal  # the smallest failing set seen so far
