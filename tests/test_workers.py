@@ -175,7 +175,7 @@ def test_ctrl_c_stops_after_the_running_trial_and_resume_meets_the_budget(tmp_pa
 
 
 def test_ctrl_c_in_a_one_worker_sweep_records_the_running_trial(tmp_path):
-    path = steady_sweep(tmp_path, trials=3, steps=30)
+    path = steady_sweep(tmp_path, trials=3, steps=400)  # long enough to be caught running
     storage = open_storage(None, tmp_path / "runs" / "steady")
     caught = []
 

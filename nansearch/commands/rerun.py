@@ -65,6 +65,8 @@ def main(args: argparse.Namespace) -> int:
 
     root = Path(args.out)
     study_dir = root / (args.study or latest_study(root))
+    if not (study_dir / "config.yaml").is_file():  # rerun names what is there instead
+        rerun(args.study, args.out, args.top, args.trials, args.seeds)
     cfg = load_config(study_dir / "config.yaml")
     tracker = make_tracker(cfg, study_dir)
     tracker.start(cfg)
