@@ -11,15 +11,18 @@ STUDY  ?= $(shell ls -td runs/*/ 2>/dev/null | head -n 1 | xargs -r basename)
 install: $(STAMP)
 
 # CPU torch unless a GPU is visible: a plain torch requirement pulls a multi-GB CUDA build.
+# A CPU wheel already on this machine's find-links is used as is; else PyTorch's CPU index.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@if $(PY) -c "import torch" 2>/dev/null; then echo "torch: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch; \
+	elif $(PY) -m pip download -q --no-index --no-deps "$(TORCH)" -d $(VENV)/.torch-wheel >/dev/null 2>&1; then \
+		$(PY) -m pip install -q "$(TORCH)"; rm -rf $(VENV)/.torch-wheel; \
 	else \
-		$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null || \
-		$(PY) -m pip install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu; \
+		$(PY) -m pip install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu \
+			--extra-index-url https://pypi.org/simple; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
