@@ -28,7 +28,7 @@ import torch
 
 from nansearch.config import OptimizerConfig
 from nansearch.factors import TrialSetup
-from nansearch.runner import make_optimizer
+from nansearch.runner import make_optimizer, on_device
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "sweeps" / "demo.yaml"
@@ -149,15 +149,7 @@ def bare_train(
 ) -> None:
     """The trial's steps as a plain PyTorch loop: the same model, batch, optimizer and
     precision as the trial runner, with no check and no read back to the host."""
-    model = setup.model.to(device)
-    model.train()
-    pure = setup.autocast_dtype is None
-    batch = {
-        key: value.to(device=device, dtype=setup.param_dtype)
-        if value.is_floating_point() and pure
-        else value.to(device)
-        for key, value in setup.batch.items()
-    }
+    model, batch = on_device(setup, device)
     optimizer = make_optimizer(
         [p for p in model.parameters() if p.requires_grad], setup.lr, opt_cfg
     )

@@ -217,15 +217,14 @@ class TrialRunner:
         return result
 
 
-def train(
-    setup: TrialSetup,
-    result: TrialResult,
-    steps: int,
-    opt_cfg: OptimizerConfig,
-    device: torch.device,
-    observer: StepObserver | None = None,
-) -> None:
-    """The training loop, writing into ``result``; stops at the first non-finite value."""
+def on_device(
+    setup: TrialSetup, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The trial's model in training mode and its batch, on ``device``.
+
+    Under a pure dtype the batch's float inputs (pixel values) take the weights' dtype;
+    under autocast they stay float32, as autocast expects.
+    """
     model = setup.model.to(device)
     model.train()
     pure = setup.autocast_dtype is None
@@ -235,6 +234,19 @@ def train(
         else value.to(device)
         for key, value in setup.batch.items()
     }
+    return model, batch
+
+
+def train(
+    setup: TrialSetup,
+    result: TrialResult,
+    steps: int,
+    opt_cfg: OptimizerConfig,
+    device: torch.device,
+    observer: StepObserver | None = None,
+) -> None:
+    """The training loop, writing into ``result``; stops at the first non-finite value."""
+    model, batch = on_device(setup, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, setup.lr, opt_cfg)
     scaler = torch.amp.GradScaler(device.type) if setup.grad_scaler else None
