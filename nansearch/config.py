@@ -102,7 +102,14 @@ class OptimizerConfig:
 
 @dataclass
 class SearchConfig:
-    cover: int = -1  # trials that cover every level evenly; -1: enough for each level twice
+    """The phases that share ``trials``: cover, focus (what the others leave), confirm and
+    isolate; -1 picks a size from the budget (see :func:`nansearch.phases.plan`)."""
+
+    cover: int = -1  # trials that cover every level evenly; -1: each level twice, a third
+    confirm: int = -1  # reruns of failing configurations with fresh seeds; -1: a tenth
+    isolate: int = -1  # delta-debugging probes toward the minimal cause; -1: a fifth
+    seeds: int = 3  # fresh seeds per confirmed configuration
+    patience: int = 15  # focus ends once the top cause has led this many trials; 0: never
     sampler: str = "tpe"  # tpe | random
 
 
@@ -248,6 +255,22 @@ def _check_values(cfg: SweepConfig) -> list[str]:
         )
     if cfg.search.sampler not in ("tpe", "random"):
         problems.append(f"search.sampler={cfg.search.sampler!r}: valid values are tpe, random")
+    for key in ("cover", "confirm", "isolate"):
+        value = getattr(cfg.search, key)
+        if value < -1:
+            problems.append(f"search.{key}={value}: a number of trials, or -1 for a share of them")
+    fixed = sum(max(getattr(cfg.search, k), 0) for k in ("cover", "confirm", "isolate"))
+    if fixed > cfg.trials:
+        problems.append(
+            f"search.cover + search.confirm + search.isolate = {fixed}: more than "
+            f"trials={cfg.trials}; they share the trial budget"
+        )
+    if cfg.search.seeds < 1:
+        problems.append(f"search.seeds={cfg.search.seeds}: at least 1 fresh seed per rerun")
+    if cfg.search.patience < 0:
+        problems.append(
+            f"search.patience={cfg.search.patience}: a number of trials, or 0 to never stop early"
+        )
     return problems
 
 

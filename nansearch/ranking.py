@@ -234,10 +234,7 @@ def rank(
             o: sum(r.outcome == o for r in results) for o in sorted({r.outcome for r in results})
         },
         "phases": dict(sorted(Counter(r.phase for r in results).items(), key=_phase_order)),
-        "basis": (
-            f"factor tables: the {len(searched)} cover and focus trials; causes and "
-            f"conclusions: all {len(results)} trials, confirm and isolate probes included"
-        ),
+        "basis": basis(len(searched), len(results)),
         "conclusions": conclude(results, causes, isolations, confirmations),
         "causes": [c.to_json() for c in causes],
         "interactions": [i.to_json() for i in interactions],
@@ -252,6 +249,16 @@ def rank(
         "importance": weights,
         "factors": tables,
     }
+
+
+def basis(searched: int, total: int) -> str:
+    """Which trials the tables and the conclusions rest on."""
+    if searched == total:
+        return f"factor tables, causes and conclusions: the {total} cover and focus trials"
+    return (
+        f"factor tables: the {searched} cover and focus trials; causes and conclusions: "
+        f"all {total} trials, the {total - searched} confirm and isolate probes included"
+    )
 
 
 def format_table(ranking: dict[str, Any]) -> str:

@@ -54,7 +54,8 @@ class TrialResult:
     compute_dtype: str = "float32"
     error: str | None = None
     number: int | None = None
-    phase: str = "search"
+    phase: str = "focus"  # cover | focus | confirm | isolate
+    origin: int | None = None  # confirm and isolate: the failing trial this run probes
 
     @property
     def is_nan(self) -> bool:

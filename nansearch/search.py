@@ -2,10 +2,13 @@
 
 The first trials cover every level of every factor evenly (a shuffled balanced design,
 enqueued into the study), so every rate rests on data; then Optuna's sampler steers
-toward instability by maximizing :func:`nansearch.runner.instability_score`.
+toward instability by maximizing :func:`nansearch.runner.instability_score` (focus),
+until the budget is spent or the stopping rule holds. Confirm and isolate follow
+(:mod:`nansearch.phases`).
 
-The budget is a queue of waiting trials in the study itself (:mod:`nansearch.trial_queue`),
-so workers in other processes and on other machines share it through the storage.
+The cover and focus budget is a queue of waiting trials in the study itself
+(:mod:`nansearch.trial_queue`), so workers in other processes and on other machines
+share it through the storage.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 
-from nansearch import trial_queue
+from nansearch import phases, trial_queue
 from nansearch.config import (
     HeartbeatConfig,
     NansearchError,
@@ -38,12 +41,14 @@ from nansearch.config import (
 from nansearch.factors import Factor
 from nansearch.ranking import Bins
 from nansearch.runner import TrialResult, TrialRunner
-from nansearch.trial_queue import FINISHED, PHASE_ATTR, RESULT_ATTR
+from nansearch.trial_queue import FINISHED, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
 
 log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "config"  # the study's resolved configuration, as YAML: workers rebuild it
-BUDGET_ATTR = "trials"  # the trial budget shared by every worker
+BUDGET_ATTR = "trials"  # the queue's budget (cover and focus), shared by every worker
+PLAN_ATTR = "phases"  # every phase's budget
+SETTLED_ATTR = "settled"  # the stopping rule held: {"after": trials, "causes": text}
 POLL_SECONDS = 0.5  # how often a worker with nothing queued looks again
 CONNECT_TIMEOUT = 5  # seconds to reach a database server
 
@@ -146,14 +151,6 @@ def rank_axes(factors: list[Factor]) -> list[tuple[str, list[Any] | Bins]]:
         elif isinstance(dist, FloatDistribution):
             axes.append((factor.name, Bins.log_spaced(dist.low, dist.high)))
     return axes
-
-
-def cover_size(cfg: SweepConfig, factors: list[Factor]) -> int:
-    """Default: every level of the widest factor at least twice, and a third of the budget."""
-    if cfg.search.cover >= 0:
-        return min(cfg.search.cover, cfg.trials)
-    widest = max((len(f.levels or []) for f in factors), default=1)
-    return min(cfg.trials, max(2 * widest, cfg.trials // 3))
 
 
 def cover_plan(factors: list[Factor], count: int, seed: int) -> list[dict[str, Any]]:
@@ -261,8 +258,10 @@ class Search:
         self.dir = cfg.study_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.storage = storage or open_storage(cfg.storage, self.dir, cfg.heartbeat)
-        self.cover = cover_size(cfg, factors)
-        self.sampler = make_sampler(cfg, self.cover, sampler_seed)
+        self.plan = phases.plan(cfg, factors)
+        self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed)
+        patience = cfg.search.patience
+        self.stop_rule = phases.StopRule(factors, self.plan.cover, patience) if patience else None
         self.study = self._join() if join else self._open(resume)
 
     def _open(self, resume: bool) -> optuna.Study:
@@ -283,14 +282,16 @@ class Search:
             load_if_exists=True,
         )
         study.set_user_attr(CONFIG_ATTR, to_yaml(self.cfg))
-        study.set_user_attr(BUDGET_ATTR, self.cfg.trials)
+        study.set_user_attr(BUDGET_ATTR, self.plan.queued)
+        study.set_user_attr(PLAN_ATTR, self.plan.to_json())
         if not exists:
             study.set_user_attr("config_seed", self.cfg.seed)
-            plan = cover_plan(self.factors, self.cover, self.cfg.seed)
-            trial_queue.enqueue(study, plan, self.cfg.trials)
+            plan = cover_plan(self.factors, self.plan.cover, self.cfg.seed)
+            trial_queue.enqueue(study, plan, self.plan.queued)
         else:
             trial_queue.recover(study)
-            trial_queue.top_up(study, self.cfg.trials)
+            if SETTLED_ATTR not in study.user_attrs:
+                trial_queue.top_up(study, self.plan.queued)
         save_config(self.cfg, self.dir / "config.yaml")
         return study
 
@@ -307,7 +308,12 @@ class Search:
     @property
     def budget(self) -> int:
         """The study's budget: a resumed sweep may have raised it since a worker joined."""
-        return int(self.study.user_attrs.get(BUDGET_ATTR, self.cfg.trials))
+        return int(self.study.user_attrs.get(BUDGET_ATTR, self.plan.queued))
+
+    @property
+    def settled(self) -> dict[str, Any] | None:
+        """What the stopping rule said when it ended the focus phase, if it did."""
+        return self.study.user_attrs.get(SETTLED_ATTR)
 
     @property
     def done(self) -> int:
@@ -323,9 +329,9 @@ class Search:
             raise ValueError("a Search without a runner cannot run trials")
         callbacks = callbacks or SweepCallbacks()
         dists = distributions(self.factors)
-        callbacks.start(self.done, self.budget)
+        callbacks.start(self.done, self.plan.total)
         ran = 0
-        while not (stop and stop.is_set()):
+        while not (stop and stop.is_set()) and not self.settled:
             trial_queue.reap(self.study)
             now, budget = trial_queue.tally(self.study), self.budget
             if now.done >= budget:
@@ -334,7 +340,9 @@ class Search:
             if now.done + now.running < budget:
                 trial = trial_queue.take(self.study, dists)
             if trial is not None:
-                ran += self.run_one(trial, callbacks) is not None
+                if self.run_one(trial, callbacks) is not None:
+                    ran += 1
+                    self.check_settled()
             elif trial_queue.tally(self.study).running == 0:
                 log.warning(
                     "nothing queued and nothing running, with %d of %d trials done",
@@ -346,9 +354,27 @@ class Search:
                 time.sleep(POLL_SECONDS)
         return ran
 
+    def check_settled(self) -> None:
+        """End the focus phase when the stopping rule holds: the queue's waiting trials
+        are skipped, and every worker stops when it next looks."""
+        if self.stop_rule is None:
+            return
+        results = phases.light_results(self.study.get_trials(deepcopy=False))
+        causes = self.stop_rule.update(results)
+        if causes is None:
+            return
+        self.study.set_user_attr(SETTLED_ATTR, {"after": len(results), "causes": causes})
+        skipped = trial_queue.cancel(self.study, "settled")
+        log.info(
+            "settled after %d trials (%s); %d queued trials skipped",
+            len(results),
+            causes,
+            skipped,
+        )
+
     def run_one(self, trial: optuna.Trial, callbacks: SweepCallbacks) -> TrialResult | None:
         """Run a taken trial and record it; None when it was failed as stale meanwhile."""
-        phase = trial.user_attrs.get(PHASE_ATTR, "search")
+        phase = trial.user_attrs.get(PHASE_ATTR, "focus")
         seed = self.cfg.seed * 100_003 + trial.number
         try:
             with trial_queue.heartbeat(self.study, trial._trial_id):
@@ -357,6 +383,7 @@ class Search:
             trial_queue.fail(self.study, [self.study._storage.get_trial(trial._trial_id)])
             raise
         result.number, result.phase = trial.number, phase
+        result.origin = trial.user_attrs.get(ORIGIN_ATTR)
         try:
             trial.set_user_attr("outcome", result.outcome)
             trial.set_user_attr(RESULT_ATTR, result.to_json())  # from here on it counts as done

@@ -19,6 +19,7 @@ from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
 from nansearch.interrupt import stop_on_interrupt
+from nansearch.phases import QUEUED, Probes, run_probes
 from nansearch.ranking import rank
 from nansearch.report import write_report
 from nansearch.runner import TrialResult, TrialRunner
@@ -46,15 +47,22 @@ class SweepOutcome:
     ranking: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
     audit: Audit | None = None
-    budget: int = 0
+    budget: int = 0  # the queue's trials: cover and focus
     ran_here: int = 0  # trials run by this command's own workers
     interrupted: bool = False  # stopped by Ctrl-C; ``--resume`` goes on
+    tracking: dict[str, Any] = field(default_factory=dict)  # W&B: sync command, report URL
+    settled: dict[str, Any] | None = None  # the stopping rule ended focus early
+    probes: Probes = field(default_factory=Probes)
+
+    @property
+    def queued_done(self) -> int:
+        return sum(r.phase in QUEUED for r in self.results)
 
     @property
     def complete(self) -> bool:
-        return len(self.results) >= self.budget
-
-    tracking: dict[str, Any] = field(default_factory=dict)  # W&B: sync command, report URL
+        return not self.interrupted and (
+            self.settled is not None or self.queued_done >= self.budget
+        )
 
 
 def import_plugins(plugins: list[str]) -> None:
@@ -84,11 +92,25 @@ def prepare(cfg: SweepConfig) -> tuple[list[Factor], TrialRunner]:
 
 
 def write_ranking(
-    cfg: SweepConfig, factors: list[Factor], results: list[TrialResult], study_dir: Path
+    cfg: SweepConfig,
+    factors: list[Factor],
+    results: list[TrialResult],
+    study_dir: Path,
+    probes: Probes | None = None,
+    settled: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    probes = probes or Probes()
     ranking = {
         "study": cfg.study,
-        **rank(results, rank_axes(factors), distributions=distributions(factors), seed=cfg.seed),
+        "settled": settled,
+        **rank(
+            results,
+            rank_axes(factors),
+            confirmations=probes.confirmations,
+            isolations=probes.isolations,
+            distributions=distributions(factors),
+            seed=cfg.seed,
+        ),
     }
     path = study_dir / "ranking.json"
     path.write_text(json.dumps(ranking, indent=2) + "\n")
@@ -154,6 +176,7 @@ def run_sweep(
     else:
         search = Search(cfg, factors, runner, resume, storage, join, sampler_seed=seed)
     if not join:
+        log.info("phases: %s", search.plan.text)
         audit = audit_sweep(cfg, factors, runner)
         if on_audit is not None:
             on_audit(audit)
@@ -172,9 +195,16 @@ def run_sweep(
             with stop_on_interrupt() as stop:
                 ran = search.run(observed + trial_callbacks(cfg), stop)
             interrupted = stop.is_set()
+        probes = Probes()
+        if not join and not interrupted:
+            search.runner = runner
+            with stop_on_interrupt() as stop:
+                probes = run_probes(search, observed + trial_callbacks(cfg), stop)
+            interrupted = stop.is_set()
+            ran += probes.ran
         results = recorded(search.study)
         write_trials(results, search.dir / "trials.jsonl")
-        ranking = write_ranking(cfg, factors, results, search.dir)
+        ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
         report = write_report_safely(search.dir)
         if not join:
             tracking = tracker.finish_study(ranking, results, search.dir, read_audit(search.dir))
@@ -191,12 +221,22 @@ def run_sweep(
     if cfg.storage is None:
         files["storage"] = search.dir / "optuna-journal.log"
     outcome = SweepOutcome(
-        search.dir, results, ranking, files, audit, search.budget, ran, interrupted, tracking
+        search.dir,
+        results,
+        ranking,
+        files,
+        audit,
+        search.budget,
+        ran,
+        interrupted,
+        tracking,
+        search.settled,
+        probes,
     )
     if not outcome.complete and not interrupted:
         log.warning(
-            "%d of %d trials recorded; nansearch sweep --resume goes on to the budget",
-            len(results),
+            "%d of %d queued trials recorded; nansearch sweep --resume goes on to the budget",
+            outcome.queued_done,
             search.budget,
         )
     return outcome

@@ -37,7 +37,10 @@ from optuna.trial import FrozenTrial, TrialState
 log = logging.getLogger(__name__)
 
 RESULT_ATTR = "result"  # the TrialResult, written just before the trial is told
-PHASE_ATTR = "phase"  # cover | search
+PHASE_ATTR = "phase"  # cover | focus, queued; confirm | isolate, probes (nansearch.phases)
+ORIGIN_ATTR = "probes"  # a probe's failing trial: the one it reruns or varies
+SKIPPED_ATTR = "skipped"  # a queued trial the search ended before: why
+QUEUED = ("cover", "focus", "search")  # "search": the focus phase of older studies
 OWNER_ATTR = "worker"  # {"host": ..., "pid": ...} of the process running the trial
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
@@ -53,8 +56,14 @@ class Tally:
     waiting: int
 
 
+def queued(trial: FrozenTrial) -> bool:
+    """Whether the trial is one of the queue's (cover, focus), not a probe."""
+    return trial.user_attrs.get(PHASE_ATTR, "focus") in QUEUED
+
+
 def tally(study: optuna.Study) -> Tally:
-    trials = study.get_trials(deepcopy=False)
+    """The queue's trials: probes are run by the sweep itself and count apart."""
+    trials = [t for t in study.get_trials(deepcopy=False) if queued(t)]
     return Tally(
         done=sum(t.state in FINISHED and RESULT_ATTR in t.user_attrs for t in trials),
         running=sum(t.state == TrialState.RUNNING for t in trials),
@@ -79,7 +88,7 @@ def enqueue(study: optuna.Study, plan: list[dict[str, Any]], count: int) -> None
     for params in plan[:count]:
         study.enqueue_trial(params, user_attrs={PHASE_ATTR: "cover"})
     for _ in range(count - len(plan[:count])):
-        study.enqueue_trial({}, user_attrs={PHASE_ATTR: "search"})
+        study.enqueue_trial({}, user_attrs={PHASE_ATTR: "focus"})
 
 
 def top_up(study: optuna.Study, budget: int) -> int:
@@ -112,6 +121,26 @@ def take(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> opt
     return None
 
 
+def cancel(study: optuna.Study, reason: str) -> int:
+    """Take every waiting trial and fail it, marked ``skipped``: the queue is closed.
+
+    Taken the way a worker takes one, so a trial a worker took meanwhile runs on.
+    """
+    storage, count = study._storage, 0
+    for frozen in storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+    ):
+        try:
+            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(frozen._trial_id, SKIPPED_ATTR, reason)
+        storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+        count += 1
+    return count
+
+
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
     if isinstance(distribution, CategoricalDistribution):
         return trial.suggest_categorical(name, distribution.choices)
@@ -142,6 +171,9 @@ class Requeue:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if RESULT_ATTR in trial.user_attrs:
             return
+        if not queued(trial):
+            log.warning("probe trial %d did not finish; the sweep runs it again", trial.number)
+            return
         first = retried_from(trial)
         if first is None:
             log.warning("trial %d did not finish; it runs again", trial.number)
@@ -153,7 +185,7 @@ class Requeue:
                 trial.number,
                 first,
             )
-            study.enqueue_trial({}, user_attrs={PHASE_ATTR: "search"})
+            study.enqueue_trial({}, user_attrs={PHASE_ATTR: "focus"})
 
 
 def retried_from(trial: FrozenTrial) -> int | None:

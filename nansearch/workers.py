@@ -150,7 +150,7 @@ def run_workers(
                     spec.gpu or "none",
                     spec.threads,
                 )
-            callbacks.start(len(seen), search.budget)
+            callbacks.start(len(seen), search.plan.total)
             while True:
                 if interrupt.is_set():
                     stop.set()

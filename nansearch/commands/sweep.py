@@ -98,7 +98,9 @@ def main(args: argparse.Namespace) -> int:
     print_outcome(outcome, time.perf_counter() - start)
     if not outcome.complete:
         again = shlex.join(["nansearch", "sweep", args.sweep_file, *args.overrides, "--resume"])
-        print(f"{len(outcome.results)} of {outcome.budget} trials recorded; to go on: {again}")
+        print(
+            f"{outcome.queued_done} of {outcome.budget} queued trials recorded; to go on: {again}"
+        )
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
@@ -107,6 +109,11 @@ EXIT_INTERRUPTED = 130
 
 def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
     print()
+    if outcome.settled:
+        print(
+            f"settled after {outcome.settled['after']} cover and focus trials: "
+            f"{outcome.settled['causes']}"
+        )
     print(format_table(outcome.ranking))
     if outcome.ranking.get("conclusions"):
         print()

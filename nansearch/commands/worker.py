@@ -74,6 +74,6 @@ def main(args: argparse.Namespace) -> int:
     )
     print_outcome(outcome, time.perf_counter() - start)
     print(
-        f"{outcome.ran_here} trial(s) ran here; the study has {len(outcome.results)} of {outcome.budget}"
+        f"{outcome.ran_here} trial(s) ran here; the study has {outcome.queued_done} of {outcome.budget}"
     )
     return EXIT_INTERRUPTED if outcome.interrupted else 0

@@ -1,0 +1,207 @@
+"""The phases: budgets, the stopping rule, confirmation and isolation on real models."""
+
+import itertools
+
+import optuna
+import pytest
+
+from nansearch.commands.sweep import sweep
+from nansearch.config import ConfigError, load_config
+from nansearch.confirm import confirm
+from nansearch.factors import build_factors
+from nansearch.isolate import isolate
+from nansearch.phases import Prober, StopRule, plan, run_probes
+from nansearch.runner import TrialResult
+from nansearch.search import Search
+from nansearch.sweep import prepare
+from nansearch.trial_queue import SKIPPED_ATTR
+from tests.conftest import DEMO, demo_overrides
+
+OPT = {"checkpoint": "opt-lm", "dtype": "fp32", "init": "pretrained", "batch": "clean"}
+
+# the born-from case in small: which checkpoint, with which init, and nothing else varies
+BLIP2_SPACE = {
+    "factors.dtype.levels": "[fp32]",
+    "factors.batch.levels": "[clean]",
+    "factors.lr.low": 1e-4,
+    "factors.lr.high": 1e-3,
+}
+
+
+def test_phases_share_the_trial_budget():
+    factors = build_factors(load_config(DEMO))
+    demo = plan(load_config(DEMO), factors)
+    assert (demo.cover, demo.focus, demo.confirm, demo.isolate) == (14, 28, 6, 12)
+    assert demo.total == 60
+    small = plan(load_config(DEMO, ["trials=6"]), factors)
+    assert (small.confirm, small.isolate, small.queued) == (0, 0, 6)
+    fixed = plan(
+        load_config(DEMO, ["search.cover=5", "search.confirm=2", "search.isolate=0"]), factors
+    )
+    assert (fixed.cover, fixed.focus, fixed.confirm, fixed.isolate) == (5, 53, 2, 0)
+
+
+def test_phase_budgets_beyond_the_trials_are_named():
+    with pytest.raises(ConfigError, match=r"search.cover \+ search.confirm \+ search.isolate = 70"):
+        load_config(
+            DEMO, ["trials=60", "search.cover=30", "search.confirm=20", "search.isolate=20"]
+        )
+    with pytest.raises(ConfigError, match=r"search.seeds=0"):
+        load_config(DEMO, ["search.seeds=0"])
+
+
+def test_confirmation_tells_a_deterministic_failure_from_a_flaky_one():
+    # plain SGD in fp32 diverges to inf, then NaN: always at lr=9, for most batches at lr=2
+    cfg = load_config(DEMO, demo_overrides(steps=20, **{"optimizer.name": "sgd"}))
+    cfg.factors.lr.high = 10.0
+    _, runner = prepare(cfg)
+
+    def confirmed(lr):
+        params = {**OPT, "lr": lr}
+        first = runner.run(params, seed=0)
+        assert first.is_nan
+        seeds = itertools.count(1)
+        return confirm(0, params, lambda: runner.run(params, next(seeds)), seeds=9)
+
+    steady, flaky = confirmed(9.0), confirmed(2.0)
+    assert steady.label == "deterministic" and steady.rate == 1.0
+    assert steady.repeats() == 1
+    assert flaky.label == "flaky" and 0.3 < flaky.rate < 1.0
+    assert flaky.repeats() > 1  # isolation probes it again before it believes a pass
+    assert "flaky: NaN in" in flaky.text
+
+
+def test_isolation_on_a_real_model_names_the_checkpoint_with_the_init():
+    cfg = load_config(DEMO, demo_overrides(steps=4))
+    _, runner = prepare(cfg)
+    failing = {**OPT, "lr": 3e-4, "checkpoint": "blip2-full", "init": "uninitialized-missing"}
+    reference = {**OPT, "lr": 3e-4, "dtype": "bf16"}
+    assert runner.run(failing, 0).is_nan and not runner.run(reference, 0).is_nan
+    seeds = itertools.count(1)
+    found = isolate(failing, reference, lambda config: runner.run(config, next(seeds)).is_nan)
+    assert found.complete
+    assert found.values == {"checkpoint": "blip2-full", "init": "uninitialized-missing"}
+    assert found.needed == ["checkpoint", "init"]  # flipping either back fixes it; dtype not
+
+
+def as_results(params_nan):
+    return [
+        TrialResult(params, 0, 0, "nonfinite-logits" if nan else "finite", number=i, phase="cover")
+        for i, (params, nan) in enumerate(params_nan)
+    ]
+
+
+def test_stop_rule_waits_for_the_cover_and_for_patience():
+    factors = build_factors(load_config(DEMO, ["factors.dtype.levels=[fp32,fp16]"]))
+    rule = StopRule(factors, cover=8, patience=6)
+    rows = [
+        ({**OPT, "lr": 1e-3, "dtype": dtype}, dtype == "fp16")
+        for dtype in itertools.islice(itertools.cycle(["fp32", "fp16"]), 30)
+    ]
+    results = as_results(rows)
+    said = {}
+    for n in range(1, 31):
+        said[n] = rule.update(results[:n])
+        if said[n]:
+            break
+    first = n
+    assert said[first] == "dtype=fp16"
+    assert first >= 8  # never before the cover is done
+    assert first - rule.since == 6  # dtype=fp16 led, alone, for the last 6 trials
+
+
+def blip2_sweep(**extra):
+    return demo_overrides(trials=20, steps=4, **BLIP2_SPACE, **extra)
+
+
+def test_sweep_confirms_and_isolates_the_born_from_case_and_resume_replays_it(tmp_path):
+    extra = {"search.confirm": 3, "search.isolate": 8, "search.patience": 0}
+    outcome = sweep(DEMO, blip2_sweep(**extra))
+    phases = [r.phase for r in outcome.results]
+    assert phases.count("cover") + phases.count("focus") == 9
+    assert 0 < phases.count("confirm") <= 3 and 0 < phases.count("isolate") <= 8
+    (cause,) = outcome.ranking["minimal_causes"]
+    assert cause["minimal"] == {"checkpoint": "blip2-full", "init": "uninitialized-missing"}
+    assert cause["confirmation"]["label"] == "deterministic"
+    probes = [r for r in outcome.results if r.phase in ("confirm", "isolate")]
+    assert all(r.origin == cause["trial"] for r in probes)
+    assert "checkpoint=blip2-full" in outcome.ranking["conclusions"][0]["text"]
+
+    again = sweep(DEMO, blip2_sweep(**extra), resume=True)
+    assert again.ran_here == 0  # every probe came back from the study
+    assert len(again.results) == len(outcome.results)
+    assert again.ranking["minimal_causes"] == outcome.ranking["minimal_causes"]
+
+
+def test_probes_a_killed_sweep_left_unrecorded_run_again(tmp_path):
+    cfg = load_config(DEMO, blip2_sweep(**{"search.confirm": 3, "search.isolate": 8}))
+    cfg.search.patience = 0
+    factors, runner = prepare(cfg)
+    search = Search(cfg, factors, runner)
+    search.run()
+    stop = StopAfter(2)  # Ctrl-C after two probes
+    first = run_probes(search, stop.callbacks(), stop)
+    assert first.ran == 2
+    resumed = Search(cfg, factors, runner, resume=True)
+    rest = run_probes(resumed, stop.callbacks(), NeverStop())
+    assert rest.ran > 0
+    kept = Prober(resumed, resumed.plan, stop.callbacks(), NeverStop())
+    assert sum(map(len, kept.earlier.values())) == 2 + rest.ran
+    assert rest.isolations[0].values == {
+        "checkpoint": "blip2-full",
+        "init": "uninitialized-missing",
+    }
+
+
+class NeverStop:
+    def is_set(self):
+        return False
+
+
+class StopAfter:
+    def __init__(self, count):
+        self.left = count
+
+    def is_set(self):
+        return self.left <= 0
+
+    def callbacks(self):
+        from nansearch.search import SweepCallbacks
+
+        def heard(result):
+            self.left -= 1
+
+        return SweepCallbacks(on_trial=[heard])
+
+
+def test_a_settled_search_skips_the_rest_of_its_queue(tmp_path):
+    overrides = demo_overrides(
+        trials=40,
+        steps=4,
+        **{
+            **BLIP2_SPACE,
+            "factors.init.levels": "{pretrained: {scheme: pretrained}}",
+            "factors.batch.levels": "[clean,labels-all-ignored]",
+            "search.cover": 6,
+            "search.patience": 5,
+            "search.confirm": 0,
+            "search.isolate": 0,
+        },
+    )
+    outcome = sweep(DEMO, overrides)
+    assert outcome.settled is not None and outcome.complete
+    assert "batch=labels-all-ignored" in outcome.settled["causes"]
+    assert 11 <= outcome.settled["after"] < 40
+    assert len(outcome.results) == outcome.settled["after"]
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/t/optuna-journal.log"))
+        ),
+    )
+    skipped = [t for t in study.get_trials() if SKIPPED_ATTR in t.user_attrs]
+    assert len(skipped) == 40 - len(outcome.results)
+    assert outcome.ranking["settled"] == outcome.settled
+
+    again = sweep(DEMO, overrides, resume=True)
+    assert again.ran_here == 0 and len(again.results) == len(outcome.results)
