@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-SUITES: list[str] = ["overhead", "fixed_cost", "sweep_floor", "memory", "workers"]
+SUITES: list[str] = ["overhead", "fixed_cost", "sweep_floor", "memory", "workers", "strategies"]
 
 
 def quiet_libraries() -> None:

@@ -457,6 +457,18 @@ pre{background:#f6f6f6;padding:8px;overflow:auto}
 """
 
 
+def phases_note(ranking: dict[str, Any]) -> str:
+    """Trials per phase, and where the stopping rule ended the search."""
+    phases = ", ".join(f"{escape(str(k))} {v}" for k, v in (ranking.get("phases") or {}).items())
+    settled = ranking.get("settled")
+    if settled:
+        phases += (
+            f"; settled after {settled['after']} cover and focus trials "
+            f"({escape(str(settled['causes']))})"
+        )
+    return f'<p class="note">trials per phase: {phases}</p>' if phases else ""
+
+
 def render(study: StudyFiles) -> str:
     ranking, trials = study.ranking, study.trials
     outcomes = ", ".join(
@@ -469,6 +481,7 @@ def render(study: StudyFiles) -> str:
         f"<span>{ranking.get('finite', 0)} finite</span>"
         f"<span>{ranking.get('errors', 0)} errors</span></p>"
         f'<p class="note">{outcomes}</p>'
+        f"{phases_note(ranking)}"
     )
     sections = [
         conclusions_section(ranking),
