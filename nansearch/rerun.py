@@ -142,7 +142,8 @@ def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str
         with deep:
             pass_two = runner.run(trial.params, trial.seed, step + 1, observer=deep)
         deep.explain_error(pass_two.error)
-    stage, module, sentence = diagnose(again, diag, deep)
+    missing = runner.prepare(trial.params, trial.seed).loaded.missing_keys
+    stage, module, sentence = diagnose(again, diag, deep, missing)
     fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
     op = _op_within(diag.forward, deep) if stage == "forward" else None
     return _finite(
@@ -219,9 +220,16 @@ def rerun_study(
 
 
 def diagnose(
-    result: TrialResult, diag: Diagnostics, deep: Diagnostics | None = None
+    result: TrialResult,
+    diag: Diagnostics,
+    deep: Diagnostics | None = None,
+    missing: list[str] = (),
 ) -> tuple[str | None, str | None, str]:
-    """(stage, module, one sentence) for a rerun's result and what its diagnostics saw."""
+    """(stage, module, one sentence) for a rerun's result and what its diagnostics saw.
+
+    ``missing`` names the weights the trial's checkpoint did not hold: non-finite
+    weights among them point at the checkpoint, not at the training.
+    """
     if result.outcome == "error":
         first = (result.error or "").strip().splitlines()
         return None, None, f"the rerun ended in an error, not a NaN: {first[0] if first else ''}"
@@ -230,7 +238,7 @@ def diagnose(
     stage = STAGES[result.outcome]
     head = f"step {result.first_bad_step}: "
     if stage == "forward":
-        module, text = _forward(diag, deep)
+        module, text = _forward(diag, deep, missing)
     elif stage == "loss":
         module, text = None, _loss(result, diag)
     elif stage == "backward":
@@ -240,7 +248,9 @@ def diagnose(
     return stage, module, head + text
 
 
-def _forward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, str]:
+def _forward(
+    diag: Diagnostics, deep: Diagnostics | None, missing: list[str] = ()
+) -> tuple[str | None, str]:
     if diag.inputs:
         values = ", ".join(
             f"{i.key} ({_count(i.nan, i.inf)} of {i.total} values)" for i in diag.inputs
@@ -260,7 +270,8 @@ def _forward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, s
     reason = f"first non-finite output in {found.module} ({found.cls}): "
     limit = torch.finfo(getattr(torch, found.dtype)).max
     if found.weight_nonfinite:
-        return found.module, reason + f"its weights hold {found.weight_nonfinite} non-finite values"
+        text = reason + f"its weights hold {found.weight_nonfinite} non-finite values"
+        return found.module, text + _never_loaded(found.module, missing)
     if found.rows and set(found.rows) <= set(diag.masked_rows):
         return found.module, reason + "a row of the attention mask is all zero"
     if op is not None and op.made == "inf":
@@ -282,6 +293,18 @@ def _forward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, s
     return found.module, reason + (
         f"NaN from finite inputs (up to {found.input_absmax:.4g}) "
         f"and weights (up to {found.weight_absmax:.4g}) in {found.dtype}"
+    )
+
+
+def _never_loaded(module: str, missing: list[str]) -> str:
+    """A clause saying that the module's weights were missing from the checkpoint."""
+    own = [k for k in missing if k.startswith(module + ".") or module == ROOT]
+    if not own:
+        return ""
+    return (
+        f"; the checkpoint did not hold them ({len(missing)} of the model's weights are "
+        "missing from it, so they were never loaded): check that the checkpoint matches "
+        "the model class"
     )
 
 

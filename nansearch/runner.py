@@ -113,14 +113,16 @@ def make_optimizer(params, lr: float, cfg: OptimizerConfig) -> torch.optim.Optim
     return cls(params, lr=lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all ``tensors`` together, in float64.
+def _total_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together, in float64, on ``device``.
 
     Squares of large but finite float32 values (1e20 squared) overflow float32, which
-    would report a finite gradient as non-finite; float64 holds them.
+    would report a finite gradient as non-finite; float64 holds them. With no tensor
+    (no gradient reached the weights) the norm is a zero on the same device as the
+    step's other figures, which are stacked with it for the step's one read.
     """
     if not tensors:
-        return torch.zeros((), dtype=torch.float64)
+        return torch.zeros((), dtype=torch.float64, device=device)
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
     return torch.linalg.vector_norm(torch.stack(norms))
 
@@ -277,7 +279,7 @@ def train(
             scale = scaler._get_scale_async().clone()
             scaler.unscale_(optimizer)
         # no name holds the gradients past this line, so zero_grad frees them for reuse
-        grad_norm = _total_norm([p.grad for p in params if p.grad is not None])
+        grad_norm = _total_norm([p.grad for p in params if p.grad is not None], logits.device)
         if observer is not None:
             observer.before_update(step)
         if scaler:
@@ -287,7 +289,7 @@ def train(
             optimizer.step()
         if observer is not None:
             observer.after_update(step)
-        param_norm = _total_norm([p.detach() for p in params])
+        param_norm = _total_norm([p.detach() for p in params], logits.device)
         checked = [logit_absmax.double(), loss.detach().double(), grad_norm, param_norm]
         if scaler:
             checked.append(scale.double())

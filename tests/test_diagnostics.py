@@ -103,6 +103,15 @@ def test_fully_masked_row_is_born_in_the_attention_block(tiny_gpt, dtype):
     assert [t["module"] for t in record["trail"]] == ["tok", "pos", "blocks.0.ln1", "blocks.0.qkv"]
 
 
+def test_uninitialized_missing_weights_are_traced_to_the_checkpoint(demo):
+    params = {**OPT, "checkpoint": "blip2-full", "init": "uninitialized-missing"}
+    record = rerun(demo, params, steps=2)
+    assert (record["stage"], record["first_bad_step"]) == ("forward", 0)
+    assert "non-finite values" in record["diagnosis"]
+    assert "the checkpoint did not hold them (37 of the model's weights" in record["diagnosis"]
+    assert "check that the checkpoint matches the model class" in record["diagnosis"]
+
+
 def test_pure_fp16_adam_update_is_named_with_its_eps(demo):
     record = rerun(demo, {**OPT, "dtype": "fp16"}, steps=2)
     assert (record["stage"], record["outcome"], record["first_bad_step"]) == (
