@@ -31,6 +31,7 @@ LEAN_SETTINGS = {
     "x_disable_machine_info": True,
     "disable_git": True,
     "disable_code": True,
+    "x_save_requirements": False,
 }
 
 
