@@ -8,6 +8,7 @@ import os
 import sys
 
 from nansearch.config import NansearchError
+from nansearch.startup import freeze_before_exit, uncollected_imports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,10 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    with uncollected_imports():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except NansearchError as exc:
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nansearch: interrupted", file=sys.stderr)
         return 130
+    finally:
+        freeze_before_exit()
 
 
 if __name__ == "__main__":
