@@ -8,7 +8,7 @@ import os
 import sys
 
 from nansearch.config import NansearchError
-from nansearch.startup import freeze_before_exit, uncollected_imports
+from nansearch.startup import quick_exit, uncollected_imports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quick_exit()
     with uncollected_imports():
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nansearch: interrupted", file=sys.stderr)
         return 130
-    finally:
-        freeze_before_exit()
 
 
 if __name__ == "__main__":

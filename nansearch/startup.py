@@ -1,4 +1,4 @@
-"""Process start: the heavy imports with Python's garbage collector paused.
+"""Process start and exit: the heavy imports spared Python's garbage collector.
 
 torch, transformers, optuna and W&B create about half a million long-lived objects as
 they load, and no garbage. Each full collection walks every object alive, so while
@@ -11,14 +11,26 @@ make is collected as before.
 
 from __future__ import annotations
 
+import atexit
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_exit_registered = False
 
 
 @contextmanager
 def uncollected_imports() -> Iterator[None]:
-    """Pause the collector for the block's imports, then freeze what they created."""
+    """Pause the collector for the block's imports, then freeze what they created.
+
+    Only in a process that has not loaded torch yet, a command line's own: in a process
+    that already has (a test session, a notebook), the block loads little, and freezing
+    would keep whatever garbage the process holds from ever being collected.
+    """
+    if "torch" in sys.modules:
+        yield
+        return
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -29,7 +41,11 @@ def uncollected_imports() -> Iterator[None]:
             gc.enable()
 
 
-def freeze_before_exit() -> None:
-    """Spare the interpreter's last collection the objects still alive: at exit they go
-    with the process, and walking them (the later, lazy imports included) only delays it."""
-    gc.freeze()
+def quick_exit() -> None:
+    """At interpreter exit, freeze what is alive before the last collection walks it:
+    it goes with the process anyway, and walking it (the later, lazy imports included)
+    only delays the exit. The process's own exit handlers (W&B's, logging's) run first."""
+    global _exit_registered
+    if not _exit_registered:
+        atexit.register(gc.freeze)
+        _exit_registered = True

@@ -27,7 +27,7 @@ from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_y
 from nansearch.interrupt import stop_on_interrupt
 from nansearch.runner import TrialResult, pick_device
 from nansearch.search import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
-from nansearch.startup import freeze_before_exit, uncollected_imports
+from nansearch.startup import quick_exit
 from nansearch.trial_queue import RESULT_ATTR
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
     if spec.gpu is not None:  # before anything initializes CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
-    with uncollected_imports():
-        quiet_libraries(spec.log_level)
-        import torch
+    quick_exit()
+    quiet_libraries(spec.log_level)
+    import torch
 
-        # the sweep module starts workers, so it is imported here, in the worker
-        from nansearch.sweep import prepare, trial_callbacks
+    # the sweep module starts workers, so it is imported here, in the worker
+    from nansearch.sweep import prepare, trial_callbacks
 
     torch.set_num_threads(spec.threads)
     try:
@@ -101,8 +101,6 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
     except NansearchError as exc:
         log.error("worker %d: %s", spec.index, exc)
         raise SystemExit(EXIT_USER_ERROR) from None
-    finally:
-        freeze_before_exit()
 
 
 def quiet_libraries(level: int) -> None:
