@@ -8,6 +8,7 @@ import os
 import sys
 
 from nansearch.config import NansearchError
+from nansearch.startup import quick_exit, uncollected_imports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,11 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    quick_exit()
+    with uncollected_imports():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except NansearchError as exc:

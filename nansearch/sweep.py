@@ -32,7 +32,7 @@ from nansearch.search import (
     write_trials,
 )
 from nansearch.targets import build_target
-from nansearch.tracking import Tracker, make_tracker
+from nansearch.tracking import Tracker, in_background, make_tracker
 from nansearch.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,15 @@ def trial_callbacks(cfg: SweepConfig) -> SweepCallbacks:
     return SweepCallbacks()
 
 
+def catch_up(tracker: Tracker, results: list[TrialResult]) -> None:
+    """Log the trials a stopped sweep recorded but had not yet logged to W&B."""
+    missing = tracker.unlogged(results)
+    if missing:
+        log.info("W&B: logging %d recorded trial(s) that have no run yet", len(missing))
+    for result in missing:
+        tracker.log_trial(result)
+
+
 def write_report_safely(study_dir: Path) -> Path | None:
     """report.html; a failure to draw it never costs the sweep its results."""
     try:
@@ -182,11 +191,13 @@ def run_sweep(
             on_audit(audit)
     # W&B lives in this process: it hears every trial the study records, once,
     # whether this process ran it or one of its workers did
-    tracker = tracker or make_tracker(cfg, search.dir)
+    tracker = in_background(tracker or make_tracker(cfg, search.dir))
     observed = SweepCallbacks(
         on_start=list(callbacks.on_start), on_trial=[tracker.log_trial, *callbacks.on_trial]
     )
     tracker.start(cfg)
+    if resume and not join:
+        catch_up(tracker, recorded(search.study))
     tracking: dict[str, Any] = {}
     try:
         if cfg.workers > 1:

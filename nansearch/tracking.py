@@ -5,6 +5,12 @@ This is the only module that imports ``wandb``. The search hands results to a
 fails, the failure is logged, the trial's local record (``trials.jsonl``) stands, and
 tracking steps down: from online to offline (the runs can be uploaded later with
 ``wandb sync``), and from offline to off.
+
+During a sweep the trial runs are written by a thread of their own
+(:class:`Background`), so the next trial trains while W&B writes the last one. Each
+trial whose run W&B took is listed in ``wandb-trials.txt`` in the study folder; a
+resumed sweep logs the recorded trials missing from it, so a sweep killed with runs
+still queued loses none of them.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import logging
 import math
 import netrc
 import os
+import queue
 import re
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -25,12 +33,14 @@ from nansearch.runner import TrialResult
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "api.wandb.ai"
+LEDGER = "wandb-trials.txt"  # in the study folder: the trials whose W&B run was written
 TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
 LEAN_SETTINGS = {
     "x_disable_meta": True,
     "x_disable_machine_info": True,
     "disable_git": True,
     "disable_code": True,
+    "x_save_requirements": False,
 }
 
 
@@ -71,6 +81,10 @@ class Tracker:
 
     def log_trial(self, result: TrialResult) -> None:
         """One finished trial."""
+
+    def unlogged(self, results: list[TrialResult]) -> list[TrialResult]:
+        """Those of a resumed study's ``results`` whose run was never written."""
+        return []
 
     def log_rerun(self, record: dict[str, Any]) -> None:
         """One diagnostic rerun of a trial (``nansearch rerun``)."""
@@ -116,24 +130,38 @@ class WandbTracker(Tracker):
         self.failures = 0
         self.entity: str | None = None
         self.project_url: str | None = None
+        self.logged: set[int] | None = None  # the ledger as start found it; None: none
 
     @property
     def offline_dir(self) -> Path:
         return self.study_dir / "wandb"
 
+    @property
+    def ledger(self) -> Path:
+        return self.study_dir / LEDGER
+
     def start(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self.entity = cfg.tracking.entity
         self.study_dir.mkdir(parents=True, exist_ok=True)
+        self.logged = read_ledger(self.ledger)
+        self.ledger.touch()
+
+    def unlogged(self, results: list[TrialResult]) -> list[TrialResult]:
+        """A study tracked before, without a ledger, logged its runs before ledgers were
+        kept, or had tracking off: nothing of it is logged again."""
+        if self.logged is None:
+            return []
+        return [r for r in results if r.number not in self.logged]
 
     # -- runs ---------------------------------------------------------------------------
 
-    def _record(self, what: str, write, lean: bool = False, **init: Any) -> Any:
+    def _record(self, what: str, write, lean: bool = False, **init: Any) -> bool:
         """Open a run, let ``write(run)`` fill it, finish it; step down on failure and retry.
 
-        ``lean`` skips what every trial would repeat (the machine, git, the program):
-        the analysis run records it once. Returns ``write``'s value, or None when W&B
-        could not take the run at all.
+        ``lean`` skips what every trial would repeat (the machine, git, the program, the
+        installed packages): the analysis run records it once. Returns whether W&B took
+        the run.
         """
         import wandb
 
@@ -152,12 +180,12 @@ class WandbTracker(Tracker):
                     ),
                     **init,
                 )
-                value = write(run)
+                write(run)
                 if self.mode == "online":
                     self.entity = run.entity
                     self.project_url = run.project_url
                 run.finish()
-                return value
+                return True
             except Exception as exc:  # W&B must never stop a sweep
                 self.failures += 1
                 self._step_down(what, exc)
@@ -166,7 +194,7 @@ class WandbTracker(Tracker):
                         run.finish(exit_code=1)
                     except Exception:
                         log.debug("W&B: could not finish the failed run", exc_info=True)
-        return None
+        return False
 
     def _step_down(self, what: str, exc: Exception) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -202,7 +230,7 @@ class WandbTracker(Tracker):
                 run.log(row, step=step)
             run.summary.update(trial_summary(result))
 
-        self._record(
+        taken = self._record(
             f"trial {result.number}",
             write,
             lean=True,
@@ -211,6 +239,8 @@ class WandbTracker(Tracker):
             config=config,
             tags=[result.outcome],
         )
+        if taken and result.number is not None:
+            append_line(self.ledger, str(result.number))
 
     def log_rerun(self, record: dict[str, Any]) -> None:
         import wandb
@@ -288,6 +318,101 @@ class WandbTracker(Tracker):
 
     def close(self) -> None:
         end_session()
+
+
+class Background(Tracker):
+    """Another tracker, its trial runs written by a thread of its own, in trial order.
+
+    A trial's W&B run costs tens of milliseconds (start, history, finish); a trial of a
+    short sweep trains for a few hundred. Queued here, the run is written while the
+    next trial trains, and the search never waits on W&B, a slow server included.
+    Whatever else the tracker does (reruns, the study's analysis, closing) waits for the
+    queued runs first, so a finished study has every run, in order.
+    """
+
+    def __init__(self, inner: Tracker):
+        self.inner = inner
+        self.queue: queue.Queue[TrialResult | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.inner.mode
+
+    def start(self, cfg: SweepConfig) -> None:
+        self.inner.start(cfg)
+        # a daemon: an exit the sweep did not plan (a second Ctrl-C) never hangs on W&B;
+        # what it leaves queued, a resumed sweep logs
+        self.thread = threading.Thread(target=self._write, name="wandb-trials", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        while (result := self.queue.get()) is not None:
+            try:
+                self.inner.log_trial(result)
+            except Exception:  # a tracker must never stop the sweep, nor this thread
+                log.exception("W&B: trial %s could not be logged", result.number)
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def log_trial(self, result: TrialResult) -> None:
+        if self.thread is None:
+            self.inner.log_trial(result)
+        else:
+            self.queue.put(result)
+
+    def unlogged(self, results: list[TrialResult]) -> list[TrialResult]:
+        return self.inner.unlogged(results)
+
+    def wait(self) -> None:
+        """Until every queued run is written."""
+        if self.thread is not None:
+            self.queue.join()
+
+    def log_rerun(self, record: dict[str, Any]) -> None:
+        self.wait()
+        self.inner.log_rerun(record)
+
+    def finish_study(
+        self,
+        ranking: dict[str, Any],
+        results: list[TrialResult],
+        study_dir: Path,
+        audit: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        self.wait()
+        return self.inner.finish_study(ranking, results, study_dir, audit)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self.inner.close()
+
+
+def in_background(tracker: Tracker) -> Tracker:
+    """``tracker`` with its trial runs off the training path; as it is when it logs nothing."""
+    return tracker if tracker.mode == "off" else Background(tracker)
+
+
+def read_ledger(path: Path) -> set[int] | None:
+    """The trial numbers in a ledger; None when there is none."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return {int(line) for line in text.split() if line.isdigit()}
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in one write, so a kill never leaves half a line behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def end_session() -> None:

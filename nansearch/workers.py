@@ -27,6 +27,7 @@ from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_y
 from nansearch.interrupt import stop_on_interrupt
 from nansearch.runner import TrialResult, pick_device
 from nansearch.search import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
+from nansearch.startup import quick_exit
 from nansearch.trial_queue import RESULT_ATTR
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
     if spec.gpu is not None:  # before anything initializes CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
+    quick_exit()
     quiet_libraries(spec.log_level)
     import torch
 

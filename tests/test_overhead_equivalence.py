@@ -9,8 +9,10 @@ outcome, the first bad step, the skipped steps, the score, and every per-step lo
 max |logit| bit for bit.
 """
 
+import json
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from nansearch.config import OptimizerConfig, load_config
 from nansearch.factors import TrialSetup, build_factors
 from nansearch.runner import TrialResult, TrialRunner, instability_score, train
 from nansearch.targets import build_target
-from tests.conftest import DEMO
+from tests.conftest import DEMO, demo_overrides
 
 STEPS = 8
 SMALL = ["target.batch_size=2", "target.seq_len=16"]  # fp16 math is slow on a CPU
@@ -161,3 +163,32 @@ def test_benchmark_bare_loop_trains_exactly_what_the_runner_trains():
     assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
     first = runner.prepare(params, seed=3).model.state_dict()
     assert not all(torch.equal(first[k], trained[0][k]) for k in first)
+
+
+def sweep_trials(study: str) -> list[dict]:
+    """A study's trials as ``trials.jsonl`` holds them, less their clock."""
+    lines = (Path("runs") / study / "trials.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_a_sweep_with_w_and_b_on_its_thread_records_what_a_bare_one_records():
+    """What makes a whole sweep cheaper leaves its trials alone: the command line (imports
+    uncollected, the collector frozen) with its W&B runs written by the tracker's thread
+    records the trials a sweep without W&B records, outcome, first bad step, score and
+    per-step trail, with the same trials chosen by the sampler after the cover."""
+    from nansearch.cli import main
+    from nansearch.commands.sweep import sweep
+
+    small = demo_overrides(trials=8, steps=3) + SMALL
+    # as in a fresh process: the weights a checkpoint lacks are initialized when it is
+    # first read, from torch's global generator
+    torch.manual_seed(0)
+    sweep(DEMO, [*small, "study=bare"])
+    torch.manual_seed(0)
+    assert main(["sweep", DEMO, *small, "study=tracked", "tracking.wandb=offline"]) == 0
+    bare, tracked = sweep_trials("bare"), sweep_trials("tracked")
+    assert [t["number"] for t in tracked] == list(range(8))
+    assert tracked == bare
+    assert {t["outcome"] for t in bare} & {"nonfinite-params", "nonfinite-loss"}
+    runs = list((Path("runs") / "tracked" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 8 + 1  # every trial's run and the analysis run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +17,15 @@ import wandb
 
 from nansearch.commands.sweep import sweep, tracking_lines
 from nansearch.config import load_config
-from nansearch.tracking import Tracker, WandbTracker, end_session, make_tracker, resolve_mode
+from nansearch.runner import TrialResult
+from nansearch.tracking import (
+    Background,
+    Tracker,
+    WandbTracker,
+    end_session,
+    make_tracker,
+    resolve_mode,
+)
 from nansearch.wandb_report import build_report
 from tests.conftest import DEMO, demo_overrides
 
@@ -368,3 +377,81 @@ def test_a_report_that_cannot_be_saved_is_a_warning(wandb_server, tmp_path, capl
         assert tracker.publish_report(RANKING) is None
     assert "report could not be saved" in caplog.text and "permission denied" in caplog.text
     assert tracker.failures == 1
+
+
+# -- trial runs off the training path ---------------------------------------------------
+
+
+class HeldTracker(Tracker):
+    """Records the trials it is given; each waits until the test lets it through."""
+
+    mode = "offline"
+
+    def __init__(self, fail_on: int | None = None):
+        self.go = threading.Event()
+        self.logged: list[int] = []
+        self.fail_on = fail_on
+        self.closed = False
+
+    def log_trial(self, result):
+        self.go.wait()
+        if result.number == self.fail_on:
+            raise RuntimeError("W&B fell over")
+        self.logged.append(result.number)
+
+    def finish_study(self, ranking, results, study_dir, audit):
+        return {"logged_before_analysis": list(self.logged)}
+
+    def close(self):
+        self.closed = True
+
+
+def results(*numbers: int) -> list[TrialResult]:
+    return [TrialResult(params={}, seed=n, steps=1, number=n) for n in numbers]
+
+
+def test_background_runs_never_hold_up_the_search_and_all_land_in_order(tmp_path, caplog):
+    inner = HeldTracker(fail_on=1)
+    tracker = Background(inner)
+    tracker.start(load_config(DEMO, ["study=t"]))
+    for result in results(0, 1, 2, 3):
+        tracker.log_trial(result)  # returns while W&B is still held
+    assert inner.logged == []
+    inner.go.set()
+    with caplog.at_level(logging.ERROR, logger="nansearch.tracking"):
+        info = tracker.finish_study({}, [], tmp_path, None)
+    assert info == {"logged_before_analysis": [0, 2, 3]}  # a failed run stops nothing
+    assert "trial 1 could not be logged" in caplog.text
+    tracker.close()
+    assert inner.closed and tracker.thread is None
+
+
+def test_the_ledger_names_the_recorded_trials_a_resumed_study_still_has_to_log(tmp_path):
+    cfg = load_config(DEMO, ["study=t", "out=runs"])
+    fresh = WandbTracker("offline", cfg.study_dir)
+    fresh.start(cfg)
+    assert fresh.unlogged(results(0, 1)) == []  # a new study: nothing recorded before
+    (cfg.study_dir / "wandb-trials.txt").write_text("0\n2\n")
+    resumed = WandbTracker("offline", cfg.study_dir)
+    resumed.start(cfg)
+    assert [r.number for r in resumed.unlogged(results(0, 1, 2, 3))] == [1, 3]
+
+
+def test_a_resumed_sweep_logs_the_runs_a_killed_one_left_queued(tmp_path):
+    offline = {"tracking.wandb": "offline"}
+    sweep(DEMO, demo_overrides(trials=3, steps=2, **offline))
+    study = tmp_path / "runs" / "t"
+    ledger = study / "wandb-trials.txt"
+    assert sorted(ledger.read_text().split()) == ["0", "1", "2"]
+    # as a kill leaves it: trial 2 recorded in the study, its W&B run never written
+    (run_dir,) = [d for d in (study / "wandb").glob("offline-run-*") if trial_of(d) == 2]
+    shutil.rmtree(run_dir)
+    ledger.write_text("0\n1\n")
+    sweep(DEMO, demo_overrides(trials=4, steps=2, **offline), resume=True)
+    trials = [r["config"]["trial"] for r in offline_runs(study) if r["run"]["job_type"] == "trial"]
+    assert sorted(trials) == [0, 1, 2, 3]
+    assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
+
+
+def trial_of(run_dir: Path) -> int | None:
+    return inspect(run_dir)["config"].get("trial")
