@@ -153,7 +153,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path):
 
 
 def test_ctrl_c_stops_after_the_running_trial_and_resume_meets_the_budget(tmp_path):
-    path = steady_sweep(tmp_path, trials=8, steps=30)
+    path = steady_sweep(tmp_path, trials=8, steps=300)  # long enough to be caught running
     proc = nansearch("sweep", str(path), "--workers", "2", cwd=tmp_path)
     storage = open_storage(None, tmp_path / "runs" / "steady")
     trial, _ = running_trial_of_a_worker(storage, parent=proc.pid)
