@@ -66,6 +66,10 @@ def watch(folder: Path, trials: int, steps: int) -> list[tuple[int, int, int]]:
         f"steps={steps}",
         "out=runs",
         "factors.dtype.levels=[fp32,bf16,amp-bf16]",
+        # every one of the trials a queued one: no stop once settled, no probes
+        "search.patience=0",
+        "search.confirm=0",
+        "search.isolate=0",
         f"tracking.wandb={wandb_mode()}",
     )
     trials_file = folder / "runs" / "memory" / "trials.jsonl"
