@@ -224,6 +224,8 @@ class WandbTracker(Tracker):
             "phase": result.phase,
             "steps": result.steps,
         }
+        if result.origin is not None:
+            config["probes"] = result.origin  # the failing trial a confirm or isolate run probes
 
         def write(run) -> None:
             for step, row in enumerate(trial_history(result)):
