@@ -1,6 +1,7 @@
 """Weights & Biases tracking: one run per trial, one per rerun, one analysis run per study.
 
-This is the only module that imports ``wandb``. The search hands results to a
+This module and :mod:`nansearch.wandb_runs`, which fills the runs, are the only ones
+that import ``wandb``. The search hands results to a
 :class:`Tracker` through its callbacks; the tracker never stops a sweep. When W&B
 fails, the failure is logged, the trial's local record (``trials.jsonl``) stands, and
 tracking steps down: from online to offline (the runs can be uploaded later with
@@ -16,11 +17,9 @@ still queued loses none of them.
 from __future__ import annotations
 
 import logging
-import math
 import netrc
 import os
 import queue
-import re
 import shlex
 import threading
 from pathlib import Path
@@ -29,12 +28,19 @@ from urllib.parse import quote, urlparse
 
 from nansearch.config import SweepConfig
 from nansearch.runner import TrialResult
+from nansearch.wandb_runs import (
+    finite_or_none,
+    log_analysis,
+    scalar_or_flat,
+    target_name,
+    trial_history,
+    trial_summary,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "api.wandb.ai"
 LEDGER = "wandb-trials.txt"  # in the study folder: the trials whose W&B run was written
-TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
 LEAN_SETTINGS = {
     "x_disable_meta": True,
     "x_disable_machine_info": True,
@@ -251,7 +257,7 @@ class WandbTracker(Tracker):
         summary = {
             key: value
             for key, value in record.items()
-            if key not in ("trial", "params") and _scalar_or_flat(value)
+            if key not in ("trial", "params") and scalar_or_flat(value)
         }
         tags = ["rerun"]
         if "reproduced" in record:
@@ -262,7 +268,7 @@ class WandbTracker(Tracker):
             if trail:
                 table = wandb.Table(columns=["module", "absmax"])
                 for row in trail:
-                    table.add_data(str(row.get("module")), _finite_or_none(row.get("absmax")))
+                    table.add_data(str(row.get("module")), finite_or_none(row.get("absmax")))
                 run.log({"trail": table})
             run.summary.update(summary)
 
@@ -431,177 +437,3 @@ def end_session() -> None:
         wandb.teardown()
     except Exception:
         log.debug("W&B: teardown failed", exc_info=True)
-
-
-# -- what goes into the runs ------------------------------------------------------------
-
-
-def target_name(cfg: SweepConfig) -> str:
-    target = cfg.target
-    if target.kind == "custom":
-        return f"custom {target.fn}"
-    if target.kind == "causal-lm":
-        return f"causal-lm {target.model_class}"
-    return target.kind
-
-
-def trial_history(result: TrialResult) -> list[dict[str, Any]]:
-    """One row per step: the three values the runner read back and non-finite flags."""
-    rows = []
-    for step in range(len(result.loss)):
-        row = {key: getattr(result, key)[step] for key in TRIAL_STEP_KEYS}
-        row["nonfinite/logits"] = int(not math.isfinite(row["logit_absmax"]))
-        row["nonfinite/loss"] = int(not math.isfinite(row["loss"]))
-        row["nonfinite/grad"] = int(not math.isfinite(row["grad_norm"]))
-        row["nonfinite/params"] = int(
-            result.outcome == "nonfinite-params" and step == result.first_bad_step
-        )
-        rows.append(row)
-    return rows
-
-
-def trial_summary(result: TrialResult) -> dict[str, Any]:
-    summary = {
-        "outcome": result.outcome,
-        "nan": int(result.is_nan),
-        "score": result.score,
-        "seconds": result.seconds,
-        "skipped_steps": result.skipped_steps,
-        "compute_dtype": result.compute_dtype,
-        "device": result.device,
-    }
-    if result.is_nan:
-        summary["first_bad_step"] = result.first_bad_step
-        summary["nonfinite_in"] = result.outcome.removeprefix("nonfinite-")
-    if result.error:
-        summary["error"] = result.error[:1000]
-    return {key: value for key, value in summary.items() if value is not None}
-
-
-def log_analysis(
-    run,
-    ranking: dict[str, Any],
-    results: list[TrialResult],
-    study_dir: Path,
-    audit: dict[str, Any] | None,
-) -> None:
-    """The ranking, NaN rate per level, importances, trials, conclusions, audit, report."""
-    import wandb
-
-    row_keys = ["nan", "total", "errors", "rate", "ci_low", "ci_high"]
-    table = wandb.Table(columns=["rank", "factor", "kind", "effect", "level", *row_keys])
-    logged: dict[str, Any] = {"ranking": table}
-    for rank, factor in enumerate(ranking.get("factors", []), 1):
-        per_level = wandb.Table(columns=["level", *row_keys])
-        for row in factor["levels"]:
-            values = [row.get(key) for key in row_keys]
-            table.add_data(
-                rank, factor["name"], factor["kind"], factor["effect"], row["value"], *values
-            )
-            per_level.add_data(row["value"], *values)
-        logged[f"nan_rate/{factor['name']}"] = wandb.plot.bar(
-            per_level, "level", "rate", title=f"NaN rate per {factor['name']} level"
-        )
-
-    importance = ranking.get("importance") or {}
-    if importance:
-        imp = wandb.Table(columns=["factor", "importance"], data=list(importance.items()))
-        logged["importance"] = wandb.plot.bar(
-            imp, "factor", "importance", title="fANOVA importance for the instability score"
-        )
-
-    names = [f["name"] for f in ranking.get("factors", [])]
-    names += sorted({k for r in results for k in r.params} - set(names))
-    trials = wandb.Table(
-        allow_mixed_types=True,
-        columns=[
-            "trial",
-            "phase",
-            *names,
-            "seed",
-            "outcome",
-            "first_bad_step",
-            "score",
-            "seconds",
-            "error",
-        ],
-    )
-    for r in results:
-        params = [_cell(r.params.get(name)) for name in names]
-        error = (r.error or "").splitlines()[0] if r.error else None
-        trials.add_data(
-            r.number,
-            r.phase,
-            *params,
-            r.seed,
-            r.outcome,
-            r.first_bad_step,
-            r.score,
-            r.seconds,
-            error,
-        )
-    logged["trials"] = trials
-
-    conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
-    if conclusions:
-        logged["conclusions"] = wandb.Table(columns=["conclusion"], data=[[c] for c in conclusions])
-    for key in ("interactions", "minimal_causes"):
-        if ranking.get(key):
-            logged[key] = _dict_table(wandb, ranking[key])
-    findings = (audit or {}).get("findings") or []
-    if findings:
-        logged["audit"] = _dict_table(wandb, findings)
-    run.log(logged)
-
-    # under study/ so that no count hides a table of the same name
-    run.summary.update(
-        {
-            "study/trials": ranking.get("trials"),
-            "study/nan": ranking.get("nan"),
-            "study/finite": ranking.get("finite"),
-            "study/errors": ranking.get("errors"),
-            "study/outcomes": ranking.get("outcomes", {}),
-            "study/top_factor": names[0] if names else None,
-            "study/importance": importance,
-            "study/audit_findings": len(findings),
-        }
-    )
-    report = study_dir / "report.html"
-    if report.is_file():
-        name = re.sub(r"[^\w.-]", "-", str(ranking.get("study") or study_dir.name))
-        artifact = wandb.Artifact(f"report-{name}", type="report")
-        artifact.add_file(str(report), name="report.html")
-        run.log_artifact(artifact)
-
-
-def _dict_table(wandb, rows: list[dict[str, Any]]):
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    return wandb.Table(
-        allow_mixed_types=True,
-        columns=columns,
-        data=[[_cell(row.get(key)) for key in columns] for row in rows],
-    )
-
-
-def _cell(value: Any) -> Any:
-    """A table cell: scalars as they are, anything else as text."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def _scalar_or_flat(value: Any) -> bool:
-    scalar = (bool, int, float, str, type(None))
-    if isinstance(value, dict):
-        return all(isinstance(v, scalar) for v in value.values())
-    return isinstance(value, scalar)
-
-
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
