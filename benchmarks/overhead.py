@@ -40,19 +40,15 @@ GPU_MODEL = dict(vocab_size=16384, hidden_size=768, num_hidden_layers=12, ffn_di
 
 def build_checkpoint(folder: Path, size: dict[str, int], positions: int) -> int:
     """Save a seeded OPT of ``size`` with ``save_pretrained``; its parameter count."""
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import OPTForCausalLM
 
-    config = OPTConfig(
+    from nansearch.demo import opt_config
+
+    config = opt_config(
         **size,
         num_attention_heads=size["hidden_size"] // 64,
         word_embed_proj_dim=size["hidden_size"],
         max_position_embeddings=positions,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=2,
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)

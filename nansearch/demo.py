@@ -35,17 +35,23 @@ def cache_root() -> Path:
     return Path(root) / f"demo-{VERSION}"
 
 
-def opt_config():
+def opt_config(**overrides: int):
+    """The demo's OPT: small, no dropout (so a trial is deterministic on the CPU), and
+    OPT's own special-token ids; ``overrides`` resize it (the overhead benchmark)."""
     from transformers import OPTConfig
 
+    sizes = {
+        "vocab_size": 512,
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "ffn_dim": 512,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 128,
+        "word_embed_proj_dim": 128,
+        **overrides,
+    }
     return OPTConfig(
-        vocab_size=512,
-        hidden_size=128,
-        num_hidden_layers=2,
-        ffn_dim=512,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        word_embed_proj_dim=128,
+        **sizes,
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
