@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from nansearch.audit import AUDIT_FILE, Audit, format_findings, run_audit
-from nansearch.commands.sweep import DEFAULT_SWEEP
+from nansearch.commands.sweep import add_sweep_file
 from nansearch.config import load_config
 from nansearch.sweep import prepare
 
@@ -15,15 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "audit", help="check checkpoints, batches and settings for known NaN causes, no training"
     )
-    parser.add_argument(
-        "sweep_file",
-        nargs="?",
-        default=DEFAULT_SWEEP,
-        help=f"the sweep file (default {DEFAULT_SWEEP})",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, as for sweep"
-    )
+    add_sweep_file(parser)
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when an error is found"
     )

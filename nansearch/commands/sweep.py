@@ -17,8 +17,8 @@ from nansearch.sweep import SweepOutcome, run_sweep
 DEFAULT_SWEEP = "sweeps/demo.yaml"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("sweep", help="search the suspected causes and rank them")
+def add_sweep_file(parser: argparse.ArgumentParser) -> None:
+    """The sweep file and its dotted overrides, as every command that reads one takes them."""
     parser.add_argument(
         "sweep_file",
         nargs="?",
@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="key=value",
         help="dotted overrides, e.g. trials=20 factors.lr.high=1.0",
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sweep", help="search the suspected causes and rank them")
+    add_sweep_file(parser)
     parser.add_argument(
         "--resume", action="store_true", help="continue an existing study up to its trial budget"
     )
