@@ -32,7 +32,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from nansearch.causes import find_causes
+from nansearch.causes import MIN_NAN, find_causes
 from nansearch.confirm import Confirmation, confirm
 from nansearch.isolate import Isolation, isolate
 from nansearch.runner import TrialResult
@@ -109,11 +109,13 @@ def continuous_names(factors: Sequence[Factor]) -> list[str]:
 
 
 class StopRule:
-    """Focus is done once the causes found have stayed the same for ``patience`` trials.
+    """Focus is done once the causes found have stayed the same for ``patience`` trials
+    and they explain the NaN runs, all but fewer than a cause needs (``MIN_NAN``).
 
     A range counts as the same cause while its side holds (``lr above`` stays ``lr
-    above`` as its edge moves with more runs). Each process keeps its own count; it
-    starts over when the sweep resumes.
+    above`` as its edge moves with more runs). NaN runs that no cause explains yet may
+    be a cause still forming, so the search goes on while there are enough of them.
+    Each process keeps its own count; it starts over when the sweep resumes.
     """
 
     def __init__(self, factors: Sequence[Factor], cover: int, patience: int):
@@ -134,9 +136,10 @@ class StopRule:
         count = len(results)
         if key != self.leaders:
             self.leaders, self.since = key, count
-        if causes and count >= self.cover and count - self.since >= self.patience:
-            return "; ".join(cause.text for cause in causes)
-        return None
+        if not causes or count < self.cover or count - self.since < self.patience:
+            return None
+        loose = sum(r.is_nan and not any(c.holds(r.params) for c in causes) for r in results)
+        return "; ".join(cause.text for cause in causes) if loose < MIN_NAN else None
 
 
 def light_results(trials: Sequence[FrozenTrial]) -> list[TrialResult]:

@@ -205,3 +205,25 @@ def test_a_settled_search_skips_the_rest_of_its_queue(tmp_path):
 
     again = sweep(DEMO, overrides, resume=True)
     assert again.ran_here == 0 and len(again.results) == len(outcome.results)
+
+
+def test_stop_rule_waits_while_enough_nan_runs_are_unexplained():
+    factors = build_factors(load_config(DEMO, ["factors.dtype.levels=[fp32,fp16]"]))
+    # fp32 runs that went NaN with nothing in common: a cause not yet seen enough
+    loose = [
+        {**OPT, "lr": 1e-4, "batch": "clean"},
+        {**OPT, "lr": 0.3, "batch": "padded-row"},
+        {**OPT, "lr": 0.03, "batch": "vocab-edge-ids", "init": "reinit-normal"},
+    ]
+    rows = [
+        ({**OPT, "lr": 1e-3, "dtype": dtype}, dtype == "fp16")
+        for dtype in itertools.islice(itertools.cycle(["fp32", "fp16"]), 40)
+    ]
+
+    def settles(results):
+        rule = StopRule(factors, cover=8, patience=6)
+        return next((n for n in range(1, len(results) + 1) if rule.update(results[:n])), None)
+
+    assert settles(as_results([(params, True) for params in loose] + rows)) is None
+    two = settles(as_results([(params, True) for params in loose[:2]] + rows))
+    assert two is not None and two < 40  # two loose runs are fewer than a cause needs
