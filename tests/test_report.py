@@ -21,7 +21,7 @@ from nansearch.commands.report import report
 from nansearch.commands.sweep import sweep
 from nansearch.config import NansearchError
 from nansearch.ranking import Bins
-from nansearch.report import leveler
+from nansearch.report_sections import leveler
 from tests.conftest import DEMO, demo_overrides
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
