@@ -100,17 +100,27 @@ def top_up(study: optuna.Study, budget: int) -> int:
     return max(missing, 0)
 
 
-def take(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.Trial | None:
-    """Take one queued trial and give it its values, or None when the queue is empty."""
+def claimed(study: optuna.Study) -> Iterator[FrozenTrial]:
+    """The waiting trials this process takes, one at a time, each now RUNNING and its own.
+
+    Each is taken with the storage's compare-and-set from WAITING to RUNNING; one that
+    another worker took first is passed over.
+    """
     storage = study._storage
     for frozen in storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.WAITING,)
     ):
         try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                continue  # another worker took it first
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                yield frozen
         except UpdateFinishedTrialError:
             continue
+
+
+def take(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.Trial | None:
+    """Take one queued trial and give it its values, or None when the queue is empty."""
+    storage = study._storage
+    for frozen in claimed(study):
         if heartbeat_interval(storage) is not None:
             storage.record_heartbeat(frozen._trial_id)
         trial = optuna.Trial(study, frozen._trial_id)
@@ -127,14 +137,7 @@ def cancel(study: optuna.Study, reason: str) -> int:
     Taken the way a worker takes one, so a trial a worker took meanwhile runs on.
     """
     storage, count = study._storage, 0
-    for frozen in storage.get_all_trials(
-        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-    ):
-        try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                continue
-        except UpdateFinishedTrialError:
-            continue
+    for frozen in claimed(study):
         storage.set_trial_user_attr(frozen._trial_id, SKIPPED_ATTR, reason)
         storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
         count += 1
