@@ -142,7 +142,7 @@ def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str
         with deep:
             pass_two = runner.run(trial.params, trial.seed, step + 1, observer=deep)
         deep.explain_error(pass_two.error)
-    missing = runner.prepare(trial.params, trial.seed).loaded.missing_keys
+    missing = runner.missing_keys(trial.params)
     stage, module, sentence = diagnose(again, diag, deep, missing)
     fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
     op = _op_within(diag.forward, deep) if stage == "forward" else None

@@ -168,6 +168,14 @@ class TrialRunner:
         self.device = device or pick_device(cfg.device)
         self.cache = CheckpointCache(target)
 
+    def missing_keys(self, params: dict[str, Any]) -> list[str]:
+        """The weights the configuration's checkpoint does not hold, read from the cache."""
+        checkpoint = next((f for f in self.factors if f.name == "checkpoint"), None)
+        if checkpoint is None or "checkpoint" not in params:
+            return []
+        level = params["checkpoint"]
+        return list(self.cache.peek(checkpoint.paths[level], level).missing_keys)
+
     def prepare(self, params: dict[str, Any], seed: int) -> TrialSetup:
         """The trial's model, batch and settings, shaped by every factor in stage order."""
         generator = torch.Generator().manual_seed(seed)
