@@ -56,6 +56,7 @@ from nansearch.phases import continuous_names, run_probes
 from nansearch.runner import TrialResult
 from nansearch.search import Search, distributions, recorded
 from nansearch.sweep import prepare
+from nansearch.trial_queue import suggest
 
 BUDGETS = (20, 50, 100)
 LR_GRID = 12
@@ -205,7 +206,7 @@ def nansearch_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], folde
     cfg.out = str(folder)
     search = Search(cfg, factors, oracle, storage=optuna.storages.InMemoryStorage())
     search.run()
-    run_probes(search, search_callbacks(), never())
+    run_probes(search)
     return recorded(search.study)
 
 
@@ -215,7 +216,7 @@ def baseline_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], sample
     results: list[TrialResult] = []
 
     def objective(trial: optuna.Trial) -> float:
-        params = {name: _suggest(trial, name, dist) for name, dist in dists.items()}
+        params = {name: suggest(trial, name, dist) for name, dist in dists.items()}
         result = oracle.run(params, seed=trial.number)
         result.number = trial.number
         results.append(result)
@@ -225,26 +226,6 @@ def baseline_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], sample
 
     study.optimize(objective, n_trials=trials)
     return results
-
-
-def _suggest(trial: optuna.Trial, name: str, dist: Any) -> Any:
-    from nansearch.trial_queue import suggest
-
-    return suggest(trial, name, dist)
-
-
-def search_callbacks():
-    from nansearch.search import SweepCallbacks
-
-    return SweepCallbacks()
-
-
-def never():
-    class Never:
-        def is_set(self) -> bool:
-            return False
-
-    return Never()
 
 
 def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any]:

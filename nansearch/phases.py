@@ -25,7 +25,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -43,6 +43,7 @@ from nansearch.trial_queue import (
     PHASE_ATTR,
     QUEUED,
     RESULT_ATTR,
+    queued,
 )
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ class Plan:
         )
 
     def to_json(self) -> dict[str, int]:
-        return {"cover": self.cover, "focus": self.focus, "confirm": self.confirm,
-                "isolate": self.isolate}  # fmt: skip
+        return asdict(self)
 
 
 def plan(cfg: SweepConfig, factors: Sequence[Factor]) -> Plan:
@@ -145,13 +145,18 @@ class StopRule:
 def light_results(trials: Sequence[FrozenTrial]) -> list[TrialResult]:
     """The recorded queued trials as bare results (values and outcome), without parsing
     each one's step history: what the stopping rule needs, after every trial."""
-    out = []
-    for t in trials:
-        phase = t.user_attrs.get(PHASE_ATTR, "focus")
-        if t.state in FINISHED and RESULT_ATTR in t.user_attrs and phase in QUEUED:
-            outcome = t.user_attrs.get("outcome", "finite")
-            out.append(TrialResult(dict(t.params), 0, 0, outcome, number=t.number, phase=phase))
-    return out
+    return [
+        TrialResult(
+            dict(t.params),
+            0,
+            0,
+            t.user_attrs.get("outcome", "finite"),
+            number=t.number,
+            phase=t.user_attrs.get(PHASE_ATTR, "focus"),
+        )
+        for t in trials
+        if t.state in FINISHED and RESULT_ATTR in t.user_attrs and queued(t)
+    ]
 
 
 @dataclass
@@ -171,10 +176,19 @@ class Prober:
     for the probes they asked for before: those come back from the study.
     """
 
-    def __init__(self, search: Search, budgets: Plan, callbacks: SweepCallbacks, stop: Stop):
-        self.search, self.callbacks, self.stop = search, callbacks, stop
+    def __init__(
+        self,
+        search: Search,
+        budgets: Plan,
+        callbacks: SweepCallbacks | None = None,
+        stop: Stop | None = None,
+    ):
+        from nansearch.search import SweepCallbacks, recorded
+
+        self.search, self.stop = search, stop
+        self.callbacks = callbacks or SweepCallbacks()
         self.earlier: dict[tuple[str, int], list[TrialResult]] = {}
-        probes = _recorded_probes(search.study)
+        probes = [r for r in recorded(search.study) if r.phase in PROBES]
         for result in probes:
             self.earlier.setdefault((result.phase, result.origin), []).append(result)
         spent = Counter(result.phase for result in probes)
@@ -192,7 +206,7 @@ class Prober:
         if at < len(earlier) and _same(earlier[at].params, params):
             self.cursor[key] += 1
             return earlier[at]
-        if self.left[phase] <= 0 or self.stop.is_set():
+        if self.left[phase] <= 0 or (self.stop is not None and self.stop.is_set()):
             return None
         trial = probe_trial(self.search, params, phase, origin)
         result = self.search.run_one(trial, self.callbacks)
@@ -206,15 +220,6 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], float) else a[k] == b[k]
         for k in a
     )
-
-
-def _recorded_probes(study: optuna.Study) -> list[TrialResult]:
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        recorded = t.state in FINISHED and RESULT_ATTR in t.user_attrs
-        if recorded and t.user_attrs.get(PHASE_ATTR) in PROBES:
-            out.append(TrialResult.from_json(t.user_attrs[RESULT_ATTR]))
-    return sorted(out, key=lambda r: r.number)
 
 
 def probe_trial(search: Search, params: dict[str, Any], phase: str, origin: int) -> optuna.Trial:
@@ -306,7 +311,10 @@ def alternatives(
 
 
 def run_probes(
-    search: Search, callbacks: SweepCallbacks, stop: Stop, budgets: Plan | None = None
+    search: Search,
+    callbacks: SweepCallbacks | None = None,
+    stop: Stop | None = None,
+    budgets: Plan | None = None,
 ) -> Probes:
     """Confirm the top failing configurations, then isolate the minimal cause of each."""
     from nansearch.search import recorded
@@ -315,8 +323,9 @@ def run_probes(
     out = Probes()
     if not budgets.confirm and not budgets.isolate:
         return out
-    results = recorded(search.study)
-    searched = [r for r in results if r.phase in QUEUED]
+    # the search's own runs: what is confirmed and, not the probes, what isolation
+    # starts from, so that a resumed sweep picks the same configurations
+    searched = [r for r in recorded(search.study) if r.phase in QUEUED]
     seeds = max(1, search.cfg.search.seeds)
     most = max(1, budgets.confirm // seeds) if budgets.confirm else max(1, budgets.isolate // 4)
     failing = to_confirm(searched, search.factors, most)
@@ -338,7 +347,7 @@ def run_probes(
             continue  # no fresh seed failed: nothing steady enough to isolate
         if any(i.complete and i.holds(confirmed.params) for i in out.isolations):
             continue  # the same minimal cause, found already
-        isolation = _isolate(search, prober, confirmed, continuous)
+        isolation = _isolate(searched, prober, confirmed, continuous)
         if isolation is None:
             continue
         out.isolations.append(isolation)
@@ -350,12 +359,8 @@ def run_probes(
 
 
 def _isolate(
-    search: Search, prober: Prober, confirmed: Confirmation, continuous: list[str]
+    results: list[TrialResult], prober: Prober, confirmed: Confirmation, continuous: list[str]
 ) -> Isolation | None:
-    from nansearch.search import recorded
-
-    # the search's own runs only, not the probes: a resumed sweep picks the same reference
-    results = [r for r in recorded(search.study) if r.phase in QUEUED]
     failing = next(r for r in results if r.number == confirmed.trial)
     reference = nearest_passing(failing, results, continuous)
     if reference is None:

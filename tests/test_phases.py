@@ -143,19 +143,14 @@ def test_probes_a_killed_sweep_left_unrecorded_run_again(tmp_path):
     first = run_probes(search, stop.callbacks(), stop)
     assert first.ran == 2
     resumed = Search(cfg, factors, runner, resume=True)
-    rest = run_probes(resumed, stop.callbacks(), NeverStop())
+    rest = run_probes(resumed)
     assert rest.ran > 0
-    kept = Prober(resumed, resumed.plan, stop.callbacks(), NeverStop())
+    kept = Prober(resumed, resumed.plan)
     assert sum(map(len, kept.earlier.values())) == 2 + rest.ran
     assert rest.isolations[0].values == {
         "checkpoint": "blip2-full",
         "init": "uninitialized-missing",
     }
-
-
-class NeverStop:
-    def is_set(self):
-        return False
 
 
 class StopAfter:
