@@ -180,3 +180,34 @@ def conclude(
             }
         )
     return out
+
+
+# -- reading conclusions back (``ranking.json``) --------------------------------------------
+
+SPEAKS_OF_CAUSE = ("cause", "isolated")  # the kinds that name a rule of factor values
+
+
+def rule(item: dict[str, Any]) -> str:
+    """What a conclusion is about, in a few words: its rule, or the runs it counts."""
+    if item.get("kind") == "cause":
+        return item["rule"]
+    if item.get("kind") == "isolated":
+        return item["isolation"]["text"]
+    if item.get("kind") == "unexplained":
+        return "NaN runs no conclusion explains"
+    return item.get("kind", "")
+
+
+def speaks_of(item: dict[str, Any], result: TrialResult) -> bool:
+    """Whether a conclusion, as ``ranking.json`` holds it, explains this trial's values."""
+    kind = item.get("kind")
+    if kind == "cause":
+        return all(
+            Condition(c["factor"], c["op"], c["value"]).holds(result.params)
+            for c in item["conditions"]
+        )
+    if kind == "isolated":
+        return Isolation.from_json(item["isolation"]).holds(result.params)
+    if kind == "unexplained":
+        return result.number in item.get("trials", ())
+    return False

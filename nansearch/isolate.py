@@ -105,6 +105,23 @@ class Isolation:
             "probes": self.probes,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Isolation:
+        """The isolation :meth:`to_json` wrote (``ranking.json``'s ``minimal_causes``)."""
+        return cls(
+            failing=dict(data["failing"]),
+            reference=dict(data.get("reference") or {}),
+            differences=list(data.get("differences") or []),
+            minimal=list(data["minimal"]),
+            needed=list(data.get("needed_alone") or []),
+            context=list(data.get("needed_shared") or []),
+            ranges={k: (v["passes"], v["fails"]) for k, v in (data.get("ranges") or {}).items()},
+            probes=list(data.get("probes") or []),
+            complete=bool(data.get("complete")),
+            trial=data.get("trial"),
+            reference_trial=data.get("reference_trial"),
+        )
+
 
 def _mid(a: float, b: float) -> float:
     return math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2

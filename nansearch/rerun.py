@@ -1,6 +1,8 @@
-"""Rerun the worst trials of a study with diagnostics, and say where each NaN was born.
+"""Rerun failing trials of a study with diagnostics, and say where each NaN was born.
 
-For each chosen trial:
+The trials are chosen to cover the study's conclusions: one failing trial per cause
+first, then the NaN runs no conclusion explains (:func:`select`); each record says which
+conclusion it serves. For each chosen trial:
 
 1. the trial again with its own seed, under :class:`~nansearch.diagnostics.Diagnostics`:
    does it fail at the same step, the same way (on the CPU it must);
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from nansearch.conclusions import SPEAKS_OF_CAUSE, rule, speaks_of
 from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
 from nansearch.runner import TrialResult, TrialRunner
@@ -90,11 +93,32 @@ def study_trials(cfg: SweepConfig, study_dir: Path) -> list[TrialResult]:
     return recorded(study)
 
 
-def select(results: list[TrialResult], top: int, numbers: list[int] | None) -> list[TrialResult]:
-    """The trials named by number, or the ``top`` failing configurations, worst first.
+@dataclass(frozen=True)
+class Pick:
+    """A trial chosen for a rerun, and the conclusions of the study it speaks to.
 
-    Failing trials rank by score (earlier failure higher), then by number; a configuration
-    that several trials share is rerun once.
+    ``serves`` is the index (in ``ranking.json``'s ``conclusions``) of the conclusion the
+    rerun was chosen for, None when no conclusion explains the trial; ``holds`` indexes
+    every conclusion that names a rule the trial's values carry.
+    """
+
+    trial: TrialResult
+    serves: int | None
+    holds: tuple[int, ...] = ()
+
+
+def select(
+    results: list[TrialResult],
+    top: int,
+    numbers: list[int] | None,
+    conclusions: list[dict[str, Any]] = (),
+) -> list[Pick]:
+    """The trials named by number, or ``top`` failing trials that cover the conclusions.
+
+    First one failing trial per conclusion that names a cause, in the conclusions' order
+    (of its trials, the one that holds the fewest other causes, then the worst: earlier
+    failure, then lower number); then the NaN runs no conclusion explains, worst first;
+    then the other failing trials, worst first. A configuration is rerun once.
     """
     if numbers:
         by_number = {r.number: r for r in results}
@@ -102,16 +126,66 @@ def select(results: list[TrialResult], top: int, numbers: list[int] | None) -> l
             if number not in by_number:
                 valid = f"0 to {max(by_number)}" if by_number else "none yet"
                 raise NansearchError(f"--trial {number}: no such trial (trials: {valid})")
-        return [by_number[n] for n in dict.fromkeys(numbers)]
+        return [_pick(by_number[n], None, conclusions) for n in dict.fromkeys(numbers)]
     failing = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
-    chosen: list[TrialResult] = []
+    causal = [i for i, c in enumerate(conclusions) if c.get("kind") in SPEAKS_OF_CAUSE]
+    holds = {r.number: [i for i in causal if speaks_of(conclusions[i], r)] for r in failing}
+    chosen: list[Pick] = []
     seen: set[str] = set()
-    for result in failing:
+
+    def take(result: TrialResult, serves: int | None) -> None:
         key = json.dumps(result.params, sort_keys=True, default=str)
-        if key not in seen:
+        if key not in seen and len(chosen) < top:
             seen.add(key)
-            chosen.append(result)
-    return chosen[:top]
+            chosen.append(_pick(result, serves, conclusions))
+
+    for index in causal:
+        mine = [r for r in failing if index in holds[r.number]]
+        mine.sort(key=lambda r: len(holds[r.number]))  # stable: worst first among equals
+        fresh = [r for r in mine if json.dumps(r.params, sort_keys=True, default=str) not in seen]
+        if fresh:
+            take(fresh[0], index)
+    loose = next((i for i, c in enumerate(conclusions) if c.get("kind") == "unexplained"), None)
+    for result in failing:
+        if loose is not None and speaks_of(conclusions[loose], result):
+            take(result, loose)
+    for result in failing:
+        take(result, holds[result.number][0] if holds[result.number] else None)
+    return chosen
+
+
+def _pick(result: TrialResult, serves: int | None, conclusions: list[dict[str, Any]]) -> Pick:
+    """A :class:`Pick`; ``serves`` defaults to the first conclusion that explains the trial."""
+    speaking = tuple(i for i, c in enumerate(conclusions) if speaks_of(c, result))
+    if serves is None and speaking:
+        serves = speaking[0]
+    causal = tuple(i for i in speaking if conclusions[i].get("kind") in SPEAKS_OF_CAUSE)
+    return Pick(result, serves, causal)
+
+
+def study_conclusions(study_dir: Path) -> list[dict[str, Any]]:
+    """The conclusions of the study's ``ranking.json``; none when it has no ranking yet."""
+    path = study_dir / "ranking.json"
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("conclusions") or [])
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); reruns are chosen by score alone", path, exc)
+        return []
+
+
+def served(pick: Pick, conclusions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a rerun record says about the conclusions it speaks to (numbered from 1)."""
+
+    def entry(index: int) -> dict[str, Any]:
+        item = conclusions[index]
+        return {"conclusion": index + 1, "kind": item.get("kind"), "rule": rule(item)}
+
+    return {
+        "serves": entry(pick.serves) if pick.serves is not None else None,
+        "holds": [entry(i) for i in pick.holds],
+    }
 
 
 def fresh_seeds(seed: int, count: int) -> list[int]:
@@ -194,16 +268,20 @@ def rerun_study(
     if seeds < 0:
         raise NansearchError(f"--seeds {seeds}: the number of fresh seeds must be 0 or more")
     cfg = open_study(study_dir)
-    chosen = select(study_trials(cfg, study_dir), top, numbers)
+    conclusions = study_conclusions(study_dir)
+    chosen = select(study_trials(cfg, study_dir), top, numbers, conclusions)
     outcome = RerunOutcome(study_dir)
     if not chosen:
         return outcome
     _, runner = prepare(cfg)
     folder = study_dir / RERUNS
     folder.mkdir(parents=True, exist_ok=True)
-    for trial in chosen:
+    for pick in chosen:
+        trial = pick.trial
         log.info("rerunning trial %d with diagnostics", trial.number)
+        about = served(pick, conclusions)
         record = {"study": cfg.study, **rerun_trial(runner, trial, seeds)}
+        record.update(about)
         path = folder / f"trial-{trial.number}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
         outcome.records.append(record)

@@ -10,7 +10,8 @@ import pytest
 from nansearch.cli import main as cli_main
 from nansearch.commands.sweep import sweep
 from nansearch.config import NansearchError
-from nansearch.rerun import fresh_seeds, rerun_study, select
+from nansearch.ranking import rank
+from nansearch.rerun import fresh_seeds, rerun_study, select, served
 from nansearch.runner import TrialResult
 from tests.conftest import REPO
 
@@ -147,6 +148,58 @@ def test_select_ranks_failures_worst_first_once_per_configuration():
         trial(4, "nonfinite-params", 2.0, 0.2),  # the same configuration as trial 2
         trial(5, "nonfinite-logits", 1.5, 0.4),
     ]
-    assert [r.number for r in select(results, 3, None)] == [2, 5, 1]
-    assert [r.number for r in select(results, 1, None)] == [2]
-    assert [r.number for r in select(results, 3, [0, 3, 0])] == [0, 3]
+    assert [p.trial.number for p in select(results, 3, None)] == [2, 5, 1]
+    assert [p.trial.number for p in select(results, 1, None)] == [2]
+    assert [p.trial.number for p in select(results, 3, [0, 3, 0])] == [0, 3]
+    assert all(p.serves is None for p in select(results, 3, None))  # no conclusions given
+
+
+def test_select_takes_one_trial_per_conclusion_before_a_second_of_any():
+    """Every step-0 failure scores 2.0: by score alone the three lowest numbers, all fp16."""
+
+    def trial(number, dtype, batch, nan, lr):
+        outcome = "nonfinite-loss" if batch == "labels-all-ignored" else "nonfinite-params"
+        return TrialResult(
+            params={"dtype": dtype, "batch": batch, "lr": lr},
+            seed=number,
+            steps=4,
+            outcome=outcome if nan else "finite",
+            score=2.0 if nan else 0.3,
+            first_bad_step=0 if nan else None,
+            number=number,
+            phase="cover",
+        )
+
+    results = [trial(0, "fp16", "labels-all-ignored", True, 0.5)]  # both causes at once
+    results += [trial(1 + n, "fp16", "clean", True, 1e-3 * (n + 1)) for n in range(8)]
+    results += [trial(9 + n, "fp32", "labels-all-ignored", True, 1e-3 * (n + 1)) for n in range(6)]
+    results += [trial(15 + n, "fp32", "clean", False, 1e-3 * (n + 1)) for n in range(10)]
+    results.append(trial(25, "bf16", "padded-row", True, 0.5))  # one NaN run, no cause
+    results.append(trial(26, "bf16", "clean", False, 0.5))
+    ranking = rank(
+        results,
+        [
+            ("dtype", ["fp32", "bf16", "fp16"]),
+            ("batch", ["clean", "labels-all-ignored", "padded-row"]),
+        ],
+    )
+    conclusions = ranking["conclusions"]
+    rules = [c.get("rule") for c in conclusions]
+    assert rules[:2] == ["dtype=fp16", "batch=labels-all-ignored"]
+    assert conclusions[2]["kind"] == "unexplained" and conclusions[2]["trials"] == [25]
+
+    before = [r.number for r in sorted(results, key=lambda r: (-r.score, r.number))[:3]]
+    assert before == [0, 1, 2]  # what ranking by score alone reran: dtype=fp16 three times
+    picks = select(results, 3, None, conclusions)
+    # trial 0 holds both causes: each cause gets a trial that holds it alone
+    assert [(p.trial.number, p.serves) for p in picks] == [(1, 0), (9, 1), (25, 2)]
+    assert [p.trial.number for p in select(results, 5, None, conclusions)] == [1, 9, 25, 0, 2]
+    (named,) = select(results, 3, [0], conclusions)
+    assert (named.serves, named.holds) == (0, (0, 1))
+    assert served(named, conclusions) == {
+        "serves": {"conclusion": 1, "kind": "cause", "rule": "dtype=fp16"},
+        "holds": [
+            {"conclusion": 1, "kind": "cause", "rule": "dtype=fp16"},
+            {"conclusion": 2, "kind": "cause", "rule": "batch=labels-all-ignored"},
+        ],
+    }

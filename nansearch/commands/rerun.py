@@ -1,4 +1,4 @@
-"""``nansearch rerun [STUDY] [--top K | --trial N ...] [--seeds S]``: diagnose the worst trials."""
+"""``nansearch rerun [STUDY] [--top K | --trial N ...] [--seeds S]``: diagnose failing trials."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_TOP,
         metavar="K",
-        help=f"rerun the K worst failing configurations (default {DEFAULT_TOP})",
+        help=f"rerun K failing trials, one per conclusion first (default {DEFAULT_TOP})",
     )
     chosen.add_argument(
         "--trial", type=int, nargs="+", metavar="N", dest="trials", help="rerun these trials"
@@ -85,6 +85,9 @@ def main(args: argparse.Namespace) -> int:
         rate = record["seed_rate"]
         same = "reproduced" if record["reproduced"] else "did NOT reproduce"
         print(f"trial {record['trial']}  {params}")
+        serves = record.get("serves")
+        if serves is not None:
+            print(f"  serves conclusion {serves['conclusion']}: {serves['rule']}")
         print(f"  {record['diagnosis']}")
         print(
             f"  {same} with seed {record['seed']}; NaN in {rate['nan']}/{rate['total']} fresh seeds"
