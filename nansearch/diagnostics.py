@@ -72,6 +72,8 @@ class ModuleFinding:
     output_nan: int
     output_inf: int
     rows: list[int] = field(default_factory=list)  # batch rows whose output is non-finite
+    weight_peak: str | None = None  # the parameter that holds weight_absmax, e.g. "bias"
+    weight_channel: int | None = None  # and the channel (its first dimension) that holds it
 
 
 @dataclass
@@ -85,6 +87,8 @@ class OpFinding:
     made: str  # "nan" or "inf"
     input_absmax: float  # largest finite |input|
     input_neginf: bool  # its inputs held -inf (masked scores)
+    # each tensor operand: name (input, weight, bias, other, ...), absmax, channel, shape
+    operands: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +201,60 @@ def _has_nan_inf(tensors: list[torch.Tensor]) -> tuple[bool, bool]:
     return nan, inf
 
 
+# The names of a function's positional arguments where they are not input, other, ...
+# (None: not a tensor). The channel of a weight or bias is its first dimension (the
+# output feature); of any other operand, its last.
+OPERAND_NAMES = {
+    "linear": ("input", "weight", "bias"),
+    "conv1d": ("input", "weight", "bias"),
+    "conv2d": ("input", "weight", "bias"),
+    "conv3d": ("input", "weight", "bias"),
+    "addmm": ("bias", "input", "weight"),
+    "baddbmm": ("bias", "input", "other"),
+    "embedding": ("input", "weight"),
+    "layer_norm": ("input", None, "weight", "bias"),
+    "group_norm": ("input", None, "weight", "bias"),
+}
+PER_OUTPUT = ("weight", "bias")
+
+
+def _operand_name(op: str, index: int) -> str:
+    names = OPERAND_NAMES.get(op, ())
+    if index < len(names) and names[index]:
+        return names[index]
+    return ("input", "other")[index] if index < 2 else f"operand {index + 1}"
+
+
+def _peak(tensor: torch.Tensor, dim: int) -> tuple[float, int | None]:
+    """(largest finite |value|, its index along ``dim``) of one tensor."""
+    t = tensor.detach()
+    magnitude = torch.where(t.isfinite(), t.abs(), 0).float()
+    flat = int(magnitude.flatten().argmax())
+    peak = float(magnitude.flatten()[flat])
+    if t.dim() == 0:
+        return peak, None
+    index = torch.unravel_index(torch.tensor(flat), t.shape)
+    return peak, int(index[dim])
+
+
+def operands(op: str, args: tuple, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each float tensor operand of a call: its name, largest |value|, channel and shape."""
+    named: list[tuple[str, torch.Tensor]] = []
+    for i, arg in enumerate(args):
+        name = _operand_name(op, i)
+        tensors = [arg] if torch.is_tensor(arg) else _floats(arg)
+        for j, t in enumerate(tensors):
+            named.append((name if len(tensors) == 1 else f"{name}[{j}]", t))
+    named += [(k, v) for k, v in kwargs.items() if torch.is_tensor(v)]
+    found = []
+    for name, t in named:
+        if not (t.is_floating_point() and t.numel()):
+            continue
+        absmax, channel = _peak(t, 0 if name in PER_OUTPUT else -1)
+        found.append({"name": name, "absmax": absmax, "channel": channel, "shape": list(t.shape)})
+    return found
+
+
 def _in_place(name: str) -> bool:
     return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
 
@@ -238,14 +296,16 @@ class _OpWatch(TorchFunctionMode):
         if made:
             in_max, _, _ = _summary(inputs)
             neginf = any(bool((t == -math.inf).any()) for t in inputs)
+            op = name.strip("_")
             owner.op = OpFinding(
                 step=owner.step,
-                op=name.strip("_"),
+                op=op,
                 module=owner._stack[-1] if owner._stack else ROOT,
                 dtype=str(outputs[0].dtype).removeprefix("torch."),
                 made=made,
                 input_absmax=in_max,
                 input_neginf=neginf,
+                operands=operands(op, tuple(args), kwargs),
             )
         return out
 
@@ -443,8 +503,14 @@ class Diagnostics(StepObserver):
     ) -> ModuleFinding:
         out_max, nan, inf = _summary(outputs)
         in_max, _, _ = _summary(inputs)
-        weights = list(module.parameters())
+        named = list(module.named_parameters())
+        weights = [w for _, w in named]
         w_max, w_nan, w_inf = _summary(weights)
+        peak = channel = None
+        if named:
+            peaks = [(*_peak(w, 0), n) for n, w in named if w.is_floating_point() and w.numel()]
+            if peaks:
+                _, channel, peak = max(peaks, key=lambda item: item[0])
         bad = next(t for t in outputs if not t.isfinite().all())
         rows: list[int] = []
         if bad.dim() >= 2 and self._batch_size in (None, bad.shape[0]):
@@ -462,6 +528,8 @@ class Diagnostics(StepObserver):
             output_nan=nan,
             output_inf=inf,
             rows=rows[:MAX_LISTED],
+            weight_peak=peak,
+            weight_channel=channel,
         )
 
     def _read_batch(self, batch: dict[str, torch.Tensor]) -> None:

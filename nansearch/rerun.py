@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from nansearch.audit import AUDIT_FILE, Finding, read_audit
+from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.conclusions import SPEAKS_OF_CAUSE, rule, speaks_of
 from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
@@ -199,8 +201,44 @@ def fresh_seeds(seed: int, count: int) -> list[int]:
     return seeds
 
 
-def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str, Any]:
-    """Rerun one trial with diagnostics, then with fresh seeds; the record to save."""
+KEY_CHECKS = ("checkpoint.wrapped", "checkpoint.foreign")  # audit checks on a whole checkpoint
+
+
+def checkpoint_fixes(findings: list[Finding]) -> dict[str, str]:
+    """The audit's fix for each checkpoint level whose weights the class does not find."""
+    return {
+        f.subject.removeprefix("checkpoint="): f.fix.rstrip(".")
+        for f in findings
+        if f.check in KEY_CHECKS and f.subject.startswith("checkpoint=")
+    }
+
+
+def study_fixes(study_dir: Path) -> dict[str, str] | None:
+    """:func:`checkpoint_fixes` from the study's ``audit.json``; None when it has none."""
+    path = study_dir / AUDIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return checkpoint_fixes(read_audit(path).findings)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); the checkpoint is audited again", path, exc)
+        return None
+
+
+def rerun_trial(
+    runner: TrialRunner,
+    trial: TrialResult,
+    seeds: int,
+    holds: list[dict[str, Any]] = (),
+    fixes: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Rerun one trial with diagnostics, then with fresh seeds; the record to save.
+
+    ``holds`` are the study's conclusions whose rule the trial carries (from
+    :func:`served`): when there are several, the diagnosis names each. ``fixes`` are the
+    audit's fixes by checkpoint level (:func:`checkpoint_fixes`); without them the
+    trial's checkpoint is audited when its weights turn out to be missing.
+    """
     start = time.perf_counter()
     diag = Diagnostics()
     with diag:
@@ -217,7 +255,13 @@ def rerun_trial(runner: TrialRunner, trial: TrialResult, seeds: int) -> dict[str
             pass_two = runner.run(trial.params, trial.seed, step + 1, observer=deep)
         deep.explain_error(pass_two.error)
     missing = runner.missing_keys(trial.params)
-    stage, module, sentence = diagnose(again, diag, deep, missing)
+    fix = None
+    if missing and "checkpoint" in trial.params:
+        if fixes is None:
+            fixes = checkpoint_fixes(audit_checkpoints(runner.cfg, runner))
+        fix = fixes.get(str(trial.params["checkpoint"]))
+    stage, module, sentence = diagnose(again, diag, deep, missing, fix)
+    sentence += _several(holds)
     fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
     op = _op_within(diag.forward, deep) if stage == "forward" else None
     return _finite(
@@ -270,6 +314,7 @@ def rerun_study(
     cfg = open_study(study_dir)
     conclusions = study_conclusions(study_dir)
     chosen = select(study_trials(cfg, study_dir), top, numbers, conclusions)
+    fixes = study_fixes(study_dir)
     outcome = RerunOutcome(study_dir)
     if not chosen:
         return outcome
@@ -280,7 +325,10 @@ def rerun_study(
         trial = pick.trial
         log.info("rerunning trial %d with diagnostics", trial.number)
         about = served(pick, conclusions)
-        record = {"study": cfg.study, **rerun_trial(runner, trial, seeds)}
+        record = {
+            "study": cfg.study,
+            **rerun_trial(runner, trial, seeds, about["holds"], fixes),
+        }
         record.update(about)
         path = folder / f"trial-{trial.number}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -302,11 +350,13 @@ def diagnose(
     diag: Diagnostics,
     deep: Diagnostics | None = None,
     missing: list[str] = (),
+    fix: str | None = None,
 ) -> tuple[str | None, str | None, str]:
     """(stage, module, one sentence) for a rerun's result and what its diagnostics saw.
 
     ``missing`` names the weights the trial's checkpoint did not hold: non-finite
-    weights among them point at the checkpoint, not at the training.
+    weights among them point at the checkpoint, not at the training, and ``fix`` (the
+    audit's, for a wrapped or foreign checkpoint) says what to load instead.
     """
     if result.outcome == "error":
         first = (result.error or "").strip().splitlines()
@@ -316,7 +366,7 @@ def diagnose(
     stage = STAGES[result.outcome]
     head = f"step {result.first_bad_step}: "
     if stage == "forward":
-        module, text = _forward(diag, deep, missing)
+        module, text = _forward(diag, deep, missing, fix)
     elif stage == "loss":
         module, text = None, _loss(result, diag)
     elif stage == "backward":
@@ -327,7 +377,7 @@ def diagnose(
 
 
 def _forward(
-    diag: Diagnostics, deep: Diagnostics | None, missing: list[str] = ()
+    diag: Diagnostics, deep: Diagnostics | None, missing: list[str] = (), fix: str | None = None
 ) -> tuple[str | None, str]:
     if diag.inputs:
         values = ", ".join(
@@ -349,14 +399,11 @@ def _forward(
     limit = torch.finfo(getattr(torch, found.dtype)).max
     if found.weight_nonfinite:
         text = reason + f"its weights hold {found.weight_nonfinite} non-finite values"
-        return found.module, text + _never_loaded(found.module, missing)
+        return found.module, text + _never_loaded(found.module, missing, fix)
     if found.rows and set(found.rows) <= set(diag.masked_rows):
         return found.module, reason + "a row of the attention mask is all zero"
     if op is not None and op.made == "inf":
-        return found.module, reason + (
-            f"{op.op} overflowed {op.dtype} (max {torch.finfo(getattr(torch, op.dtype)).max:g}) "
-            f"on inputs up to {op.input_absmax:.4g}"
-        )
+        return found.module, reason + _overflow(op)
     if op is not None and op.input_neginf:
         return found.module, reason + f"{op.op} over a row that is all -inf is 0/0"
     if op is not None:
@@ -364,9 +411,13 @@ def _forward(
             f"{op.op} made NaN from finite inputs (up to {op.input_absmax:.4g}) in {op.dtype}"
         )
     if found.output_inf:
+        where = ""
+        if found.weight_peak is not None:
+            where = f" in {found.weight_peak}" + _channel(found.weight_channel)
         return found.module, reason + (
             f"values passed the {found.dtype} maximum {limit:g} "
-            f"(inputs up to {found.input_absmax:.4g}, weights up to {found.weight_absmax:.4g})"
+            f"(inputs up to {found.input_absmax:.4g}, weights up to "
+            f"{found.weight_absmax:.4g}{where})"
         )
     return found.module, reason + (
         f"NaN from finite inputs (up to {found.input_absmax:.4g}) "
@@ -374,15 +425,64 @@ def _forward(
     )
 
 
-def _never_loaded(module: str, missing: list[str]) -> str:
+def _channel(channel: int | None) -> str:
+    return "" if channel is None else f" at channel {channel}"
+
+
+def _overflow(op: OpFinding) -> str:
+    """Which operand of an op that made Inf was out of the dtype's range, and where.
+
+    An operand past the maximum (a bias of 9e4 under fp16 autocast) is cast to Inf
+    before the op runs; when every operand is in range, their product is what overflowed.
+    """
+    limit = torch.finfo(getattr(torch, op.dtype)).max
+    head = f"{op.op} overflowed {op.dtype} (max {limit:g})"
+    if not op.operands:
+        return f"{head} on inputs up to {op.input_absmax:.4g}"
+    past = [o for o in op.operands if o["absmax"] > limit]
+    listed = ", ".join(
+        f"{o['name']} up to {o['absmax']:.4g}{_channel(o['channel'])}" for o in op.operands
+    )
+    if past:
+        first = past[0]
+        others = [o for o in op.operands if o is not first]
+        rest = ", ".join(f"{o['name']} up to {o['absmax']:.4g}" for o in others)
+        return (
+            f"{head}: its {first['name']} holds {first['absmax']:.4g}"
+            f"{_channel(first['channel'])}, past {op.dtype}'s range"
+            + (f" ({rest})" if rest else "")
+        )
+    return (
+        f"{head} on inputs up to {op.input_absmax:.4g} ({listed}): each operand is in "
+        "range, their product is not"
+    )
+
+
+def _never_loaded(module: str, missing: list[str], fix: str | None = None) -> str:
     """A clause saying that the module's weights were missing from the checkpoint."""
     own = [k for k in missing if k.startswith(module + ".") or module == ROOT]
     if not own:
         return ""
     return (
         f"; the checkpoint did not hold them ({len(missing)} of the model's weights are "
-        "missing from it, so they were never loaded): check that the checkpoint matches "
-        "the model class"
+        "missing from it, so they were never loaded): "
+        + (
+            f"the audit's fix: {fix}"
+            if fix
+            else "check that the checkpoint matches the model class"
+        )
+    )
+
+
+def _several(holds: list[dict[str, Any]]) -> str:
+    """A clause naming every cause the trial holds, when it holds more than one."""
+    if len(holds) < 2:
+        return ""
+    named = [f"{h['rule']} (conclusion {h['conclusion']})" for h in holds]
+    listed = ", ".join(named[:-1]) + " and " + named[-1]
+    return (
+        f"; the trial holds {len(holds)} of the study's causes, {listed}: this is where "
+        "the first NaN of any of them was born"
     )
 
 

@@ -109,7 +109,81 @@ def test_uninitialized_missing_weights_are_traced_to_the_checkpoint(demo):
     assert (record["stage"], record["first_bad_step"]) == ("forward", 0)
     assert "non-finite values" in record["diagnosis"]
     assert "the checkpoint did not hold them (37 of the model's weights" in record["diagnosis"]
-    assert "check that the checkpoint matches the model class" in record["diagnosis"]
+    # the audit's fix for a wrapped checkpoint, not only "check the model class"
+    assert (
+        "never loaded): the audit's fix: Load the language-only checkpoint" in (record["diagnosis"])
+    )
+    assert "strip 'language_model.' from the checkpoint's keys" in record["diagnosis"]
+
+
+def test_a_trial_that_holds_two_causes_names_both(demo):
+    params = {
+        **OPT,
+        "checkpoint": "blip2-full",
+        "init": "uninitialized-missing",
+        "batch": "labels-all-ignored",
+    }
+    holds = [
+        {
+            "conclusion": 2,
+            "kind": "cause",
+            "rule": "checkpoint=blip2-full with init=uninitialized-missing",
+        },
+        {"conclusion": 3, "kind": "cause", "rule": "batch=labels-all-ignored"},
+    ]
+    trial = TrialResult(params=params, seed=0, steps=2, number=5)
+    record = rerun_trial(demo, trial, seeds=0, holds=holds)
+    assert record["stage"] == "forward"  # the uninitialized weights fail before the loss
+    assert record["diagnosis"].endswith(
+        "; the trial holds 2 of the study's causes, checkpoint=blip2-full with "
+        "init=uninitialized-missing (conclusion 2) and batch=labels-all-ignored "
+        "(conclusion 3): this is where the first NaN of any of them was born"
+    )
+    alone = rerun_trial(demo, trial, seeds=0, holds=holds[:1])
+    assert "holds" not in alone["diagnosis"]
+
+
+def test_a_bias_past_fp16s_range_is_named_with_its_channel(tmp_path):
+    config = OPTConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = OPTForCausalLM(config)
+    with torch.no_grad():
+        model.model.decoder.layers[0].fc2.bias[17] = 9e4  # beyond fp16's 65504
+    model.save_pretrained(tmp_path / "big-bias")
+    runner = runner_for(
+        DEMO,
+        [
+            "target.batch_size=2",
+            "target.seq_len=8",
+            f"factors.checkpoint.levels.big-bias={tmp_path / 'big-bias'}",
+        ],
+    )
+    record = rerun(runner, {**OPT, "checkpoint": "big-bias", "dtype": "amp-fp16"}, steps=1)
+    assert (record["stage"], record["module"], record["first_bad_step"]) == (
+        "forward",
+        "model.decoder.layers.0.fc2",
+        0,
+    )
+    operands = {o["name"]: o for o in record["op"]["operands"]}
+    assert set(operands) == {"input", "weight", "bias"}
+    assert operands["bias"]["absmax"] == 9e4 and operands["bias"]["channel"] == 17
+    assert operands["input"]["absmax"] < 100 and operands["weight"]["absmax"] < 10
+    assert record["diagnosis"].startswith(
+        "step 0: first non-finite output in model.decoder.layers.0.fc2 (Linear): linear "
+        "overflowed float16 (max 65504): its bias holds 9e+04 at channel 17, past float16's "
+        "range (input up to "
+    )
+    born = record["findings"]["forward"]
+    assert (born["weight_peak"], born["weight_channel"]) == ("bias", 17)
 
 
 def test_pure_fp16_adam_update_is_named_with_its_eps(demo):
