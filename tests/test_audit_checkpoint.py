@@ -4,7 +4,14 @@ import shutil
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel, OPTForCausalLM
+from transformers import (
+    BertConfig,
+    BertLMHeadModel,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    OPTForCausalLM,
+)
 
 from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.config import load_config
@@ -71,6 +78,39 @@ def test_a_checkpoint_of_another_architecture_is_foreign(tmp_path):
     assert "config.json names GPT2LMHeadModel (model_type gpt2)" in finding.found
     assert "expects model_type opt" in finding.found
     assert "load this one with its own class GPT2LMHeadModel" in finding.fix
+
+
+def test_an_encoder_without_an_lm_head_loaded_as_a_causal_lm_is_foreign(tmp_path):
+    config = BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    cfg = load_config(
+        DEMO, ["factors.dtype.levels=[fp32]", "target.model_class=AutoModelForCausalLM"]
+    )
+    cfg.factors.checkpoint.levels = {"bert": str(tmp_path / "bert")}
+    runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+    found = {f.check: f for f in audit_checkpoints(cfg, runner)}
+    assert list(found) == ["checkpoint.foreign"]  # no longer a bare checkpoint.missing
+    finding = found["checkpoint.foreign"]
+    assert finding.severity == "error"
+    assert (
+        "config.json names BertModel, a base model with no head, while BertLMHeadModel "
+        "needs a causal LM head: the checkpoint was saved without it (cls.predictions."
+    ) in finding.found
+    assert "load this one with its own class BertModel" in finding.fix
+    # the same checkpoint saved with its LM head is not foreign
+    BertLMHeadModel(BertConfig(**{**config.to_dict(), "is_decoder": True})).save_pretrained(
+        tmp_path / "bert-lm"
+    )
+    cfg.factors.checkpoint.levels = {"bert-lm": str(tmp_path / "bert-lm")}
+    runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+    assert [f.check for f in audit_checkpoints(cfg, runner)] == []
 
 
 def test_nan_weights_left_by_a_pure_fp16_adam_step_are_found(tmp_path):

@@ -8,7 +8,7 @@ and dtypes from the weight files' headers, and ``config.json``) to say why.
 |-----------------------------|----------------------------------------------------------------|
 | `checkpoint.unreadable`     | missing, truncated, corrupt or unsafe files                    |
 | `checkpoint.wrapped`        | the weights are there under a prefix (`language_model.`, `module.`) |
-| `checkpoint.foreign`        | `config.json` names another architecture                       |
+| `checkpoint.foreign`        | `config.json` names another architecture, or a class without the head the run needs |
 | `checkpoint.missing`        | weights the checkpoint lacks, newly initialized                |
 | `checkpoint.unexpected`     | tensors of the checkpoint the class does not use               |
 | `checkpoint.mismatched`     | tensors whose shape does not fit the class (the load stops)   |
@@ -83,7 +83,11 @@ def audit_checkpoints(cfg: SweepConfig, runner: TrialRunner) -> list[Finding]:
             raise
         except Exception as exc:  # a user's target.fn fails in its own ways
             findings.append(_unreadable(level, exc))
-    clean = [c.level for c in checkpoints if not c.loaded.missing_keys and not _foreign(c)]
+    clean = [
+        c.level
+        for c in checkpoints
+        if not c.loaded.missing_keys and not _foreign(c) and not _headless(c)
+    ]
     for ckpt in checkpoints:
         findings += _keys(ckpt, clean)
         findings += _values(ckpt, fp16_levels)
@@ -192,6 +196,48 @@ def _foreign(ckpt: Checkpoint) -> tuple[str, str] | None:
     return architecture, stored_type
 
 
+# The heads a run can ask for: a transformers auto-mapping of that task, and its name.
+HEADS = (
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "a causal LM head"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "a sequence-to-sequence LM head"),
+    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "a masked LM head"),
+    ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "an image-text-to-text head"),
+)
+
+
+def _classes(mapping: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for value in mapping.values():
+        names.update(value if isinstance(value, (list, tuple)) else [value])
+    return names
+
+
+def _headless(ckpt: Checkpoint) -> tuple[str, str, str] | None:
+    """``(architecture, head, what it is)`` when config.json names only classes without
+    the head of the class the run loads (an encoder-only ``BertModel`` loaded as a causal
+    LM); None when it names one with that head, names none, or names unknown classes."""
+    architectures = list((ckpt.config or {}).get("architectures") or [])
+    if not architectures or ckpt.cls in architectures:
+        return None
+    from transformers.models.auto import modeling_auto
+
+    known = set().union(
+        *(_classes(getattr(modeling_auto, n)) for n in dir(modeling_auto) if n.endswith("_NAMES"))
+    )
+    for mapping, head in HEADS:
+        task = _classes(getattr(modeling_auto, mapping, {}))
+        if ckpt.cls not in task:
+            continue
+        if any(a in task or a not in known for a in architectures):
+            return None
+        base = _classes(modeling_auto.MODEL_MAPPING_NAMES)
+        what = (
+            "a base model with no head" if architectures[0] in base else "a model of another task"
+        )
+        return ", ".join(architectures), head, what
+    return None
+
+
 def _nested(ckpt: Checkpoint) -> str | None:
     """The key of a sub-config in config.json that describes the class's own kind of model."""
     for key in NESTED_CONFIGS:
@@ -218,9 +264,10 @@ def _keys(ckpt: Checkpoint, clean: list[str]) -> list[Finding]:
         if loaded.missing_keys and ckpt.stored
         else None
     )
+    headless = None if foreign else _headless(ckpt)
     findings = []
-    if wrapping or foreign:
-        findings.append(_wrapped(ckpt, found_missing, wrapping, foreign, clean))
+    if wrapping or foreign or headless:
+        findings.append(_wrapped(ckpt, found_missing, wrapping, foreign, clean, headless))
     elif missing:
         findings.append(
             Finding(
@@ -239,7 +286,7 @@ def _keys(ckpt: Checkpoint, clean: list[str]) -> list[Finding]:
                 ),
             )
         )
-    if loaded.unexpected_keys and not (wrapping or foreign):
+    if loaded.unexpected_keys and not (wrapping or foreign or headless):
         findings.append(
             Finding(
                 severity="info",
@@ -277,8 +324,16 @@ def _wrapped(
     wrapping: tuple[str, str, set[str]] | None,
     foreign: tuple[str, str] | None,
     clean: list[str],
+    headless: tuple[str, str, str] | None = None,
 ) -> Finding:
     parts = [found_missing]
+    if headless:
+        missing = ckpt.loaded.missing_keys
+        parts.append(
+            f"config.json names {headless[0]}, {headless[2]}, while {ckpt.cls} needs "
+            f"{headless[1]}: the checkpoint was saved without it"
+            + (f" ({_sample(missing)} are that head)" if missing else "")
+        )
     if foreign:
         parts.append(
             f"config.json names {foreign[0]} (model_type {foreign[1]}), while {ckpt.cls} "
@@ -312,6 +367,12 @@ def _wrapped(
         fixes.append(
             f"Load a checkpoint saved from a {ckpt.model_type} model, or load this one with "
             f"its own class {foreign[0].split(', ')[0]}"
+        )
+    elif headless:
+        fixes.append(
+            f"Load a checkpoint saved with {headless[1]} (a {ckpt.cls}), or load this one "
+            f"with its own class {headless[0].split(', ')[0]} and train a head on it, "
+            "initialized in fp32"
         )
     if wrapping and wrapping[0] == "strip":
         prefix = wrapping[1]
