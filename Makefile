@@ -43,12 +43,12 @@ test: install
 	$(PY) -m pytest -q $(ARGS)
 
 quality: install
-	$(VENV)/bin/ruff check nansearch tests benchmarks sweeps
-	$(VENV)/bin/ruff format --check nansearch tests benchmarks sweeps
+	$(VENV)/bin/ruff check nansearch tests benchmarks sweeps examples
+	$(VENV)/bin/ruff format --check nansearch tests benchmarks sweeps examples
 
 format: install
-	$(VENV)/bin/ruff format nansearch tests benchmarks sweeps
-	$(VENV)/bin/ruff check --fix nansearch tests benchmarks sweeps
+	$(VENV)/bin/ruff format nansearch tests benchmarks sweeps examples
+	$(VENV)/bin/ruff check --fix nansearch tests benchmarks sweeps examples
 
 bench: install
 	$(PY) -m benchmarks $(ARGS)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from nansearch.factors import Factor, TrialSetup, register_factor, register_level
     from nansearch.runner import TrialResult, TrialRunner
     from nansearch.targets import Target
+    from nansearch.trial_api import NonFinite, StepsDone, Trial
 
 _HOMES = {
     "ConfigError": "nansearch.config",
@@ -26,14 +27,20 @@ _HOMES = {
     "TrialResult": "nansearch.runner",
     "TrialRunner": "nansearch.runner",
     "Target": "nansearch.targets",
+    "Trial": "nansearch.trial_api",
+    "NonFinite": "nansearch.trial_api",
+    "StepsDone": "nansearch.trial_api",
 }
 
 __all__ = [
     "ConfigError",
     "Factor",
     "NansearchError",
+    "NonFinite",
+    "StepsDone",
     "SweepConfig",
     "Target",
+    "Trial",
     "TrialResult",
     "TrialRunner",
     "TrialSetup",

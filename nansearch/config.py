@@ -26,6 +26,7 @@ class ConfigError(NansearchError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+TARGET_KINDS = ("causal-lm", "blip2", "custom", "function")
 DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
 
 
@@ -33,11 +34,13 @@ DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
 class TargetConfig:
     """What is trained."""
 
-    kind: str = "causal-lm"  # causal-lm | blip2 | custom
+    kind: str = "causal-lm"  # causal-lm | blip2 | custom | function
     # causal-lm: the class that loads every checkpoint, e.g. OPTForCausalLM, the way
     # the user's own code loads it. AutoModelForCausalLM follows each checkpoint's config.
     model_class: str = "AutoModelForCausalLM"
-    fn: str | None = None  # custom: "package.module:function" or "path/file.py:function"
+    # custom, function: "package.module:function" or "path/file.py:function"; a function
+    # target's function is the trial: it receives a nansearch.Trial and runs its own loop
+    fn: str | None = None
     trust_remote_code: bool = False
     attn_implementation: str | None = "eager"
     batch_size: int = 8
@@ -212,13 +215,13 @@ def _check_values(cfg: SweepConfig) -> list[str]:
         )
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device={cfg.device!r}: valid values are auto, cpu, cuda")
-    if cfg.target.kind not in ("causal-lm", "blip2", "custom"):
+    if cfg.target.kind not in TARGET_KINDS:
         problems.append(
-            f"target.kind={cfg.target.kind!r}: valid values are causal-lm, blip2, custom"
+            f"target.kind={cfg.target.kind!r}: valid values are {', '.join(TARGET_KINDS)}"
         )
-    if cfg.target.kind == "custom" and not cfg.target.fn:
+    if cfg.target.kind in ("custom", "function") and not cfg.target.fn:
         problems.append(
-            "target.fn: a custom target needs 'package.module:function' or "
+            f"target.fn: a {cfg.target.kind} target needs 'package.module:function' or "
             "'path/to/file.py:function'"
         )
     if cfg.target.batch_size < 1 or cfg.target.seq_len < 2:

@@ -210,8 +210,11 @@ class TrialRunner:
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                setup = self.prepare(params, seed)
-                train(setup, result, steps, self.cfg.optimizer, self.device, observer)
+                if self.target.owns_loop:  # the user's own training code is the trial
+                    self.target.run_trial(self, params, seed, steps, result, observer)
+                else:
+                    setup = self.prepare(params, seed)
+                    train(setup, result, steps, self.cfg.optimizer, self.device, observer)
         except KeyboardInterrupt:
             raise
         except NansearchError as exc:
@@ -302,25 +305,38 @@ def train(
         if scaler:
             checked.append(scale.double())
         # the one host read of the step
-        logit_v, loss_v, grad_v, param_v, *scale_v = torch.stack(checked).tolist()
-        result.logit_absmax.append(logit_v)
-        result.loss.append(loss_v)
-        result.grad_norm.append(grad_v)
-
-        bad = None
-        if not math.isfinite(logit_v):
-            bad = "nonfinite-logits"
-        elif not math.isfinite(loss_v):
-            bad = "nonfinite-loss"
-        elif not math.isfinite(grad_v):
-            # Under a GradScaler an overflow is routine: the step is skipped and the
-            # scale halves. It is a failure once the scale has reached its floor.
-            if scaler is None or scale_v[0] <= opt_cfg.min_loss_scale:
-                bad = "nonfinite-grad"
-            else:
-                result.skipped_steps += 1
-        if bad is None and not math.isfinite(param_v):
-            bad = "nonfinite-params"
-        if bad:
-            result.outcome, result.first_bad_step = bad, step
+        values = torch.stack(checked).tolist()
+        if judge_step(result, values, step, opt_cfg.min_loss_scale if scaler else None):
             return
+
+
+def judge_step(
+    result: TrialResult, values: list[float], step: int, min_loss_scale: float | None
+) -> str | None:
+    """Record one step's figures read back from the device, and name what went non-finite.
+
+    ``values`` are the max |logit|, the loss, the gradient norm, the parameter norm and,
+    under a GradScaler (``min_loss_scale`` given), the scale the step ran at. The first bad
+    value sets the result's outcome and first bad step.
+    """
+    logit_v, loss_v, grad_v, param_v, *scale_v = values
+    result.logit_absmax.append(logit_v)
+    result.loss.append(loss_v)
+    result.grad_norm.append(grad_v)
+    bad = None
+    if not math.isfinite(logit_v):
+        bad = "nonfinite-logits"
+    elif not math.isfinite(loss_v):
+        bad = "nonfinite-loss"
+    elif not math.isfinite(grad_v):
+        # Under a GradScaler an overflow is routine: the step is skipped and the
+        # scale halves. It is a failure once the scale has reached its floor.
+        if min_loss_scale is None or not scale_v or scale_v[0] <= min_loss_scale:
+            bad = "nonfinite-grad"
+        else:
+            result.skipped_steps += 1
+    if bad is None and not math.isfinite(param_v):
+        bad = "nonfinite-params"
+    if bad:
+        result.outcome, result.first_bad_step = bad, step
+    return bad

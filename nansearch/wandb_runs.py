@@ -18,8 +18,8 @@ TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
 
 def target_name(cfg: SweepConfig) -> str:
     target = cfg.target
-    if target.kind == "custom":
-        return f"custom {target.fn}"
+    if target.kind in ("custom", "function"):
+        return f"{target.kind} {target.fn}"
     if target.kind == "causal-lm":
         return f"causal-lm {target.model_class}"
     return target.kind

@@ -1,6 +1,6 @@
 """Targets: what a trial trains."""
 
-from nansearch.config import NansearchError, TargetConfig
+from nansearch.config import TARGET_KINDS, NansearchError, TargetConfig
 from nansearch.targets._base import CheckpointCache, Loaded, Target
 from nansearch.targets.loading import CheckpointError
 
@@ -18,7 +18,11 @@ def build_target(cfg: TargetConfig) -> Target:
         from nansearch.targets.custom import CustomTarget
 
         return CustomTarget(cfg)
-    raise NansearchError(f"target.kind={cfg.kind!r}: valid values are causal-lm, blip2, custom")
+    if cfg.kind == "function":
+        from nansearch.targets.function import FunctionTarget
+
+        return FunctionTarget(cfg)
+    raise NansearchError(f"target.kind={cfg.kind!r}: valid values are {', '.join(TARGET_KINDS)}")
 
 
 __all__ = ["CheckpointCache", "CheckpointError", "Loaded", "Target", "build_target"]

@@ -43,6 +43,9 @@ class Target(ABC):
     """A thing to train. Implementations live one per file in this package."""
 
     name: str = "target"
+    # True for a target whose own code runs each trial's loop (``run_trial``) instead of
+    # nansearch's: the user's function or script is the trial.
+    owns_loop: bool = False
 
     @abstractmethod
     def load(self, checkpoint: str) -> Loaded:
