@@ -4,6 +4,9 @@ PY     := $(VENV)/bin/python
 NS     := $(VENV)/bin/nansearch
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+# Where a CPU torch wheel comes from when none is on this machine and no GPU is visible:
+# the address of PyTorch's CPU wheel index, or any index that mirrors it (see README).
+TORCH_INDEX ?=
 STUDY  ?= $(shell ls -td runs/*/ 2>/dev/null | head -n 1 | xargs -r basename)
 
 .PHONY: install sweep rerun report audit test quality format bench clean
@@ -11,7 +14,8 @@ STUDY  ?= $(shell ls -td runs/*/ 2>/dev/null | head -n 1 | xargs -r basename)
 install: $(STAMP)
 
 # CPU torch unless a GPU is visible: a plain torch requirement pulls a multi-GB CUDA build.
-# A CPU wheel already on this machine's find-links is used as is; else PyTorch's CPU index.
+# A CPU wheel already on this machine's find-links is used as is; else the index named by
+# TORCH_INDEX, added to pip's own; with neither, pip's own index (a CUDA build on Linux).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -20,9 +24,13 @@ $(STAMP): pyproject.toml
 		$(PY) -m pip install -q torch; \
 	elif $(PY) -m pip download -q --no-index --no-deps "$(TORCH)" -d $(VENV)/.torch-wheel >/dev/null 2>&1; then \
 		$(PY) -m pip install -q "$(TORCH)"; rm -rf $(VENV)/.torch-wheel; \
+	elif [ -n "$(TORCH_INDEX)" ]; then \
+		$(PY) -m pip install -q "$(TORCH)" --extra-index-url "$(TORCH_INDEX)"; \
 	else \
-		$(PY) -m pip install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu \
-			--extra-index-url https://pypi.org/simple; \
+		echo "no GPU and no CPU torch wheel here: installing torch from pip's index, which on"; \
+		echo "Linux is the large CUDA build; set TORCH_INDEX to PyTorch's CPU wheel index for"; \
+		echo "the CPU build (see README, Install)"; \
+		$(PY) -m pip install -q "$(TORCH)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
