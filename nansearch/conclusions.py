@@ -17,7 +17,7 @@ from typing import Any
 
 from nansearch.causes import EQUALS, Cause, Condition, isolated_by
 from nansearch.confirm import Confirmation
-from nansearch.isolate import Isolation, fmt
+from nansearch.isolate import Isolation, fmt, midpoint
 from nansearch.runner import TrialResult
 
 
@@ -80,7 +80,11 @@ def sentence(cause: Cause) -> str:
     )
 
 
-def _isolation_text(iso: Isolation) -> str:
+def _isolation_text(iso: Isolation, counted: dict[str, Any] | None = None) -> str:
+    """What isolation found. ``counted`` maps a factor to the range edge the cause's counts
+    gave it: isolation's own edge for that factor, found by bisection, is then named as such,
+    so two edges of one factor never read as one claim."""
+    counted = counted or {}
     how = ""
     if iso.needed and set(iso.needed) <= set(iso.minimal):
         how = "; flipping " + " or ".join(iso.needed) + " back alone fixes it"
@@ -90,6 +94,12 @@ def _isolation_text(iso: Isolation) -> str:
         how += "; changing " + " or ".join(iso.context) + ", which it shared, fixes it too"
     ranges = "".join(
         f"; {name} fails from {fmt(failing)}, passes at {fmt(passing)}"
+        + (
+            f": bisection puts the edge at {fmt(midpoint(passing, failing))}, where the runs' "
+            f"counts above put it at {fmt(counted[name])}"
+            if name in counted
+            else ""
+        )
         for name, (passing, failing) in iso.ranges.items()
     )
     return (
@@ -101,7 +111,7 @@ def _isolation_text(iso: Isolation) -> str:
 def _confirmation_text(confirmation: Confirmation | None) -> str:
     if confirmation is None or not confirmation.runs:
         return ""
-    return f" Reruns of trial {confirmation.trial}: {confirmation.text}."
+    return f" Confirmation of trial {confirmation.trial}: {confirmation.text}."
 
 
 def conclude(
@@ -120,7 +130,8 @@ def conclude(
         item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
         if match is not None:
             used.add(id(match))
-            text += " " + _isolation_text(match)
+            counted = {c.factor: c.value for c in cause.conditions if c.op != EQUALS}
+            text += " " + _isolation_text(match, counted)
             text += _confirmation_text(confirmed.get(match.trial))
             item["isolation"] = match.to_json()
             if match.trial in confirmed:

@@ -71,7 +71,7 @@ class Isolation:
                 return False
             if name in self.ranges:
                 passing, failing = self.ranges[name]
-                edge = _mid(passing, failing)
+                edge = midpoint(passing, failing)
                 if (params[name] < edge) if failing > passing else (params[name] > edge):
                     return False
             elif str(params[name]) != str(self.failing[name]):
@@ -82,7 +82,7 @@ class Isolation:
         if name in self.ranges:
             passing, failing = self.ranges[name]
             side = "above" if failing > passing else "below"
-            return f"{name} {side} {fmt(_mid(passing, failing))}"
+            return f"{name} {side} {fmt(midpoint(passing, failing))}"
         return f"{name}={fmt(self.failing[name])}"
 
     @property
@@ -123,7 +123,7 @@ class Isolation:
         )
 
 
-def _mid(a: float, b: float) -> float:
+def midpoint(a: float, b: float) -> float:
     return math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
 
 
@@ -241,7 +241,7 @@ class Isolator:
         others = set(self.result.minimal) - {name}
         passing, failing = float(self.result.reference[name]), float(self.result.failing[name])
         for _ in range(self.bisect_steps):
-            middle = _mid(passing, failing)
+            middle = midpoint(passing, failing)
             config = self.config(others)
             config[name] = middle
             answer = self.probe(config)

@@ -7,7 +7,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from scipy.stats import fisher_exact
 
 from nansearch.causes import find_causes, find_interactions
-from nansearch.isolate import isolate
+from nansearch.confirm import Confirmation
+from nansearch.isolate import fmt, isolate, midpoint
 from nansearch.ranking import Bins, format_conclusions, format_table, rank, wilson
 from nansearch.runner import TrialResult
 
@@ -292,3 +293,30 @@ def test_isolation_out_of_budget_is_marked_incomplete():
     found = isolate(dict.fromkeys("abcd", 1), dict.fromkeys("abcd", 0), probe)
     assert not found.complete
     assert found.minimal  # the smallest failing set seen so far
+
+
+def test_a_range_cause_names_which_edge_is_the_counts_and_which_bisection():
+    rng = random.Random(1)
+    results = []
+    for i in range(60):
+        params = {"dtype": "fp32", "batch": "clean", "init": "pretrained"}
+        params["lr"] = 10 ** rng.uniform(-4, 0)
+        results.append(trial(i, params, params["lr"] > 0.3))
+    first = next(r for r in results if r.is_nan)
+    passing = next(r for r in results if not r.is_nan)
+    probe, _ = counting(lambda x: x["lr"] > 0.3)
+    found = isolate(first.params, passing.params, probe, continuous=["lr"], bisect_steps=4)
+    found.trial, found.reference_trial = first.number, passing.number
+    confirmed = Confirmation(first.number, first.params, runs=[60, 61], nan=2)
+    ranking = rank(results, AXES, isolations=[found], confirmations=[confirmed])
+    text = ranking["conclusions"][0]["text"]
+    assert text.startswith("lr above ") and " alone is sufficient" in text
+    counted = ranking["causes"][0]["conditions"][0]["value"]
+    low, high = found.ranges["lr"]
+    assert (
+        f"; lr fails from {fmt(high)}, passes at {fmt(low)}: bisection puts the edge at "
+        f"{fmt(midpoint(low, high))}, where the runs' counts above put it at {fmt(counted)}."
+    ) in text
+    # confirmation runs are not called reruns: `nansearch rerun` is something else
+    assert f"Confirmation of trial {first.number}: deterministic: NaN in 3/3 runs" in text
+    assert "Reruns" not in text
