@@ -8,6 +8,7 @@ import os
 import sys
 
 from nansearch.config import NansearchError
+from nansearch.jsonl import DISK_ERRNOS, disk_error
 from nansearch.startup import quick_exit, uncollected_imports
 
 
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NansearchError as exc:
         print(f"nansearch: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"nansearch: {disk_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nansearch: interrupted", file=sys.stderr)

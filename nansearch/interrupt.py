@@ -1,4 +1,7 @@
-"""Ctrl-C stops a sweep after the running trial is recorded; a second Ctrl-C stops it now."""
+"""Ctrl-C stops a sweep after the running trial is recorded; a second Ctrl-C stops it now.
+
+SIGTERM (what ``kill``, ``timeout`` and a container's stop send) does the same.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopFlag:
     """Set from a signal handler, read by the trial loop. A plain attribute: a signal
@@ -17,8 +22,10 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0  # the signal that set it: SIGINT or SIGTERM
 
-    def set(self) -> None:
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signum = self.signum or int(signum)
         self.requested = True
 
     def is_set(self) -> bool:
@@ -27,7 +34,7 @@ class StopFlag:
 
 @contextmanager
 def stop_on_interrupt() -> Iterator[StopFlag]:
-    """While inside, a first SIGINT sets the returned flag and a second raises
+    """While inside, a first SIGINT or SIGTERM sets the returned flag and a second raises
     KeyboardInterrupt. Outside the main thread, where no handler can be installed, the
     flag is only ever set by its owner."""
     flag = StopFlag()
@@ -38,14 +45,16 @@ def stop_on_interrupt() -> Iterator[StopFlag]:
     def handle(signum, frame) -> None:
         if flag.requested:
             raise KeyboardInterrupt
-        flag.set()
+        flag.set(signum)
         log.warning(
-            "stopping once the running trial is recorded; the study stays resumable "
-            "(press Ctrl-C again to stop at once)"
+            "%s: stopping once the running trial is recorded; the study stays resumable "
+            "(press Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
         )
 
-    previous = signal.signal(signal.SIGINT, handle)
+    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

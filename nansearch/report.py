@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from nansearch import jsonl
 from nansearch.config import NansearchError
 from nansearch.report_sections import (
     STEP_KEYS,
@@ -57,10 +58,7 @@ def _read_json(path: Path) -> Any:
 def read_trial_lines(path: Path) -> list[dict[str, Any]]:
     """``trials.jsonl`` as dicts, the last line per trial number winning, in trial order."""
     trials: dict[Any, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        trial = json.loads(line)
+    for trial in jsonl.read(path):
         for key in STEP_KEYS:  # non-finite values are stored as "nan", "inf", "-inf"
             trial[key] = [number(v) for v in trial.get(key) or []]
         trials[trial.get("number")] = trial

@@ -13,10 +13,8 @@ share it through the storage.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 import time
 import warnings
@@ -28,8 +26,10 @@ from typing import Any, Protocol
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 
-from nansearch import phases, trial_queue
+from nansearch import jsonl, phases, trial_queue
 from nansearch.config import (
     HeartbeatConfig,
     NansearchError,
@@ -64,7 +64,6 @@ def open_storage(
     worker died is failed and run again (see :mod:`nansearch.trial_queue`).
     """
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     if url is None or url.startswith("journal:") or url.endswith((".log", ".jsonl")):
         path = (
@@ -73,7 +72,7 @@ def open_storage(
         path.parent.mkdir(parents=True, exist_ok=True)
         # absolute: the file lock is a symlink to it, and a relative one would dangle,
         # so a lock left by a killed worker would never be seen as stale and broken
-        return JournalStorage(JournalFileBackend(str(path.resolve())))
+        return JournalStorage(JournalFile(str(path.resolve())))
     if "://" not in url:
         raise NansearchError(
             f"storage={url!r}: not a storage URL; use e.g. sqlite:///study.db, "
@@ -96,6 +95,22 @@ def open_storage(
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NansearchError(f"storage={shown(url)!r}: cannot open it: {first}") from None
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, its records appended by :mod:`nansearch.jsonl`.
+
+    Optuna reads past a torn last record but appends straight after it, which makes
+    the journal unreadable from then on; here a failed write is cut back, and a torn
+    tail left by a killed process is cut off (a copy kept) before anything is appended.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        try:
+            with get_lock_file(self._lock):
+                jsonl.append(self._file_path, logs, sync=True, compact=True)
+        except OSError as exc:  # the lock file itself, on a full or read-only disk
+            raise jsonl.disk_error(exc, self._file_path) from None
 
 
 def with_installed_driver(url: str) -> str:
@@ -404,22 +419,13 @@ class Search:
 
 
 def append_trial(result: TrialResult, path: Path) -> None:
-    """Append the trial's line in one write, so that workers sharing the file never
-    interleave their lines."""
-    data = (json.dumps(trial_line(result)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
+    """Append the trial's line (see :mod:`nansearch.jsonl`)."""
+    jsonl.append(path, [trial_line(result)])
 
 
 def write_trials(results: list[TrialResult], path: Path) -> None:
     """Rewrite ``trials.jsonl`` from the study, which holds every worker's trials."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(trial_line(r)) + "\n" for r in results))
-    tmp.replace(path)
+    jsonl.write(path, (trial_line(r) for r in results))
 
 
 def trial_line(result: TrialResult) -> dict[str, Any]:
@@ -430,8 +436,7 @@ def trial_line(result: TrialResult) -> dict[str, Any]:
 
 def read_trials(path: Path) -> list[TrialResult]:
     results = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            result = TrialResult.from_json(json.loads(line))
-            results[result.number] = result
+    for line in jsonl.read(path):
+        result = TrialResult.from_json(line)
+        results[result.number] = result
     return [results[n] for n in sorted(results)]

@@ -49,7 +49,7 @@ class SweepOutcome:
     audit: Audit | None = None
     budget: int = 0  # the queue's trials: cover and focus
     ran_here: int = 0  # trials run by this command's own workers
-    interrupted: bool = False  # stopped by Ctrl-C; ``--resume`` goes on
+    interrupted: int = 0  # the signal that stopped it (Ctrl-C, SIGTERM); ``--resume`` goes on
     tracking: dict[str, Any] = field(default_factory=dict)  # W&B: sync command, report URL
     settled: dict[str, Any] | None = None  # the stopping rule ended focus early
     probes: Probes = field(default_factory=Probes)
@@ -149,6 +149,9 @@ def write_report_safely(study_dir: Path) -> Path | None:
     """report.html; a failure to draw it never costs the sweep its results."""
     try:
         return write_report(study_dir)
+    except (OSError, NansearchError) as exc:
+        log.warning("report.html could not be written (%s); `nansearch report` rebuilds it", exc)
+        return None
     except Exception:
         log.exception("report.html could not be written; `nansearch report` rebuilds it")
         return None
@@ -205,13 +208,13 @@ def run_sweep(
         else:
             with stop_on_interrupt() as stop:
                 ran = search.run(observed + trial_callbacks(cfg), stop)
-            interrupted = stop.is_set()
+            interrupted = stop.signum
         probes = Probes()
         if not join and not interrupted:
             search.runner = runner
             with stop_on_interrupt() as stop:
                 probes = run_probes(search, observed + trial_callbacks(cfg), stop)
-            interrupted = stop.is_set()
+            interrupted = stop.signum
             ran += probes.ran
         results = recorded(search.study)
         write_trials(results, search.dir / "trials.jsonl")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from nansearch import jsonl
 from nansearch.config import SweepConfig
 from nansearch.runner import TrialResult
 from nansearch.wandb_runs import (
@@ -248,7 +249,10 @@ class WandbTracker(Tracker):
             tags=[result.outcome],
         )
         if taken and result.number is not None:
-            append_line(self.ledger, str(result.number))
+            try:
+                jsonl.append(self.ledger, [result.number])
+            except jsonl.WriteError as exc:  # a resumed sweep logs the run again
+                log.warning("W&B: %s", exc)
 
     def log_rerun(self, record: dict[str, Any]) -> None:
         import wandb
@@ -407,20 +411,9 @@ def in_background(tracker: Tracker) -> Tracker:
 
 def read_ledger(path: Path) -> set[int] | None:
     """The trial numbers in a ledger; None when there is none."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.is_file():
         return None
-    return {int(line) for line in text.split() if line.isdigit()}
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line in one write, so a kill never leaves half a line behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-    finally:
-        os.close(fd)
+    return {n for n in jsonl.read(path) if isinstance(n, int)}
 
 
 def end_session() -> None:

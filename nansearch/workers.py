@@ -8,9 +8,10 @@ through ``CUDA_VISIBLE_DEVICES``; the CPU cores are split between them so that t
 thread pools do not fight.
 
 The parent starts them, tells its callbacks of every trial the study records, and
-fails and requeues the running trial of a worker that died. A Ctrl-C reaches the
-parent, which asks the workers to stop once their running trials are recorded; a
-second one stops them at once, and their trials go back in the queue.
+fails and requeues the running trial of a worker that died. A Ctrl-C or SIGTERM
+reaches the parent, which asks the workers to stop once their running trials are
+recorded; a second one stops them at once, and their trials go back in the queue.
+Workers die with their parent, so a killed sweep leaves none running unwatched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from nansearch import trial_queue
 from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
 from nansearch.interrupt import stop_on_interrupt
+from nansearch.jsonl import DISK_ERRNOS, disk_error
 from nansearch.runner import TrialResult, pick_device
 from nansearch.search import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
 from nansearch.startup import quick_exit
@@ -33,6 +35,8 @@ from nansearch.trial_queue import RESULT_ATTR
 log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
+EXIT_ORPHANED = 3
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class WorkerSpec:
     threads: int  # torch CPU threads
     sampler_seed: int
     log_level: int
+    parent: int = 0  # the pid of the process that started it: it dies with it
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -75,14 +80,61 @@ def plan(cfg: SweepConfig, count: int, seed: int) -> list[WorkerSpec]:
     config = to_yaml(cfg)
     level = logging.getLogger().getEffectiveLevel()
     return [
-        WorkerSpec(i, config, gpus[i % len(gpus)] if gpus else None, threads, seed + i, level)
+        WorkerSpec(
+            i, config, gpus[i % len(gpus)] if gpus else None, threads, seed + i, level, os.getpid()
+        )
         for i in range(count)
     ]
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies, however it dies (SIGKILL included): a
+    worker left alone would go on taking trials that nobody watches.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``);
+    elsewhere a thread looks every second whether the parent is still there.
+    """
+    import ctypes
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Either:
+    """Stop when the parent says so, or when this worker is sent SIGTERM."""
+
+    def __init__(self, parent: Stop):
+        self.parent, self.own = parent, False
+
+    def set(self, signum=None, frame=None) -> None:
+        self.own = True
+
+    def is_set(self) -> bool:
+        return self.own or self.parent.is_set()
 
 
 def work(spec: WorkerSpec, stop: Stop) -> None:
     """A worker process: take and run the study's trials until none are left or ``stop``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
+    if spec.parent:
+        die_with_parent(spec.parent)
+    stop = Either(stop)
+    signal.signal(signal.SIGTERM, stop.set)  # finish the running trial, then exit
     if spec.gpu is not None:  # before anything initializes CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
     quick_exit()
@@ -100,6 +152,11 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
         search.run(trial_callbacks(cfg), stop)
     except NansearchError as exc:
         log.error("worker %d: %s", spec.index, exc)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        log.error("worker %d: %s", spec.index, disk_error(exc))
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
@@ -124,11 +181,11 @@ def prebuild(cfg: SweepConfig) -> None:
 
 def run_workers(
     search: Search, callbacks: SweepCallbacks, count: int, seed: int
-) -> tuple[int, bool]:
+) -> tuple[int, int]:
     """Run ``count`` worker processes on ``search``'s study until its budget is met.
 
     Worker *i* seeds its sampler with ``seed + i``. Returns how many trials they ran
-    and whether a Ctrl-C stopped them early.
+    and the signal (Ctrl-C's SIGINT, SIGTERM) that stopped them early, or 0.
     """
     pick_device(search.cfg.device)  # device=cuda without a GPU fails here, not in each worker
     prebuild(search.cfg)
@@ -168,7 +225,7 @@ def run_workers(
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; their trials go back
             started = [p for p in processes if p.pid is not None]
             for process in started:
-                process.terminate()
+                process.kill()
             for process in started:
                 process.join()
             trial_queue.fail_orphans(search.study, [p.pid for p in started])
@@ -176,7 +233,7 @@ def run_workers(
     report(search, callbacks, seen)
     if all(p.exitcode == EXIT_USER_ERROR for p in processes):
         raise NansearchError("every worker stopped with an error (see above)")
-    return trial_queue.ran_by(search.study, [p.pid for p in processes]), interrupt.is_set()
+    return trial_queue.ran_by(search.study, [p.pid for p in processes]), interrupt.signum
 
 
 def died(search: Search, process: multiprocessing.process.BaseProcess) -> None:

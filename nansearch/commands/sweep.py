@@ -9,6 +9,7 @@ import time
 
 from nansearch.audit import format_findings
 from nansearch.config import load_config
+from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
 from nansearch.ranking import format_conclusions, format_table
 from nansearch.runner import TrialResult
 from nansearch.search import SweepCallbacks
@@ -99,17 +100,27 @@ def sweep(
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    outcome = sweep(args.sweep_file, args.overrides, args.resume, args.workers)
+    again = shlex.join(["nansearch", "sweep", args.sweep_file, *args.overrides, "--resume"])
+    try:
+        outcome = sweep(args.sweep_file, args.overrides, args.resume, args.workers)
+    except (OSError, WriteError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in DISK_ERRNOS:
+            raise
+        error = exc if isinstance(exc, WriteError) else disk_error(exc)
+        raise WriteError(
+            f"{error}; every trial recorded before it is kept. Free some space, then: {again}"
+        ) from None
     print_outcome(outcome, time.perf_counter() - start)
     if not outcome.complete:
-        again = shlex.join(["nansearch", "sweep", args.sweep_file, *args.overrides, "--resume"])
         print(
             f"{outcome.queued_done} of {outcome.budget} queued trials recorded; to go on: {again}"
         )
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return exit_code(outcome)
 
 
-EXIT_INTERRUPTED = 130
+def exit_code(outcome: SweepOutcome) -> int:
+    """0 when it ran to its end; 128 + the signal when one stopped it (130 for Ctrl-C)."""
+    return 128 + outcome.interrupted if outcome.interrupted else 0
 
 
 def print_outcome(outcome: SweepOutcome, seconds: float) -> None:

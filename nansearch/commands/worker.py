@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from nansearch.commands.sweep import EXIT_INTERRUPTED, print_outcome
+from nansearch.commands.sweep import exit_code, print_outcome
 from nansearch.runner import TrialResult
 from nansearch.search import SweepCallbacks, open_storage, shown, stored_config
 from nansearch.sweep import SweepOutcome, run_sweep
@@ -76,4 +76,4 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{outcome.ran_here} trial(s) ran here; the study has {outcome.queued_done} of {outcome.budget}"
     )
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return exit_code(outcome)

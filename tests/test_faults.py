@@ -1,0 +1,279 @@
+"""Faults a sweep meets in the field, each made for real: a full disk, a torn journal,
+signals, a second driver, a dropped database connection, code named by a config."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nansearch import jsonl
+from nansearch.commands.sweep import sweep
+from nansearch.search import open_storage
+from tests.conftest import DEMO, REPO, demo_overrides
+from tests.test_workers import (
+    assert_accounted,
+    nansearch,
+    running_trial_of_a_worker,
+    steady_sweep,
+    wait_for,
+)
+from tests.test_workers import load as load_steady
+
+JOURNAL = "optuna-journal.log"
+
+
+def cli(*args: str, cwd: Path, fsize: int | None = None, timeout: float = 300):
+    """``nansearch ARGS`` in a child process; ``fsize`` caps the size of any file it writes."""
+
+    def limit() -> None:
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "nansearch", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
+
+
+def load(study_dir: Path, study: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=open_storage(None, study_dir))
+
+
+def whole_lines(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), f"{path} ends in half a record"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+class SmallDisk:
+    """A folder on a disk that fills up: a small tmpfs where this process may mount one
+    (root), else the same folder under a file-size limit set in the sweep's process."""
+
+    def __init__(self, root: Path, free: int, largest: int):
+        self.dir = root / "disk"
+        self.dir.mkdir()
+        self.free, self.largest = free, largest
+        self.fsize, self.filler = None, self.dir / "filler"
+        self.mounted = False
+
+    def __enter__(self) -> SmallDisk:
+        if os.geteuid() == 0:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.dir)],
+                capture_output=True,
+            )
+            self.mounted = done.returncode == 0
+        if self.mounted:
+            stat = os.statvfs(self.dir)
+            self.filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - self.free))
+        else:
+            self.fsize = self.largest
+        return self
+
+    def make_room(self) -> None:
+        self.filler.unlink(missing_ok=True)
+        self.fsize = None
+
+    def __exit__(self, *exc) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.dir)], check=False)
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_loses_nothing(tmp_path):
+    # room for the study's first files and a trial or two (about 2.5 KB of journal each)
+    with SmallDisk(tmp_path, free=32_000, largest=11_000) as disk:
+        out = str(disk.dir / "runs")
+        args = ["sweep", DEMO, *demo_overrides(trials=10, out=out)]
+        full = cli(*args, cwd=tmp_path, fsize=disk.fsize)
+        assert full.returncode == 2, full.stderr
+        assert "Traceback" not in full.stderr
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("nansearch: cannot write "), last
+        assert ("No space left on device" in last) or ("File too large" in last), last
+        assert "--resume" in last
+
+        study_dir = Path(out) / "t"
+        lines = whole_lines(study_dir / JOURNAL)  # cut back to its last whole record
+        states = optuna.trial.TrialState
+        before = len(load(study_dir).get_trials(states=(states.COMPLETE, states.FAIL)))
+        assert 0 < before < 10, "the disk must fill in the middle of the sweep"
+        assert len(lines) > 0
+        # the trial whose result could not be written: failed on resume, and run again
+        cut = {t.number for t in load(study_dir).get_trials(states=(states.RUNNING,))}
+        assert len(cut) <= 1
+
+        disk.make_room()
+        again = cli(*args, "--resume", cwd=tmp_path, fsize=disk.fsize)
+        assert again.returncode == 0, again.stderr
+        assert not list(study_dir.glob("*.torn-*"))  # nothing was torn to begin with
+        assert_accounted(load(study_dir), study_dir, budget=10, lost=cut)
+
+
+TEAR = """
+import resource, sys
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+path = sys.argv[1]
+storage = JournalStorage(JournalFileBackend(path))
+study = optuna.load_study(study_name="t", storage=storage)
+size = len(open(path, "rb").read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
+try:
+    study.set_user_attr("note", "x" * 1000)
+except OSError as exc:
+    print("torn:", exc)
+"""
+
+
+def test_a_journal_torn_by_a_failed_write_is_cut_back_before_anything_is_appended(tmp_path):
+    args = ["sweep", DEMO, *demo_overrides(trials=4)]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    study_dir = tmp_path / "runs" / "t"
+    journal = study_dir / JOURNAL
+    whole = journal.read_bytes()
+
+    # Optuna's own writer, stopped by a file-size limit in the middle of a record
+    torn = subprocess.run(
+        [sys.executable, "-c", TEAR, str(journal)], capture_output=True, text=True, timeout=120
+    )
+    assert "torn:" in torn.stdout, torn.stderr
+    torn_bytes = journal.read_bytes()
+    assert torn_bytes.startswith(whole) and len(torn_bytes) == len(whole) + 100
+
+    again = cli(*args[:2], *demo_overrides(trials=6), "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "its last 100 bytes were dropped" in again.stderr
+    (kept,) = study_dir.glob(f"{JOURNAL}.torn-*")
+    assert kept.read_bytes() == torn_bytes
+    whole_lines(journal)
+    assert "note" not in load(study_dir).user_attrs
+    assert_accounted(load(study_dir), study_dir, budget=6)
+
+
+def test_a_torn_trials_file_is_cut_before_an_append_and_skipped_when_read(tmp_path, caplog):
+    path = tmp_path / "trials.jsonl"
+    jsonl.append(path, [{"number": 0}])
+    with open(path, "ab") as f:
+        f.write(b'{"number": 1, "par')  # a writer killed mid-record
+    assert jsonl.read(path) == [{"number": 0}]
+    assert "half a record" in caplog.text
+    jsonl.append(path, [{"number": 2}])
+    assert whole_lines(path) == [{"number": 0}, {"number": 2}]
+    (kept,) = tmp_path.glob("trials.jsonl.torn-*")
+    assert kept.read_bytes().endswith(b'"par')
+
+
+def test_the_report_reads_a_trials_file_that_ends_in_half_a_line(tmp_path):
+    args = ["sweep", DEMO, *demo_overrides(trials=4)]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    trials = tmp_path / "runs" / "t" / "trials.jsonl"
+    with open(trials, "ab") as f:
+        f.write(b'{"number": 9, "params": {"dtype": "fp')
+    done = cli("report", "t", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "half a record" in done.stderr
+
+
+def test_a_write_refused_by_the_disk_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "trials.jsonl"
+    jsonl.append(path, [{"number": 0}])
+    size = path.stat().st_size
+    script = (
+        "import resource, sys\n"
+        "from nansearch import jsonl\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 10}, {size + 10}))\n"
+        "try:\n"
+        f"    jsonl.append({str(path)!r}, [{{'number': 1, 'pad': 'x' * 100}}])\n"
+        "except jsonl.WriteError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.stdout.startswith(f"cannot write {path}: File too large"), done.stderr
+    assert whole_lines(path) == [{"number": 0}]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_killed_parent_and_resume_loses_nothing(tmp_path):
+    path = steady_sweep(tmp_path, trials=4, steps=300)  # long enough to be caught running
+    proc = nansearch("sweep", str(path), "--workers", "2", cwd=tmp_path)
+    study_dir = tmp_path / "runs" / "steady"
+    storage = open_storage(None, study_dir)
+    running_trial_of_a_worker(storage, parent=proc.pid)
+    workers = children(proc.pid)
+    assert len(workers) >= 2
+    os.kill(proc.pid, signal.SIGKILL)  # what an out-of-memory killer or `kill -9` does
+    proc.communicate(timeout=60)
+    wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to die", timeout=20)
+
+    left = {t.number for t in load_steady(storage).get_trials(states=(TrialState.RUNNING,))}
+    assert left  # their trials were cut short, and nobody finished them unwatched
+    outcome = sweep(str(path), [], resume=True)
+    assert outcome.complete
+    assert_accounted(load_steady(storage), study_dir, budget=4, lost=left)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
+    path = steady_sweep(tmp_path, trials=6, steps=300)
+    proc = nansearch("sweep", str(path), "--workers", workers, cwd=tmp_path)
+    storage = open_storage(None, tmp_path / "runs" / "steady")
+    trial, _ = running_trial_of_a_worker(storage, parent=None if workers == "1" else proc.pid)
+    kids = children(proc.pid)
+    os.kill(proc.pid, signal.SIGTERM)  # `kill PID`, `timeout`, a container's stop
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "SIGTERM: stopping once the running trial is recorded" in err
+    assert "--resume" in out
+
+    states = {t.number: t.state for t in load_steady(storage).get_trials()}
+    assert states[trial.number] == TrialState.COMPLETE  # the running trial was recorded
+    assert TrialState.RUNNING not in states.values()
+    assert sum(s == TrialState.COMPLETE for s in states.values()) < 6
+    assert not any(alive(pid) for pid in kids)
