@@ -19,7 +19,15 @@ import sys
 
 import torch
 
-SUITES: list[str] = ["overhead", "fixed_cost", "sweep_floor", "memory", "workers", "strategies"]
+SUITES: list[str] = [
+    "overhead",
+    "fixed_cost",
+    "sweep_floor",
+    "memory",
+    "workers",
+    "strategies",
+    "warning",
+]
 
 
 def quiet_libraries() -> None:

@@ -114,6 +114,8 @@ class SearchConfig:
     seeds: int = 3  # fresh seeds per confirmed configuration
     patience: int = 15  # focus ends once the top cause has led this many trials; 0: never
     sampler: str = "tpe"  # tpe | random
+    horizon: int = -1  # steps a finite run is forecast over (at risk); -1: ten times steps
+    verify_steps: int = -1  # steps each fix is verified over; -1: ten times steps
 
 
 @dataclass
@@ -270,6 +272,10 @@ def _check_values(cfg: SweepConfig) -> list[str]:
         )
     if cfg.search.seeds < 1:
         problems.append(f"search.seeds={cfg.search.seeds}: at least 1 fresh seed per rerun")
+    for key in ("horizon", "verify_steps"):
+        value = getattr(cfg.search, key)
+        if value == 0 or value < -1:
+            problems.append(f"search.{key}={value}: a number of steps, or -1 for ten times steps")
     if cfg.search.patience < 0:
         problems.append(
             f"search.patience={cfg.search.patience}: a number of trials, or 0 to never stop early"

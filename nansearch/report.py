@@ -17,6 +17,7 @@ from typing import Any
 
 from nansearch import jsonl
 from nansearch.config import NansearchError
+from nansearch.report_actions import at_risk_section
 from nansearch.report_sections import (
     STEP_KEYS,
     audit_section,
@@ -118,6 +119,8 @@ dt{color:#666}dd{margin:0}
 .legend{list-style:none;padding:0;font-size:.9em}.legend li{margin:2px 0}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle}
 pre{background:#f6f6f6;padding:8px;overflow:auto}
+.fixes{font-size:.88em;margin:.2em 0 .6em}.fix.verified b{color:#1e8449}
+.fix.insufficient b{color:#c0392b}
 """
 
 
@@ -149,6 +152,7 @@ def render(study: StudyFiles) -> str:
     )
     sections = [
         conclusions_section(ranking),
+        at_risk_section(ranking),
         ranking_section(ranking),
         rates_section(ranking),
         importance_section(ranking),

@@ -120,7 +120,12 @@ def conclusions_section(ranking: dict[str, Any]) -> Section | None:
     items = ranking.get("conclusions") or []
     if not items:
         return None
-    lis = "".join(f"<li>{escape(str(item.get('text', '')))}</li>" for item in items)
+    from nansearch.report_actions import fixes_html
+
+    lis = "".join(
+        f"<li>{escape(str(item.get('text', '')))}{fixes_html(ranking, i)}</li>"
+        for i, item in enumerate(items)
+    )
     return section("conclusions", "Conclusions", f'<ol class="conclusions">{lis}</ol>')
 
 

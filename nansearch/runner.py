@@ -48,6 +48,7 @@ class TrialResult:
     logit_absmax: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     skipped_steps: int = 0  # amp-fp16: steps the GradScaler skipped for an overflow
+    loss_scale: list[float] = field(default_factory=list)  # amp-fp16: the scale of each step
     score: float | None = None
     seconds: float = 0.0
     device: str = "cpu"
@@ -68,7 +69,7 @@ class TrialResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrialResult:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("loss", "logit_absmax", "grad_norm"):
+        for key in ("loss", "logit_absmax", "grad_norm", "loss_scale"):
             known[key] = [float(v) for v in known.get(key, [])]
         return cls(**known)
 
@@ -323,6 +324,8 @@ def judge_step(
     result.logit_absmax.append(logit_v)
     result.loss.append(loss_v)
     result.grad_norm.append(grad_v)
+    if scale_v:
+        result.loss_scale.append(scale_v[0])
     bad = None
     if not math.isfinite(logit_v):
         bad = "nonfinite-logits"

@@ -33,6 +33,7 @@ from nansearch.search import (
 )
 from nansearch.targets import build_target
 from nansearch.tracking import Tracker, in_background, make_tracker
+from nansearch.warning import at_risk, horizon_of
 from nansearch.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,24 @@ def write_ranking(
             seed=cfg.seed,
         ),
     }
+    add_at_risk(ranking, cfg, results)
     path = study_dir / "ranking.json"
     path.write_text(json.dumps(ranking, indent=2) + "\n")
     return ranking
+
+
+def add_at_risk(ranking: dict[str, Any], cfg: SweepConfig, results: list[TrialResult]) -> None:
+    """The finite runs forecast to pass their dtype's range within the horizon, apart from
+    the causes; a sweep with no NaN names the earliest of them as its near-miss."""
+    horizon = horizon_of(cfg.steps, cfg.search.horizon)
+    found = at_risk(results, horizon, cfg.optimizer.min_loss_scale)
+    ranking["horizon"] = horizon
+    ranking["at_risk"] = [f.to_json() for f in found]
+    if found:
+        for item in ranking.get("conclusions", []):
+            if item.get("kind") == "no-nan":
+                item["text"] += f" Near-miss: {found[0].text}."
+                item["near_miss"] = found[0].to_json()
 
 
 def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) -> Audit:

@@ -31,9 +31,12 @@ from nansearch.config import SweepConfig
 from nansearch.runner import TrialResult
 from nansearch.wandb_runs import (
     finite_or_none,
+    fix_rows,
+    fix_summary,
     log_analysis,
     scalar_or_flat,
     target_name,
+    trial_forecast,
     trial_history,
     trial_summary,
 )
@@ -95,6 +98,9 @@ class Tracker:
 
     def log_rerun(self, record: dict[str, Any]) -> None:
         """One diagnostic rerun of a trial (``nansearch rerun``)."""
+
+    def log_fix(self, record: dict[str, Any]) -> None:
+        """One fix of a conclusion, run long on the confirmation seeds."""
 
     def finish_study(
         self,
@@ -234,10 +240,13 @@ class WandbTracker(Tracker):
         if result.origin is not None:
             config["probes"] = result.origin  # the failing trial a confirm or isolate run probes
 
+        forecast = trial_forecast(result, self.cfg)
+
         def write(run) -> None:
             for step, row in enumerate(trial_history(result)):
                 run.log(row, step=step)
             run.summary.update(trial_summary(result))
+            run.summary.update(forecast)
 
         taken = self._record(
             f"trial {result.number}",
@@ -246,7 +255,7 @@ class WandbTracker(Tracker):
             job_type="trial",
             name=f"trial-{result.number}",
             config=config,
-            tags=[result.outcome],
+            tags=[result.outcome, *(["at-risk"] if forecast.get("at_risk") else [])],
         )
         if taken and result.number is not None:
             try:
@@ -283,6 +292,32 @@ class WandbTracker(Tracker):
             name=f"rerun-trial-{record['trial']}",
             config=config,
             tags=tags,
+        )
+
+    def log_fix(self, record: dict[str, Any]) -> None:
+        config = {
+            **record["failing"],
+            "conclusion": record["conclusion"] + 1,
+            "rule": record["rule"],
+            "source": record["source"],
+            "overrides": " ".join(record["overrides"]),
+            "steps": record["steps"],
+            "seeds": record["seeds"],
+        }
+
+        def write(run) -> None:
+            for row in fix_rows(record):
+                run.log(row)
+            run.summary.update(fix_summary(record))
+
+        self._record(
+            f"fix of conclusion {record['conclusion'] + 1}",
+            write,
+            lean=True,
+            job_type="fix",
+            name=f"fix-{record['conclusion'] + 1}-{record['source']}",
+            config=config,
+            tags=["fix", record["verdict"].replace(" ", "-")],
         )
 
     def finish_study(
@@ -385,6 +420,10 @@ class Background(Tracker):
     def log_rerun(self, record: dict[str, Any]) -> None:
         self.wait()
         self.inner.log_rerun(record)
+
+    def log_fix(self, record: dict[str, Any]) -> None:
+        self.wait()
+        self.inner.log_fix(record)
 
     def finish_study(
         self,

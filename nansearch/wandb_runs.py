@@ -58,6 +58,54 @@ def trial_summary(result: TrialResult) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if value is not None}
 
 
+def trial_forecast(result: TrialResult, cfg: SweepConfig) -> dict[str, Any]:
+    """A finite trial's early warning, for its run's summary: at risk or not, and when."""
+    from nansearch.warning import forecast, horizon_of
+
+    horizon = horizon_of(cfg.steps, cfg.search.horizon)
+    found = forecast(result, horizon, cfg.optimizer.min_loss_scale)
+    if found is None:
+        return {}
+    summary = {"at_risk": int(found.at_risk), "horizon": horizon}
+    if found.predicted_step is not None:
+        summary.update(
+            predicted_step=found.predicted_step, trend=found.trend, trend_signal=found.signal
+        )
+    return summary
+
+
+def fix_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per seed: how it ended and its loss, the fix's beside the reference's."""
+    rows = []
+    for i, run in enumerate(record.get("runs") or []):
+        ref = (
+            (record.get("reference_runs") or [{}] * (i + 1))[i]
+            if record.get("reference_runs")
+            else {}
+        )
+        row = {
+            "seed": run["seed"],
+            "finite": int(run["outcome"] == "finite"),
+            "steps_run": run["steps_run"],
+            "loss_trend": finite_or_none(run.get("trend")),
+            "reference_loss_trend": finite_or_none(ref.get("trend")),
+        }
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return rows
+
+
+def fix_summary(record: dict[str, Any]) -> dict[str, Any]:
+    runs = record.get("runs") or []
+    return {
+        "verdict": record["verdict"],
+        "verified": int(record["verdict"] == "verified"),
+        "why": record["why"],
+        "finite_seeds": sum(r["outcome"] == "finite" for r in runs),
+        "seeds_run": len(runs),
+        "overrides": " ".join(record["overrides"]),
+    }
+
+
 def log_analysis(
     run,
     ranking: dict[str, Any],
@@ -125,7 +173,7 @@ def log_analysis(
     conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
     if conclusions:
         logged["conclusions"] = wandb.Table(columns=["conclusion"], data=[[c] for c in conclusions])
-    for key in ("interactions", "minimal_causes"):
+    for key in ("interactions", "minimal_causes", "at_risk", "fixes"):
         if ranking.get(key):
             logged[key] = dict_table(wandb, ranking[key])
     findings = (audit or {}).get("findings") or []
@@ -144,6 +192,7 @@ def log_analysis(
             "study/top_factor": names[0] if names else None,
             "study/importance": importance,
             "study/audit_findings": len(findings),
+            "study/at_risk": len(ranking.get("at_risk") or []),
         }
     )
     report = study_dir / "report.html"

@@ -14,6 +14,7 @@ from nansearch.ranking import format_conclusions, format_table
 from nansearch.runner import TrialResult
 from nansearch.search import SweepCallbacks
 from nansearch.sweep import SweepOutcome, run_sweep
+from nansearch.warning import format_at_risk
 
 DEFAULT_SWEEP = "sweeps/demo.yaml"
 
@@ -135,6 +136,9 @@ def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
         print()
         print("conclusions")
         print(format_conclusions(outcome.ranking))
+    if outcome.ranking.get("at_risk"):
+        print()
+        print(format_at_risk(outcome.ranking["at_risk"]))
     print()
     print(f"study {outcome.study_dir} ({seconds:.0f}s)")
     for name, path in outcome.files.items():
