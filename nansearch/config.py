@@ -108,7 +108,7 @@ class SearchConfig:
     """The phases that share ``trials``: cover, focus (what the others leave), confirm and
     isolate; -1 picks a size from the budget (see :func:`nansearch.phases.plan`)."""
 
-    cover: int = -1  # trials that cover every level evenly; -1: each level twice, a third
+    cover: int = -1  # trials of the pairwise cover; -1: one design, every pair of levels
     confirm: int = -1  # reruns of failing configurations with fresh seeds; -1: a tenth
     isolate: int = -1  # delta-debugging probes toward the minimal cause; -1: a fifth
     seeds: int = 3  # fresh seeds per confirmed configuration

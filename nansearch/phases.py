@@ -1,6 +1,7 @@
 """The phases of a search, each with its share of the trial budget.
 
-1. **cover**: every level of every factor, evenly (a balanced design, queued first).
+1. **cover**: every pair of levels of every two factors at least once, the learning
+   rate in strata (a pairwise covering design, :mod:`nansearch.pairwise`, queued first).
 2. **focus**: Optuna's sampler steers toward instability. The cover and focus trials
    are the study's queue, which every worker shares.
 3. **confirm**: the top failing configurations (one per cause found, then the NaN runs
@@ -65,6 +66,8 @@ class Plan:
     focus: int
     confirm: int
     isolate: int
+    design: int = 0  # the configurations a pairwise design of the factors takes
+    strata: int = 0  # the strata of a continuous factor in that design
 
     @property
     def queued(self) -> int:
@@ -77,9 +80,18 @@ class Plan:
     @property
     def text(self) -> str:
         return (
-            f"{self.total} trials: cover {self.cover}, focus up to {self.focus}, "
-            f"confirm {self.confirm}, isolate {self.isolate}"
+            f"{self.total} trials: cover {self.cover}{self.cover_note}, focus up to "
+            f"{self.focus}, confirm {self.confirm}, isolate {self.isolate}"
         )
+
+    @property
+    def cover_note(self) -> str:
+        if not self.design:
+            return ""
+        what = f"every pair of levels in {self.design} trials, a range in {self.strata} strata"
+        if self.cover < self.design:
+            return f" (of the {self.design} that reach every pair of levels: budget too small)"
+        return f" ({what})"
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
@@ -89,19 +101,19 @@ def plan(cfg: SweepConfig, factors: Sequence[Factor]) -> Plan:
     """The phase budgets: those the sweep file sets, shares of ``trials`` for the rest.
 
     By default confirm takes a tenth and isolate a fifth of the trials (none under
-    ``SMALL`` trials), and the cover gives every level of the widest factor two runs
-    and takes at least a third of what the queue holds.
+    ``SMALL`` trials), and the cover is one pairwise design of the factors (every pair
+    of levels of every two factors at least once), or what the queue holds when that
+    is less.
     """
+    from nansearch import pairwise
+
     trials, search = cfg.trials, cfg.search
     confirm = search.confirm if search.confirm >= 0 else (trials // 10 if trials >= SMALL else 0)
     isolate = search.isolate if search.isolate >= 0 else (trials // 5 if trials >= SMALL else 0)
     queued = max(trials - confirm - isolate, 0)
-    if search.cover >= 0:
-        cover = min(search.cover, queued)
-    else:
-        widest = max((len(f.levels or []) for f in factors), default=1)
-        cover = min(queued, max(2 * widest, queued // 3))
-    return Plan(cover, queued - cover, confirm, isolate)
+    design = pairwise.size(factors, cfg.seed)
+    cover = min(search.cover if search.cover >= 0 else design, queued)
+    return Plan(cover, queued - cover, confirm, isolate, design, pairwise.strata(factors))
 
 
 def continuous_names(factors: Sequence[Factor]) -> list[str]:

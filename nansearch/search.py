@@ -1,7 +1,8 @@
 """The search: an Optuna study whose trials are short training runs.
 
-The first trials cover every level of every factor evenly (a shuffled balanced design,
-enqueued into the study), so every rate rests on data; then Optuna's sampler steers
+The first trials cover every pair of levels of every two factors (a pairwise covering
+design, :mod:`nansearch.pairwise`, enqueued into the study), so every cause of one or
+two values is tried and every rate rests on data; then Optuna's sampler steers
 toward instability by maximizing :func:`nansearch.runner.instability_score` (focus),
 until the budget is spent or the stopping rule holds. Confirm and isolate follow
 (:mod:`nansearch.phases`).
@@ -14,8 +15,6 @@ share it through the storage.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
-from nansearch import jsonl, phases, trial_queue
+from nansearch import jsonl, pairwise, phases, trial_queue
 from nansearch.config import (
     HeartbeatConfig,
     NansearchError,
@@ -168,46 +167,23 @@ def rank_axes(factors: list[Factor]) -> list[tuple[str, list[Any] | Bins]]:
     return axes
 
 
-def cover_plan(factors: list[Factor], count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` configurations in which each level of each factor appears equally often.
-
-    Each categorical factor cycles through its levels and is shuffled on its own, so the
-    levels of different factors are paired at random; a continuous factor is stratified
-    over its range (log-uniform where the range is logarithmic).
-    """
-    rng = random.Random(seed)
-    columns: dict[str, list[Any]] = {}
-    for factor in factors:
-        dist = factor.distribution()
-        if isinstance(dist, CategoricalDistribution):
-            choices = list(dist.choices)
-            start = rng.randrange(len(choices))
-            column = [choices[(start + i) % len(choices)] for i in range(count)]
-        else:
-            low, high = (
-                (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
-            )
-            column = [low + (high - low) * (i + rng.random()) / count for i in range(count)]
-            if dist.log:
-                column = [math.exp(v) for v in column]
-            column = [min(max(v, dist.low), dist.high) for v in column]
-        rng.shuffle(column)
-        columns[factor.name] = column
-    return [{name: col[i] for name, col in columns.items()} for i in range(count)]
-
-
 def make_sampler(
     cfg: SweepConfig, n_startup: int, seed: int | None = None
 ) -> optuna.samplers.BaseSampler:
-    """The sampler; each worker seeds its own, so that workers do not draw the same values."""
+    """The focus sampler; each worker seeds its own, so that workers do not draw the same
+    values."""
     seed = cfg.seed if seed is None else seed
     if cfg.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # multivariate
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=max(1, n_startup), multivariate=True
-        )
+        inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # multivariate
+            inner = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=max(1, n_startup),
+                multivariate=True,
+            )
+    return inner
 
 
 def recorded(study: optuna.Study) -> list[TrialResult]:
@@ -301,7 +277,7 @@ class Search:
         study.set_user_attr(PLAN_ATTR, self.plan.to_json())
         if not exists:
             study.set_user_attr("config_seed", self.cfg.seed)
-            plan = cover_plan(self.factors, self.plan.cover, self.cfg.seed)
+            plan = pairwise.cover_plan(self.factors, self.plan.cover, self.cfg.seed)
             trial_queue.enqueue(study, plan, self.plan.queued)
         else:
             trial_queue.recover(study)

@@ -31,7 +31,10 @@ BLIP2_SPACE = {
 def test_phases_share_the_trial_budget():
     factors = build_factors(load_config(DEMO))
     demo = plan(load_config(DEMO), factors)
-    assert (demo.cover, demo.focus, demo.confirm, demo.isolate) == (14, 28, 6, 12)
+    # the cover is one pairwise design of the demo's factors
+    assert demo.cover == demo.design >= 25
+    assert (demo.focus, demo.confirm, demo.isolate) == (42 - demo.cover, 6, 12)
+    assert f"cover {demo.cover} (every pair of levels in {demo.cover} trials" in demo.text
     assert demo.total == 60
     small = plan(load_config(DEMO, ["trials=6"]), factors)
     assert (small.confirm, small.isolate, small.queued) == (0, 0, 6)

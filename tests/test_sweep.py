@@ -1,5 +1,6 @@
 """Whole sweeps: files written, crashes recorded, resume, custom targets."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -7,10 +8,10 @@ import sys
 import optuna
 import pytest
 
+from nansearch import pairwise
 from nansearch.commands.sweep import sweep
 from nansearch.config import NansearchError, load_config
 from nansearch.factors import build_factors
-from nansearch.search import cover_plan
 from tests.conftest import CUSTOM, DEMO, REPO, demo_overrides
 
 
@@ -33,14 +34,44 @@ def test_demo_sweep_writes_the_study_folder(tmp_path):
     assert "trials: 12" in (folder / "config.yaml").read_text()
 
 
-def test_first_trials_cover_every_level_evenly():
+def test_the_cover_holds_every_pair_of_levels_and_the_learning_rate_in_strata():
     cfg = load_config(DEMO)
-    plan = cover_plan(build_factors(cfg), 20, seed=0)
-    for name, levels in [("dtype", cfg.factors.dtype.levels), ("batch", cfg.factors.batch.levels)]:
-        counts = [sum(p[name] == level for p in plan) for level in levels]
-        assert counts == [20 // len(levels)] * len(levels)
-    lrs = sorted(p["lr"] for p in plan)
-    assert lrs[0] < 10 * cfg.factors.lr.low and lrs[-1] > cfg.factors.lr.high / 10
+    factors = build_factors(cfg)
+    size = pairwise.size(factors, seed=0)
+    plan = pairwise.cover_plan(factors, size, seed=0)
+    lr = cfg.factors.lr
+    strata = pairwise.strata(factors)
+    lr_dist = next(f for f in factors if f.name == "lr").distribution()
+    assert strata == 4  # dtype and batch have 5 levels each: 4 strata, the most
+    levels = {
+        "checkpoint": list(cfg.factors.checkpoint.levels),
+        "dtype": cfg.factors.dtype.levels,
+        "init": list(cfg.factors.init.levels),
+        "batch": cfg.factors.batch.levels,
+    }
+    seen = {
+        (a, str(p[a]), b, str(p[b])) for p in plan for a, b in itertools.combinations(levels, 2)
+    }
+    for a, b in itertools.combinations(levels, 2):
+        for x, y in itertools.product(levels[a], levels[b]):
+            assert (a, str(x), b, str(y)) in seen, (a, x, b, y)
+    for name, values in levels.items():  # every level of lr's strata meets every level
+        for value in values:
+            met = {pairwise.stratum(p["lr"], lr_dist, strata) for p in plan if p[name] == value}
+            assert met == set(range(strata)), (name, value)
+    assert all(lr.low <= p["lr"] <= lr.high for p in plan)
+    # as few as combinatorial testing needs: dtype x batch alone is 25 pairs
+    assert 25 <= size <= 30
+    assert plan == pairwise.cover_plan(factors, size, seed=0)  # the seed decides it
+
+
+def test_a_cover_longer_than_one_design_starts_another():
+    factors = build_factors(load_config(DEMO))
+    size = pairwise.size(factors, seed=3)
+    plan = pairwise.cover_plan(factors, 3 * size, seed=3)
+    assert len(plan) == 3 * size
+    for part in (plan[:size], plan[size:]):  # the second design is drawn anew
+        assert len({(p["dtype"], p["batch"]) for p in part}) == 25
 
 
 def test_a_trial_that_raises_is_recorded_and_the_sweep_completes(tmp_path):

@@ -1,0 +1,170 @@
+"""The cover: a pairwise covering design, as combinatorial testing builds one.
+
+Every pair of levels of every two factors appears in at least one configuration, so
+every cause of one or two values is tried before the search may settle. A continuous
+factor takes part through its strata: its range cut into ``strata`` equal parts (on a
+log scale where the range is logarithmic), each configuration drawing its value
+inside its stratum.
+
+The design is built greedily, one configuration at a time (the AETG way): among a few
+candidates, each started from a pair not yet covered and completed factor by factor
+with the level that covers the most pairs still missing (the least used level on a
+tie), the one that covers the most is kept. Its size follows from the factors: at
+least the product of the two widest, usually a few more. A cover asked for more
+configurations than one design holds goes on with a second design, and so on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import CategoricalDistribution
+
+CANDIDATES = 20  # configurations tried for each one the design keeps
+MIN_STRATA, MAX_STRATA = 3, 4
+
+
+def strata(factors: Sequence[Any]) -> int:
+    """How many strata a continuous factor is cut into: as many as the second-widest
+    categorical factor has levels, kept between 3 and 4, so that its pairs with the
+    others do not make the design much larger than the categorical pairs do."""
+    widths = sorted(
+        (len(f.distribution().choices) for f in factors if _categorical(f)), reverse=True
+    )
+    second = widths[1] if len(widths) > 1 else (widths[0] if widths else MIN_STRATA)
+    return min(MAX_STRATA, max(MIN_STRATA, second))
+
+
+def _categorical(factor: Any) -> bool:
+    return isinstance(factor.distribution(), CategoricalDistribution)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    levels: tuple[Any, ...]  # the categorical levels, or the strata's indices
+    continuous: Any = None  # the distribution of a continuous factor
+
+
+def columns(factors: Sequence[Any], count: int | None = None) -> list[Column]:
+    count = strata(factors) if count is None else count
+    out = []
+    for factor in factors:
+        dist = factor.distribution()
+        if isinstance(dist, CategoricalDistribution):
+            out.append(Column(factor.name, tuple(dist.choices)))
+        else:
+            out.append(Column(factor.name, tuple(range(count)), dist))
+    return out
+
+
+def pairs(cols: Sequence[Column]) -> set[tuple[int, int, int, int]]:
+    """Every pair of levels of every two factors, as (factor, level, factor, level) indices."""
+    return {
+        (i, a, j, b)
+        for i in range(len(cols))
+        for j in range(i + 1, len(cols))
+        for a in range(len(cols[i].levels))
+        for b in range(len(cols[j].levels))
+    }
+
+
+def _covers(row: Sequence[int | None], missing: set) -> int:
+    return sum(
+        (i, row[i], j, row[j]) in missing
+        for i in range(len(row))
+        for j in range(i + 1, len(row))
+        if row[i] is not None and row[j] is not None
+    )
+
+
+def _candidate(cols: list[Column], missing: set, used: list[Counter], rng: random.Random):
+    size = len(cols)
+    row: list[int | None] = [None] * size
+    i, a, j, b = rng.choice(sorted(missing))
+    row[i], row[j] = a, b
+    order = [k for k in range(size) if row[k] is None]
+    rng.shuffle(order)
+    for k in order:
+
+        def gain(level: int, k: int = k) -> tuple[int, int, float]:
+            new = sum(
+                (min(k, m), level if k < m else row[m], max(k, m), row[m] if k < m else level)
+                in missing
+                for m in range(size)
+                if m != k and row[m] is not None
+            )
+            return new, -used[k][level], rng.random()
+
+        row[k] = max(range(len(cols[k].levels)), key=gain)
+    return row
+
+
+def design(cols: list[Column], rng: random.Random) -> list[list[int]]:
+    """One pairwise covering design: rows of level indices, one per column."""
+    missing = pairs(cols)
+    used = [Counter() for _ in cols]
+    rows: list[list[int]] = []
+    if len(cols) == 1:
+        return [[level] for level in range(len(cols[0].levels))]
+    while missing:
+        tries = [_candidate(cols, missing, used, rng) for _ in range(CANDIDATES)]
+        best = max(tries, key=lambda row: _covers(row, missing))
+        for i in range(len(cols)):
+            for j in range(i + 1, len(cols)):
+                missing.discard((i, best[i], j, best[j]))
+        for k, level in enumerate(best):
+            used[k][level] += 1
+        rows.append(best)
+    return rows
+
+
+def size(factors: Sequence[Any], seed: int) -> int:
+    """How many configurations one pairwise design of ``factors`` takes."""
+    return len(design(columns(factors), random.Random(seed))) if factors else 0
+
+
+def cover_plan(factors: Sequence[Any], count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` configurations: a pairwise design, then more designs if it is short.
+
+    A continuous factor's value is drawn inside its stratum: each stratum's draws are
+    spread over it (the k-th of n draws falls in the k-th n-th of the stratum).
+    """
+    if not factors or count <= 0:
+        return []
+    rng = random.Random(seed)
+    cols = columns(factors)
+    rows: list[list[int]] = []
+    while len(rows) < count:
+        rows += design(cols, rng)
+    rows = rows[:count]
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    for k, col in enumerate(cols):
+        if col.continuous is None:
+            for config, row in zip(out, rows, strict=True):
+                config[col.name] = col.levels[row[k]]
+            continue
+        dist = col.continuous
+        low, high = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
+        width = (high - low) / len(col.levels)
+        for stratum in range(len(col.levels)):
+            members = [n for n, row in enumerate(rows) if row[k] == stratum]
+            slots = list(range(len(members)))
+            rng.shuffle(slots)
+            for n, slot in zip(members, slots, strict=True):
+                value = low + width * (stratum + (slot + rng.random()) / len(members))
+                value = math.exp(value) if dist.log else value
+                out[n][col.name] = min(max(value, dist.low), dist.high)
+    return out
+
+
+def stratum(value: float, dist: Any, count: int) -> int:
+    """The stratum of a continuous factor's range that ``value`` falls in."""
+    low, high = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
+    where = math.log(value) if dist.log else value
+    return min(count - 1, max(0, int((where - low) / (high - low) * count)))
