@@ -28,7 +28,7 @@ import torch
 
 from nansearch.config import OptimizerConfig
 from nansearch.factors import TrialSetup
-from nansearch.runner import make_optimizer, on_device
+from nansearch.trial.runner import make_optimizer, on_device
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "sweeps" / "demo.yaml"
@@ -48,10 +48,10 @@ def threads() -> int:
 
 
 def tracking_available() -> bool:
-    """Whether this build of nansearch has W&B tracking (``nansearch.tracking``)."""
+    """Whether this build of nansearch has W&B tracking (``nansearch.tracking.tracker``)."""
     import importlib.util
 
-    return importlib.util.find_spec("nansearch.tracking") is not None
+    return importlib.util.find_spec("nansearch.tracking.tracker") is not None
 
 
 def wandb_mode() -> str:
@@ -62,7 +62,7 @@ def wandb_mode() -> str:
 def tracking_note() -> str:
     if tracking_available():
         return "tracking: W&B offline (tracking.wandb=offline)"
-    return "tracking: this build has no nansearch.tracking; measured with tracking off"
+    return "tracking: this build has no nansearch.tracking.tracker; measured with tracking off"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 What every trial pays besides its steps: the checkpoint copy and the factors that shape
 it (``TrialRunner.prepare``), the optimizer, and its W&B run, offline. A sweep hands
-the run to the tracker's own thread (``nansearch.tracking.Background``), which writes
+the run to the tracker's own thread (``nansearch.tracking.tracker.Background``), which writes
 it while the next trial trains: the trial pays the hand-over, and the target applies
 to these. A second row writes the run in line instead (started, its 50 steps of history
 logged, finished, as ``WandbTracker.log_trial`` does), which is what the trial would
@@ -43,9 +43,9 @@ from benchmarks._common import (
 )
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialResult, TrialRunner, make_optimizer
 from nansearch.targets import build_target
-from nansearch.tracking import Background, WandbTracker
+from nansearch.tracking.tracker import Background, WandbTracker
+from nansearch.trial.runner import TrialResult, TrialRunner, make_optimizer
 
 TARGET = 0.10
 STEPS = 50

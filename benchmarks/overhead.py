@@ -29,8 +29,8 @@ import torch
 from benchmarks._common import Row, alternate, bare_train, quick, ratio_row, report, summarize
 from nansearch.config import load_config
 from nansearch.factors import TrialSetup, build_factors
-from nansearch.runner import TrialResult, TrialRunner, train
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialResult, TrialRunner, train
 
 TARGET = 1.05
 # OPT sizes: 10.3M and 98M parameters (embeddings tied to the output layer)

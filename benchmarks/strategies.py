@@ -13,7 +13,7 @@ needs), searched among factors that do not matter:
   ``init=uninitialized-missing``; neither alone.
 
 Three strategies, ranked by the same code (the first cause of
-:func:`nansearch.causes.find_causes`, which the ranking's first conclusion states):
+:func:`nansearch.analysis.causes.find_causes`, which the ranking's first conclusion states):
 
 - ``nansearch``: the sweep's own phases with their defaults for the budget (cover,
   focus with TPE, confirm, isolate, the stopping rule), run once per budget, since the
@@ -49,14 +49,14 @@ from typing import Any
 import optuna
 
 from benchmarks._common import REPO, RESULTS, demo_ready, describe, environment, quick
-from nansearch.causes import Cause, find_causes
+from nansearch.analysis.causes import Cause, find_causes
 from nansearch.config import SweepConfig, load_config
 from nansearch.factors import Factor
-from nansearch.phases import continuous_names, run_probes
-from nansearch.runner import TrialResult
-from nansearch.search import Search, distributions, recorded
-from nansearch.sweep import prepare
-from nansearch.trial_queue import suggest
+from nansearch.search.phases import continuous_names, run_probes
+from nansearch.search.queue import suggest
+from nansearch.search.study import Search, distributions, recorded
+from nansearch.search.sweep import prepare
+from nansearch.trial.runner import TrialResult
 
 BUDGETS = (20, 50, 100)
 LR_GRID = 12

@@ -47,8 +47,8 @@ from benchmarks._common import (
 )
 from nansearch.config import SweepConfig, load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 
 TARGET = 1.15
 

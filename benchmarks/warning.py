@@ -2,7 +2,7 @@
 
 Each configuration below is a real mechanism whose NaN can come after the trial's
 steps. It is run for the trial's ``STEPS`` steps, its trail forecast
-(:func:`nansearch.warning.forecast`), then run again for the horizon, ten times as
+(:func:`nansearch.analysis.warning.forecast`), then run again for the horizon, ten times as
 long, with the same seed; the long run says whether and when it really fails.
 Configurations that already fail within the trial's steps are NaN trials, not
 forecasts, and are counted apart.
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import REPO, RESULTS, describe, environment, quick
+from nansearch.analysis.warning import forecast
 from nansearch.config import load_config
-from nansearch.sweep import prepare
-from nansearch.warning import forecast
+from nansearch.search.sweep import prepare
 
 STEPS = 20
 HORIZON = 10 * STEPS

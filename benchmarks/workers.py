@@ -22,8 +22,8 @@ from pathlib import Path
 import optuna
 
 from nansearch.config import load_config
-from nansearch.search import open_storage
-from nansearch.sweep import run_sweep
+from nansearch.search.study import open_storage
+from nansearch.search.sweep import run_sweep
 
 ROUNDS = 2
 SWEEP = """
@@ -87,7 +87,7 @@ def torch_threads(count: int | None):
 @contextmanager
 def one_gpu():
     """Workers all pinned to the first visible GPU, sharing it."""
-    from nansearch.workers import visible_gpus
+    from nansearch.search.workers import visible_gpus
 
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus("cuda")[0]
@@ -147,7 +147,7 @@ def threads(count: int) -> str:
 def run() -> str:
     import torch
 
-    from nansearch.workers import cpu_cores
+    from nansearch.search.workers import cpu_cores
 
     trials, steps = 8, 20
     cores = cpu_cores()

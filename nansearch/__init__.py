@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nansearch.config import ConfigError, NansearchError, SweepConfig, load_config
     from nansearch.factors import Factor, TrialSetup, register_factor, register_level
-    from nansearch.runner import TrialResult, TrialRunner
     from nansearch.targets import Target
-    from nansearch.trial_api import NonFinite, StepsDone, Trial
+    from nansearch.trial.api import NonFinite, StepsDone, Trial
+    from nansearch.trial.runner import TrialResult, TrialRunner
 
 _HOMES = {
     "ConfigError": "nansearch.config",
@@ -24,12 +24,12 @@ _HOMES = {
     "TrialSetup": "nansearch.factors",
     "register_factor": "nansearch.factors",
     "register_level": "nansearch.factors",
-    "TrialResult": "nansearch.runner",
-    "TrialRunner": "nansearch.runner",
+    "TrialResult": "nansearch.trial.runner",
+    "TrialRunner": "nansearch.trial.runner",
     "Target": "nansearch.targets",
-    "Trial": "nansearch.trial_api",
-    "NonFinite": "nansearch.trial_api",
-    "StepsDone": "nansearch.trial_api",
+    "Trial": "nansearch.trial.api",
+    "NonFinite": "nansearch.trial.api",
+    "StepsDone": "nansearch.trial.api",
 }
 
 __all__ = [

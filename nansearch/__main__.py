@@ -1,5 +1,5 @@
 import sys
 
-from nansearch.cli import main
+from nansearch.cli.main import main
 
 sys.exit(main())

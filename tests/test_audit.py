@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 from transformers import OPTForCausalLM
 
 from nansearch.audit import SEVERITIES, Audit, read_audit, run_audit
-from nansearch.cli import build_parser
+from nansearch.cli.main import build_parser
 from nansearch.config import load_config
 from nansearch.demo import demo_checkpoint
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import DEMO, REPO, demo_overrides
 
 

@@ -7,8 +7,8 @@ from safetensors.torch import save_file
 from nansearch.audit.batch import audit_batches
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import DEMO
 
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}

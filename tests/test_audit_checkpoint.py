@@ -17,8 +17,8 @@ from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.config import load_config
 from nansearch.demo import demo_checkpoint
 from nansearch.factors import build_factors
-from nansearch.runner import TrialResult, TrialRunner, train
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialResult, TrialRunner, train
 from tests.conftest import DEMO
 
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}

@@ -6,8 +6,8 @@ import torch
 from nansearch.audit.config import _bf16_hardware, audit_config, bf16_supported
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import DEMO
 
 CPU = torch.device("cpu")

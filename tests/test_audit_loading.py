@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import load_config
 from nansearch.demo import demo_checkpoint
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import CheckpointError, build_target
 from nansearch.targets.loading import read_header
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import DEMO, demo_overrides
 
 

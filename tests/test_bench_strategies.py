@@ -3,7 +3,7 @@
 from benchmarks.strategies import above, equals, right_from
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialResult
+from nansearch.trial.runner import TrialResult
 from tests.conftest import DEMO
 
 FACTORS = build_factors(load_config(DEMO))
@@ -28,7 +28,7 @@ def test_right_from_is_the_count_from_which_the_answer_stays_first():
 
 
 def test_truths_match_only_their_cause():
-    from nansearch.causes import Cause, Condition
+    from nansearch.analysis.causes import Cause, Condition
 
     def cause(*conditions):
         return Cause(tuple(conditions), nan=5, total=5, p_value=0.001, p_adjusted=0.01, tried=10)

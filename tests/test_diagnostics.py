@@ -8,10 +8,10 @@ from transformers import OPTConfig, OPTForCausalLM
 
 from nansearch.config import load_config
 from nansearch.demo import blip2_around
-from nansearch.diagnostics import Diagnostics
-from nansearch.rerun import rerun_trial
-from nansearch.runner import TrialResult
-from nansearch.sweep import prepare
+from nansearch.diagnose.diagnostics import Diagnostics
+from nansearch.diagnose.rerun import rerun_trial
+from nansearch.search.sweep import prepare
+from nansearch.trial.runner import TrialResult
 from tests.conftest import CUSTOM, DEMO, REPO
 
 OPT = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}

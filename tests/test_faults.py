@@ -16,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 from nansearch import jsonl
-from nansearch.commands.sweep import sweep
-from nansearch.search import open_storage
+from nansearch.cli.sweep import sweep
+from nansearch.search.study import open_storage
 from tests.conftest import DEMO, REPO, demo_overrides
 from tests.test_workers import (
     assert_accounted,

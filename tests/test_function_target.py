@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import load_config
-from nansearch.diagnostics import Diagnostics
+from nansearch.diagnose.diagnostics import Diagnostics
+from nansearch.diagnose.rerun import rerun_study
 from nansearch.factors import build_factors
-from nansearch.rerun import rerun_study
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import DEMO, REPO, demo_overrides
 
 OWN_LOOP = REPO / "examples" / "own_loop.py"

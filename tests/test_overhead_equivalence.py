@@ -19,8 +19,8 @@ import torch
 
 from nansearch.config import OptimizerConfig, load_config
 from nansearch.factors import TrialSetup, build_factors
-from nansearch.runner import TrialResult, TrialRunner, instability_score, train
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialResult, TrialRunner, instability_score, train
 from tests.conftest import DEMO, demo_overrides
 
 STEPS = 8
@@ -176,8 +176,8 @@ def test_a_sweep_with_w_and_b_on_its_thread_records_what_a_bare_one_records():
     uncollected, the collector frozen) with its W&B runs written by the tracker's thread
     records the trials a sweep without W&B records, outcome, first bad step, score and
     per-step trail, with the same trials chosen by the sampler after the cover."""
-    from nansearch.cli import main
-    from nansearch.commands.sweep import sweep
+    from nansearch.cli.main import main
+    from nansearch.cli.sweep import sweep
 
     small = demo_overrides(trials=8, steps=3) + SMALL
     # as in a fresh process: the weights a checkpoint lacks are initialized when it is

@@ -5,16 +5,16 @@ import itertools
 import optuna
 import pytest
 
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
-from nansearch.confirm import confirm
 from nansearch.factors import build_factors
-from nansearch.isolate import isolate
-from nansearch.phases import Prober, StopRule, plan, run_probes
-from nansearch.runner import TrialResult
-from nansearch.search import Search
-from nansearch.sweep import prepare
-from nansearch.trial_queue import SKIPPED_ATTR
+from nansearch.search.confirm import confirm
+from nansearch.search.isolate import isolate
+from nansearch.search.phases import Prober, StopRule, plan, run_probes
+from nansearch.search.queue import SKIPPED_ATTR
+from nansearch.search.study import Search
+from nansearch.search.sweep import prepare
+from nansearch.trial.runner import TrialResult
 from tests.conftest import DEMO, demo_overrides
 
 OPT = {"checkpoint": "opt-lm", "dtype": "fp32", "init": "pretrained", "batch": "clean"}
@@ -164,7 +164,7 @@ class StopAfter:
         return self.left <= 0
 
     def callbacks(self):
-        from nansearch.search import SweepCallbacks
+        from nansearch.search.study import SweepCallbacks
 
         def heard(result):
             self.left -= 1

@@ -15,12 +15,12 @@ import uuid
 import optuna
 import pytest
 
-from nansearch.commands.sweep import sweep
-from nansearch.commands.worker import worker
+from nansearch.cli.sweep import sweep
+from nansearch.cli.worker import worker
 from nansearch.config import NansearchError, load_config
 from nansearch.factors import build_factors
-from nansearch.search import Search, open_storage
-from nansearch.trial_queue import OWNER_ATTR, retried_from
+from nansearch.search.queue import OWNER_ATTR, retried_from
+from nansearch.search.study import Search, open_storage
 from tests.conftest import DEMO, demo_overrides
 from tests.test_workers import (
     assert_accounted,

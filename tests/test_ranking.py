@@ -6,11 +6,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from scipy.stats import fisher_exact
 
-from nansearch.causes import find_causes, find_interactions
-from nansearch.confirm import Confirmation
-from nansearch.isolate import fmt, isolate, midpoint
-from nansearch.ranking import Bins, format_conclusions, format_table, rank, wilson
-from nansearch.runner import TrialResult
+from nansearch.analysis.causes import find_causes, find_interactions
+from nansearch.analysis.ranking import Bins, format_conclusions, format_table, rank, wilson
+from nansearch.search.confirm import Confirmation
+from nansearch.search.isolate import fmt, isolate, midpoint
+from nansearch.trial.runner import TrialResult
 
 DTYPES = ["fp32", "bf16", "fp16", "amp-fp16"]
 BATCHES = ["clean", "long", "labels-all-ignored"]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from nansearch.cli import main as cli_main
-from nansearch.commands.report import report
-from nansearch.commands.sweep import sweep
+from nansearch.analysis.ranking import Bins
+from nansearch.cli.main import main as cli_main
+from nansearch.cli.report import report
+from nansearch.cli.sweep import sweep
 from nansearch.config import NansearchError
-from nansearch.ranking import Bins
-from nansearch.report_sections import leveler
+from nansearch.report.sections import leveler
 from tests.conftest import DEMO, demo_overrides
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from nansearch.cli import main as cli_main
-from nansearch.commands.sweep import sweep
+from nansearch.analysis.ranking import rank
+from nansearch.cli.main import main as cli_main
+from nansearch.cli.sweep import sweep
 from nansearch.config import NansearchError
-from nansearch.ranking import rank
-from nansearch.rerun import fresh_seeds, rerun_study, select, served
-from nansearch.runner import TrialResult
+from nansearch.diagnose.rerun import fresh_seeds, rerun_study, select, served
+from nansearch.trial.runner import TrialResult
 from tests.conftest import REPO
 
 # Pure fp16 fails in its first update; fp16 autocast at lr 2..4 overflows one step later.

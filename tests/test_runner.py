@@ -6,8 +6,8 @@ import pytest
 
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner, instability_score
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner, instability_score
 from tests.conftest import DEMO
 
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}

@@ -8,10 +8,10 @@ import sys
 import optuna
 import pytest
 
-from nansearch import pairwise
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import NansearchError, load_config
 from nansearch.factors import build_factors
+from nansearch.search import pairwise
 from tests.conftest import CUSTOM, DEMO, REPO, demo_overrides
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import NONFINITE, OUTCOMES, TrialResult, TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import NONFINITE, OUTCOMES, TrialResult, TrialRunner
 from tests.conftest import REPO
 
 DEMO_LEVELS = {"checkpoint": "opt-lm", "init": "pretrained", "batch": "clean", "lr": 1e-3}

@@ -5,8 +5,8 @@ import torch
 
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 
 BASE = {"checkpoint": "blip2", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
 

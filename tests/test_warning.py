@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+from nansearch.analysis.warning import MIN_POINTS, at_risk, fit, forecast, format_at_risk
 from nansearch.config import load_config
-from nansearch.report import load_study, render
-from nansearch.runner import TrialResult
-from nansearch.sweep import add_at_risk, prepare
-from nansearch.warning import MIN_POINTS, at_risk, fit, forecast, format_at_risk
+from nansearch.report.page import load_study, render
+from nansearch.search.sweep import add_at_risk, prepare
+from nansearch.trial.runner import TrialResult
 from tests.conftest import CUSTOM, REPO
 
 LATE = f"{REPO}/benchmarks/late_target.py:build"
@@ -118,7 +118,7 @@ def test_ranking_terminal_and_report_show_the_runs_at_risk(tmp_path):
 
 
 def test_a_run_at_risk_says_so_in_wandb(tmp_path):
-    from nansearch.tracking import WandbTracker, end_session
+    from nansearch.tracking.tracker import WandbTracker, end_session
     from tests.test_tracking import offline_runs
 
     end_session()

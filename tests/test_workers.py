@@ -15,11 +15,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
-from nansearch.search import open_storage
-from nansearch.trial_queue import OWNER_ATTR, RESULT_ATTR, retried_from
-from nansearch.workers import plan
+from nansearch.search.queue import OWNER_ATTR, RESULT_ATTR, retried_from
+from nansearch.search.study import open_storage
+from nansearch.search.workers import plan
 from tests.conftest import DEMO, REPO
 
 FACTORS = 5  # checkpoint, init, batch, dtype, lr

@@ -11,7 +11,7 @@ from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.audit.config import audit_config
 from nansearch.config import SweepConfig
 from nansearch.factors import Factor
-from nansearch.runner import TrialRunner
+from nansearch.trial.runner import TrialRunner
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def run_audit(
     """
     start = time.perf_counter()
     if factors is None or runner is None:
-        from nansearch.sweep import prepare
+        from nansearch.search.sweep import prepare
 
         factors, runner = prepare(cfg)
     audits = {

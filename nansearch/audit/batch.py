@@ -27,8 +27,8 @@ import torch
 from nansearch.audit._base import Finding
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, LevelNotApplicable, TrialSetup
-from nansearch.runner import TrialRunner
 from nansearch.targets import Loaded
+from nansearch.trial.runner import TrialRunner
 
 IGNORE = -100
 FP16_MAX = torch.finfo(torch.float16).max

@@ -29,7 +29,6 @@ from torch import nn
 
 from nansearch.audit._base import Finding
 from nansearch.config import SweepConfig
-from nansearch.runner import TrialRunner
 from nansearch.targets import Loaded
 from nansearch.targets.loading import (
     CheckpointError,
@@ -38,6 +37,7 @@ from nansearch.targets.loading import (
     stored_config,
     stored_tensors,
 )
+from nansearch.trial.runner import TrialRunner
 
 FP16_LEVELS = ("fp16", "amp-fp16")
 FP16_MAX = torch.finfo(torch.float16).max

@@ -19,7 +19,7 @@ from nansearch.targets.causal_lm import CausalLMTarget
 from nansearch.targets.custom import import_callable
 
 if TYPE_CHECKING:
-    from nansearch.runner import StepObserver, TrialResult, TrialRunner
+    from nansearch.trial.runner import StepObserver, TrialResult, TrialRunner
 
 
 class FunctionTarget(CausalLMTarget):
@@ -40,7 +40,7 @@ class FunctionTarget(CausalLMTarget):
         observer: StepObserver | None = None,
     ) -> None:
         """Run the user's function as one trial, writing into ``result``."""
-        from nansearch.trial_api import Trial, run_function
+        from nansearch.trial.api import Trial, run_function
 
         trial = Trial(
             params=params,

@@ -1,0 +1,1 @@
+"""What the trials say: causes, interactions, conclusions and the ranking."""

@@ -1,0 +1,224 @@
+"""Conclusions: what the ranking found, in plain sentences, each with its counts.
+
+One sentence per cause (:mod:`nansearch.analysis.causes`), with what confirmation and isolation
+said about it, then the isolations that no significant cause matches yet, then what is
+left unexplained. For example::
+
+    dtype=fp16 alone is sufficient: 24/24 runs NaN, vs 0/20 with any other dtype and no
+    other cause.
+    lr matters only with dtype=amp-fp16, above 0.3: 11/12 runs NaN, vs 0/9 for
+    dtype=amp-fp16 with lr below 0.3; lr above 0.3 without dtype=amp-fp16: 0/6 NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nansearch.analysis.causes import EQUALS, Cause, Condition, isolated_by
+from nansearch.search.confirm import Confirmation
+from nansearch.search.isolate import Isolation, fmt, midpoint
+from nansearch.trial.runner import TrialResult
+
+
+def _frac(item: dict[str, int]) -> str:
+    return f"{item['nan']}/{item['total']}"
+
+
+def _side(condition: Condition, flip: bool = False) -> str:
+    above = (condition.op == ">=") != flip
+    return "above" if above else "below"
+
+
+def _boundary(cause: Cause, name: str) -> str:
+    passing, failing = cause.boundary.get(name, (None, None))
+    parts = []
+    if passing is not None:
+        parts.append(f"last finite run at {fmt(passing)}")
+    if failing is not None:
+        parts.append(f"first NaN run at {fmt(failing)}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def sentence(cause: Cause) -> str:
+    """The cause and its counts, as a sentence."""
+    runs = f"{cause.nan}/{cause.total} runs NaN"
+    others = {o["factor"]: o for o in cause.others}
+    if len(cause.conditions) == 1:
+        (c,) = cause.conditions
+        verb = "alone is sufficient" if cause.sufficient else "raises the NaN rate"
+        if c.op == EQUALS:
+            contrast = f"{_frac(others[c.factor])} with any other {c.factor} and no other cause"
+        else:
+            contrast = (
+                f"{_frac(others[c.factor])} {_side(c, flip=True)} it with no other cause"
+                f"{_boundary(cause, c.factor)}"
+            )
+        return f"{c.text} {verb}: {runs}, vs {contrast}."
+    ranged = [c for c in cause.conditions if c.op != EQUALS]
+    fixed = [c for c in cause.conditions if c.op == EQUALS]
+    if len(ranged) == 1 and len(fixed) == 1:
+        r, a = ranged[0], fixed[0]
+        return (
+            f"{r.factor} matters only with {a.text}, {_side(r)} {fmt(r.value)}: {runs}, "
+            f"vs {_frac(others[r.factor])} for {a.text} with {r.factor} {_side(r, flip=True)} "
+            f"it{_boundary(cause, r.factor)}; {r.text} without {a.text}: "
+            f"{_frac(others[a.factor])} NaN."
+        )
+    first, second = cause.conditions
+    alone_first, alone_second = others[second.factor], others[first.factor]
+    rate = cause.nan / cause.total
+
+    def low(item: dict[str, int]) -> bool:
+        return not item["total"] or item["nan"] / item["total"] <= rate / 2
+
+    lead = "neither alone" if low(alone_first) and low(alone_second) else "each alone less often"
+    return (
+        f"{first.text} together with {second.text}: {runs}; {lead} "
+        f"({first.text} without {second.text}: {_frac(alone_first)}, "
+        f"{second.text} without {first.text}: {_frac(alone_second)})."
+    )
+
+
+def _isolation_text(iso: Isolation, counted: dict[str, Any] | None = None) -> str:
+    """What isolation found. ``counted`` maps a factor to the range edge the cause's counts
+    gave it: isolation's own edge for that factor, found by bisection, is then named as such,
+    so two edges of one factor never read as one claim."""
+    counted = counted or {}
+    how = ""
+    if iso.needed and set(iso.needed) <= set(iso.minimal):
+        how = "; flipping " + " or ".join(iso.needed) + " back alone fixes it"
+    elif iso.minimal:
+        how = "; no single flip fixed it (another cause was present too)"
+    if iso.context:
+        how += "; changing " + " or ".join(iso.context) + ", which it shared, fixes it too"
+    ranges = "".join(
+        f"; {name} fails from {fmt(failing)}, passes at {fmt(passing)}"
+        + (
+            f": bisection puts the edge at {fmt(midpoint(passing, failing))}, where the runs' "
+            f"counts above put it at {fmt(counted[name])}"
+            if name in counted
+            else ""
+        )
+        for name, (passing, failing) in iso.ranges.items()
+    )
+    return (
+        f"Isolated from trial {iso.trial} against passing trial {iso.reference_trial} "
+        f"in {len(iso.probes)} probes: needs {iso.text}{how}{ranges}."
+    )
+
+
+def _confirmation_text(confirmation: Confirmation | None) -> str:
+    if confirmation is None or not confirmation.runs:
+        return ""
+    return f" Confirmation of trial {confirmation.trial}: {confirmation.text}."
+
+
+def conclude(
+    results: Sequence[TrialResult],
+    causes: Sequence[Cause],
+    isolations: Sequence[Isolation] = (),
+    confirmations: Sequence[Confirmation] = (),
+) -> list[dict[str, Any]]:
+    """The conclusions, most certain first, each a dict with ``text`` and its counts."""
+    confirmed = {c.trial: c for c in confirmations}
+    out: list[dict[str, Any]] = []
+    used: set[int] = set()
+    for cause in causes:
+        text = sentence(cause)
+        match = next((i for i in isolations if isolated_by(cause, i)), None)
+        item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
+        if match is not None:
+            used.add(id(match))
+            counted = {c.factor: c.value for c in cause.conditions if c.op != EQUALS}
+            text += " " + _isolation_text(match, counted)
+            text += _confirmation_text(confirmed.get(match.trial))
+            item["isolation"] = match.to_json()
+            if match.trial in confirmed:
+                item["confirmation"] = confirmed[match.trial].to_json()
+        out.append({"text": text, **item})
+    for iso in isolations:
+        if id(iso) in used or not iso.minimal:
+            continue
+        state = "" if iso.complete else " (isolation stopped early: budget spent)"
+        text = (
+            f"Not yet significant across runs{state}: {_isolation_text(iso)}"
+            f"{_confirmation_text(confirmed.get(iso.trial))}"
+        )
+        out.append({"text": text, "kind": "isolated", "isolation": iso.to_json()})
+    scored = [r for r in results if r.outcome != "error"]
+    nan = [r for r in scored if r.is_nan]
+    if not nan:
+        steps = max((r.steps for r in results), default=0)
+        out.append(
+            {
+                "text": f"No run went NaN in {len(scored)} runs of {steps} steps: none of the "
+                "searched values causes NaN at this length.",
+                "kind": "no-nan",
+                "nan": 0,
+                "total": len(scored),
+            }
+        )
+    else:
+        loose = [
+            r
+            for r in nan
+            if not any(c.holds(r.params) for c in causes)
+            and not any(i.complete and i.holds(r.params) for i in isolations)
+        ]
+        if loose:
+            shown = ", ".join(str(r.number) for r in loose[:5])
+            out.append(
+                {
+                    "text": f"{len(loose)} of {len(nan)} NaN runs are explained by no "
+                    f"conclusion yet: too few or too mixed to be significant (trials {shown}"
+                    f"{', ...' if len(loose) > 5 else ''}).",
+                    "kind": "unexplained",
+                    "nan": len(loose),
+                    "total": len(nan),
+                    "trials": [r.number for r in loose],
+                }
+            )
+    errors = len(results) - len(scored)
+    if errors:
+        out.append(
+            {
+                "text": f"{errors} runs ended in an error and count neither as NaN nor as "
+                "finite (see errors per level).",
+                "kind": "errors",
+                "nan": 0,
+                "total": errors,
+            }
+        )
+    return out
+
+
+# -- reading conclusions back (``ranking.json``) --------------------------------------------
+
+SPEAKS_OF_CAUSE = ("cause", "isolated")  # the kinds that name a rule of factor values
+
+
+def rule(item: dict[str, Any]) -> str:
+    """What a conclusion is about, in a few words: its rule, or the runs it counts."""
+    if item.get("kind") == "cause":
+        return item["rule"]
+    if item.get("kind") == "isolated":
+        return item["isolation"]["text"]
+    if item.get("kind") == "unexplained":
+        return "NaN runs no conclusion explains"
+    return item.get("kind", "")
+
+
+def speaks_of(item: dict[str, Any], result: TrialResult) -> bool:
+    """Whether a conclusion, as ``ranking.json`` holds it, explains this trial's values."""
+    kind = item.get("kind")
+    if kind == "cause":
+        return all(
+            Condition(c["factor"], c["op"], c["value"]).holds(result.params)
+            for c in item["conditions"]
+        )
+    if kind == "isolated":
+        return Isolation.from_json(item["isolation"]).holds(result.params)
+    if kind == "unexplained":
+        return result.number in item.get("trials", ())
+    return False

@@ -1,0 +1,79 @@
+"""``nansearch worker STUDY --storage URL``: join a study that a sweep started elsewhere.
+
+The sweep stored its resolved configuration in the study, so a worker needs only the
+storage URL and the study's name. Its trials come out of the study's shared budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from nansearch.cli.sweep import exit_code, print_outcome
+from nansearch.search.study import SweepCallbacks, open_storage, shown, stored_config
+from nansearch.search.sweep import SweepOutcome, run_sweep
+from nansearch.trial.runner import TrialResult
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "worker", help="join a study that nansearch sweep started, sharing its trial budget"
+    )
+    parser.add_argument("study", help="the study's name, as the sweep gave it")
+    parser.add_argument(
+        "--storage",
+        required=True,
+        metavar="URL",
+        help="the sweep's storage, e.g. postgresql://user@host/db",
+    )
+    parser.add_argument(
+        "--out", default="runs", help="where this machine writes the study folder (default runs)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine, one per GPU round-robin (default 1)",
+    )
+    parser.set_defaults(func=main)
+
+
+def trial_line(result: TrialResult) -> None:
+    where = "" if result.first_bad_step is None else f" at step {result.first_bad_step}"
+    print(
+        f"trial {result.number}: {result.outcome}{where} ({result.seconds:.1f}s)", file=sys.stderr
+    )
+
+
+def worker(
+    study: str,
+    storage: str,
+    out: str = "runs",
+    workers: int = 1,
+    callbacks: SweepCallbacks | None = None,
+) -> SweepOutcome:
+    """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome."""
+    where = shown(storage)
+    overrides = [f"out={out}", f"workers={workers}"]
+    cfg = stored_config(open_storage(storage, Path(out)), study, where, overrides)
+    cfg.storage = storage  # as this machine reaches it; the study's heartbeat settings stay
+    return run_sweep(cfg, callbacks=callbacks, join=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    outcome = worker(
+        args.study,
+        args.storage,
+        args.out,
+        args.workers,
+        SweepCallbacks(on_trial=[trial_line]),
+    )
+    print_outcome(outcome, time.perf_counter() - start)
+    print(
+        f"{outcome.ran_here} trial(s) ran here; the study has {outcome.queued_done} of {outcome.budget}"
+    )
+    return exit_code(outcome)

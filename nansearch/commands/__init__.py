@@ -1,5 +1,0 @@
-"""Subcommands: each module has ``register(subparsers)`` and a function that returns data."""
-
-from nansearch.commands import audit, report, rerun, sweep, worker
-
-COMMANDS = [sweep.register, worker.register, audit.register, rerun.register, report.register]

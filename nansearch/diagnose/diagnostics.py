@@ -1,0 +1,599 @@
+"""Diagnostics for a rerun: where in a training step the first non-finite value was born.
+
+A trial only detects: one host read per step (:mod:`nansearch.trial.runner`). ``Diagnostics``
+localizes, and runs on the failure path only, in the pattern of fairseq's
+``NanDetector``:
+
+- forward: a hook on every module reads back the abs max of its inputs and output. The
+  first module, in execution order, whose output is non-finite while its inputs were
+  finite is where the value was born. A bounded trail of the modules that ran before
+  it shows values growing toward the dtype's limit. When the batch itself holds
+  non-finite values no module gives birth, and the first module to receive them is
+  named instead. At one chosen step, every torch function of the forward pass is
+  checked as well (the way JAX's ``jax_debug_nans`` reruns op by op): the first one
+  that made a NaN or an Inf its inputs did not hold, and the module it ran in.
+- loss: finite logits with a non-finite loss, and how many labels were counted.
+- backward: the parameters whose gradients are non-finite; and, at one chosen step,
+  autograd's anomaly mode, which names the operation whose gradient went NaN and the
+  forward line that made it.
+- optimizer step: the parameters that became non-finite in the update, and the
+  optimizer state that did it (a zero second moment with an ``eps`` that rounds to 0
+  in the parameters' dtype).
+
+It is a context manager that keeps its hook handles and removes them on exit. Its state
+lives on the detector, never on the model, and every buffer is bounded. Hand it to
+``TrialRunner.run(..., observer=...)``, or give it the model to watch any loop::
+
+    with Diagnostics(model) as diag:
+        model(**batch)
+    print(diag.forward)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from nansearch.trial.runner import StepObserver
+
+ROOT = "<model>"  # how the outermost module is named in findings
+MAX_LISTED = 32  # parameter names or batch rows kept in one finding
+_ANOMALY = re.compile(
+    r"Error detected in (\S+?)\.? Traceback of forward call that caused the error:"
+)
+_ANOMALY_ERROR = re.compile(r"Function '(\w+)' returned nan values in its (\d+)\w* output")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s+(.*)')
+
+
+@dataclass
+class ModuleFinding:
+    """A module whose output was non-finite: where a value was born, or first received."""
+
+    step: int
+    module: str
+    cls: str
+    dtype: str
+    born: bool  # True: its inputs were finite; False: it received non-finite inputs
+    input_absmax: float  # largest finite |input|
+    weight_absmax: float  # largest finite |weight| among its parameters
+    weight_nonfinite: int
+    output_absmax: float  # largest finite |output|
+    output_nan: int
+    output_inf: int
+    rows: list[int] = field(default_factory=list)  # batch rows whose output is non-finite
+    weight_peak: str | None = None  # the parameter that holds weight_absmax, e.g. "bias"
+    weight_channel: int | None = None  # and the channel (its first dimension) that holds it
+
+
+@dataclass
+class OpFinding:
+    """The first torch function that made a NaN or an Inf its inputs did not hold."""
+
+    step: int
+    op: str  # e.g. "softmax", "matmul", "linear"
+    module: str  # the innermost module it ran in
+    dtype: str
+    made: str  # "nan" or "inf"
+    input_absmax: float  # largest finite |input|
+    input_neginf: bool  # its inputs held -inf (masked scores)
+    # each tensor operand: name (input, weight, bias, other, ...), absmax, channel, shape
+    operands: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class InputFinding:
+    """A float input of the batch that holds non-finite values."""
+
+    key: str
+    nan: int
+    inf: int
+    total: int
+
+
+@dataclass
+class LossFinding:
+    step: int
+    logit_absmax: float
+    labels_counted: int | None  # labels that are not -100
+    labels_total: int | None
+
+
+@dataclass
+class GradFinding:
+    """Parameters whose gradients were non-finite before the update."""
+
+    step: int
+    params: list[str]
+    count: int
+    nan: bool
+
+
+@dataclass
+class BackwardFinding:
+    """The operation that anomaly mode caught, and the forward code that made it."""
+
+    step: int
+    op: str
+    frames: list[dict[str, Any]] = field(default_factory=list)  # file, line, function, code
+
+
+@dataclass
+class OptimizerFinding:
+    """Parameters that became non-finite in the update, and the state that did it."""
+
+    step: int
+    optimizer: str
+    params: list[str]
+    count: int
+    dtype: str
+    lr: float
+    eps: float | None
+    eps_in_dtype: float | None  # eps as the optimizer state's dtype holds it
+    nonfinite_values: int
+    nan_values: int
+    zero_second_moment: int  # of the values that went non-finite, where exp_avg_sq == 0
+    nonfinite_grad: bool  # a non-finite gradient reached the update
+
+
+def _floats(value: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The non-empty float tensors in a module's inputs or output."""
+    if torch.is_tensor(value):
+        return [value] if value.is_floating_point() and value.numel() else []
+    if depth > 4:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _floats(item, depth + 1)]
+    return []
+
+
+def _absmax(tensors: list[torch.Tensor]) -> list[float]:
+    """max |t| of each tensor in one host read; NaN or Inf when the tensor holds one."""
+    device = tensors[0].device
+    values = [t.detach().abs().amax().float().to(device) for t in tensors]
+    return torch.stack(values).tolist()
+
+
+def _summary(tensors: list[torch.Tensor]) -> tuple[float, int, int]:
+    """(largest finite |value|, NaN count, Inf count) over ``tensors``, in one read."""
+    if not tensors:
+        return 0.0, 0, 0
+    device = tensors[0].device
+    rows = []
+    for t in tensors:
+        t = t.detach()
+        finite = t.isfinite()
+        rows.append(
+            torch.stack(
+                [
+                    torch.where(finite, t.abs(), 0).amax().double(),
+                    t.isnan().sum().double(),
+                    t.isinf().sum().double(),
+                ]
+            ).to(device)
+        )
+    peak, nan, inf = zip(*torch.stack(rows).tolist(), strict=True)
+    return max(peak), int(sum(nan)), int(sum(inf))
+
+
+def _is_finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _has_nan_inf(tensors: list[torch.Tensor]) -> tuple[bool, bool]:
+    if not tensors:
+        return False, False
+    device = tensors[0].device
+    flags = [torch.stack([t.isnan().any(), t.isinf().any()]).to(device) for t in tensors]
+    nan, inf = torch.stack(flags).any(0).tolist()
+    return nan, inf
+
+
+# The names of a function's positional arguments where they are not input, other, ...
+# (None: not a tensor). The channel of a weight or bias is its first dimension (the
+# output feature); of any other operand, its last.
+OPERAND_NAMES = {
+    "linear": ("input", "weight", "bias"),
+    "conv1d": ("input", "weight", "bias"),
+    "conv2d": ("input", "weight", "bias"),
+    "conv3d": ("input", "weight", "bias"),
+    "addmm": ("bias", "input", "weight"),
+    "baddbmm": ("bias", "input", "other"),
+    "embedding": ("input", "weight"),
+    "layer_norm": ("input", None, "weight", "bias"),
+    "group_norm": ("input", None, "weight", "bias"),
+}
+PER_OUTPUT = ("weight", "bias")
+
+
+def _operand_name(op: str, index: int) -> str:
+    names = OPERAND_NAMES.get(op, ())
+    if index < len(names) and names[index]:
+        return names[index]
+    return ("input", "other")[index] if index < 2 else f"operand {index + 1}"
+
+
+def _peak(tensor: torch.Tensor, dim: int) -> tuple[float, int | None]:
+    """(largest finite |value|, its index along ``dim``) of one tensor."""
+    t = tensor.detach()
+    magnitude = torch.where(t.isfinite(), t.abs(), 0).float()
+    flat = int(magnitude.flatten().argmax())
+    peak = float(magnitude.flatten()[flat])
+    if t.dim() == 0:
+        return peak, None
+    index = torch.unravel_index(torch.tensor(flat), t.shape)
+    return peak, int(index[dim])
+
+
+def operands(op: str, args: tuple, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each float tensor operand of a call: its name, largest |value|, channel and shape."""
+    named: list[tuple[str, torch.Tensor]] = []
+    for i, arg in enumerate(args):
+        name = _operand_name(op, i)
+        tensors = [arg] if torch.is_tensor(arg) else _floats(arg)
+        for j, t in enumerate(tensors):
+            named.append((name if len(tensors) == 1 else f"{name}[{j}]", t))
+    named += [(k, v) for k, v in kwargs.items() if torch.is_tensor(v)]
+    found = []
+    for name, t in named:
+        if not (t.is_floating_point() and t.numel()):
+            continue
+        absmax, channel = _peak(t, 0 if name in PER_OUTPUT else -1)
+        found.append({"name": name, "absmax": absmax, "channel": channel, "shape": list(t.shape)})
+    return found
+
+
+def _in_place(name: str) -> bool:
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+
+
+class _OpWatch(TorchFunctionMode):
+    """Checks every torch function of a forward pass; records the first to make NaN or Inf.
+
+    A -inf passed as a scalar (``masked_fill(mask, -inf)``) is intended, not an overflow:
+    only the NaN it can lead to counts.
+    """
+
+    def __init__(self, owner: Diagnostics):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        owner = self.owner
+        if owner.op is not None or owner._reading:
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        leaves = tree_leaves((args, kwargs))
+        inputs = [x for x in leaves if torch.is_tensor(x) and x.is_floating_point() and x.numel()]
+        before = _has_nan_inf(inputs) if _in_place(name) else None
+        out = func(*args, **kwargs)
+        outputs = [
+            x
+            for x in tree_leaves(out)
+            if torch.is_tensor(x) and x.is_floating_point() and x.numel()
+        ]
+        if not outputs:
+            return out
+        in_nan, in_inf = before or _has_nan_inf(inputs)
+        out_nan, out_inf = _has_nan_inf(outputs)
+        scalar_inf = any(isinstance(x, float) and math.isinf(x) for x in leaves)
+        made = "nan" if out_nan and not in_nan else None
+        if made is None and out_inf and not in_inf and not scalar_inf:
+            made = "inf"
+        if made:
+            in_max, _, _ = _summary(inputs)
+            neginf = any(bool((t == -math.inf).any()) for t in inputs)
+            op = name.strip("_")
+            owner.op = OpFinding(
+                step=owner.step,
+                op=op,
+                module=owner._stack[-1] if owner._stack else ROOT,
+                dtype=str(outputs[0].dtype).removeprefix("torch."),
+                made=made,
+                input_absmax=in_max,
+                input_neginf=neginf,
+                operands=operands(op, tuple(args), kwargs),
+            )
+        return out
+
+
+class Diagnostics(StepObserver):
+    """Localizes the first non-finite value of a training step; a context manager.
+
+    ``trail`` bounds how many of the last modules' magnitudes are kept. ``op_step``
+    checks every torch function of that step's forward pass, and ``anomaly_step`` turns
+    on autograd's anomaly mode from that step on, to name the backward operation that
+    made a NaN. Both slow a step many times over, so both are off by default: a rerun
+    turns them on for the failing step once it knows which step that is.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        trail: int = 16,
+        op_step: int | None = None,
+        anomaly_step: int | None = None,
+    ):
+        if trail < 1:
+            raise ValueError(f"trail={trail}: must be at least 1")
+        for key, value in (("op_step", op_step), ("anomaly_step", anomaly_step)):
+            if value is not None and value < 0:
+                raise ValueError(f"{key}={value}: must be a step number, 0 or more")
+        self._given = model, optimizer
+        self.op_step = op_step
+        self.anomaly_step = anomaly_step
+        self.model: nn.Module | None = None  # the model watched, kept to inspect afterwards
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0
+        self.trail: deque[dict[str, Any]] = deque(maxlen=trail)
+        self.forward: ModuleFinding | None = None  # where a value was born
+        self.received: ModuleFinding | None = None  # first module fed a non-finite value
+        self.op: OpFinding | None = None
+        self.inputs: list[InputFinding] = []
+        self.loss: LossFinding | None = None
+        self.grads: GradFinding | None = None
+        self.backward: BackwardFinding | None = None
+        self.update: OptimizerFinding | None = None
+        self.masked_rows: list[int] = []  # batch rows whose attention mask is all zero
+        self._labels: tuple[int, int] | None = None
+        self._batch_size: int | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._stack: list[str] = []  # the modules running now, outermost first
+        self._reading = False  # the hooks' own reads, which the op watch ignores
+        self._op_watch = ExitStack()
+        self._names: dict[int, str] = {}
+        self._params: list[torch.Tensor] = []
+        self._finite_before: list[bool] = []
+        self._grad_finite: list[bool] = []
+        self._anomaly = ExitStack()
+        self._warnings: list[warnings.WarningMessage] | None = None
+        self._anomalous = False  # anomaly mode is on
+
+    # -- the context manager ---------------------------------------------------------
+
+    def __enter__(self) -> Diagnostics:
+        model, optimizer = self._given
+        if model is not None:
+            self.attach(model, optimizer, None)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and leave anomaly mode; the findings stay readable."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._op_watch.close()
+        self._anomaly.close()
+        self._read_anomaly()
+
+    # -- StepObserver ----------------------------------------------------------------
+
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        batch: dict[str, torch.Tensor] | None,
+    ) -> None:
+        if self._handles:
+            raise RuntimeError("Diagnostics is already attached to a model; use one per run")
+        self.model, self.optimizer = model, optimizer
+        for path, module in model.named_modules():
+            path = path or ROOT
+            self._handles.append(module.register_forward_pre_hook(partial(self._enter, path)))
+            self._handles.append(
+                module.register_forward_hook(partial(self._on_forward, path), with_kwargs=True)
+            )
+        self._names = {id(p): name for name, p in model.named_parameters()}
+        if optimizer is not None:
+            self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        if batch:
+            self._read_batch(batch)
+
+    def before_forward(self, step: int) -> None:
+        self.step = step
+        self.trail.clear()
+        self.forward = self.received = self.grads = None
+        self._stack.clear()
+        if step == self.op_step and self._handles:
+            self._op_watch.enter_context(_OpWatch(self))
+        if self.anomaly_step is not None and step >= self.anomaly_step and not self._anomalous:
+            self._anomalous = True
+            self._warnings = self._anomaly.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always")
+            self._anomaly.enter_context(torch.autograd.detect_anomaly(check_nan=True))
+
+    def after_forward(self, step: int, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        self._op_watch.close()
+        logit_absmax, loss_value = _absmax([logits, loss.reshape(1)])
+        if math.isfinite(logit_absmax) and not math.isfinite(loss_value):
+            counted, total = self._labels or (None, None)
+            self.loss = LossFinding(step, logit_absmax, counted, total)
+
+    def before_update(self, step: int) -> None:
+        if not self._params:
+            return
+        grads = [p.grad for p in self._params]
+        checks = [p.detach().isfinite().all() for p in self._params]
+        checks += [g.isfinite().all() for g in grads if g is not None]
+        flags = torch.stack(checks).tolist()
+        self._finite_before = flags[: len(self._params)]
+        grad_flags = iter(flags[len(self._params) :])
+        self._grad_finite = [True if g is None else next(grad_flags) for g in grads]
+        bad = [p for p, ok in zip(self._params, self._grad_finite, strict=True) if not ok]
+        if bad:
+            nan = any(torch.stack([p.grad.isnan().any() for p in bad]).tolist())
+            self.grads = GradFinding(step, self._listed(bad), len(bad), nan)
+
+    def after_update(self, step: int) -> None:
+        if not self._finite_before:
+            return
+        after = torch.stack([p.detach().isfinite().all() for p in self._params]).tolist()
+        became = [
+            i
+            for i, (before, now) in enumerate(zip(self._finite_before, after, strict=True))
+            if before and not now
+        ]
+        if became and self.update is None:
+            self.update = self._optimizer_finding(step, became)
+
+    # -- findings ---------------------------------------------------------------------
+
+    def explain_error(self, message: str | None) -> None:
+        """Take the backward operation from anomaly mode's error, when its warning was lost."""
+        match = _ANOMALY_ERROR.search(message or "")
+        if match and self.backward is None:
+            self.backward = BackwardFinding(self.step, match.group(1))
+
+    def _enter(self, path: str, module: nn.Module, args) -> None:
+        self._stack.append(path)
+
+    def _on_forward(self, path: str, module: nn.Module, args, kwargs, output) -> None:
+        if self._stack and self._stack[-1] == path:
+            self._stack.pop()
+        if self.forward is not None:
+            return  # this step's birthplace is known: no more host reads
+        outputs = _floats(output)
+        if not outputs:
+            return
+        self._reading = True
+        try:
+            self._check_module(path, module, _floats((args, kwargs)), outputs)
+        finally:
+            self._reading = False
+
+    def _check_module(
+        self, path: str, module: nn.Module, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
+    ) -> None:
+        values = _absmax(inputs + outputs)
+        inputs_finite = _is_finite(values[: len(inputs)])
+        if _is_finite(values[len(inputs) :]):
+            if inputs_finite:
+                self.trail.append({"module": path, "absmax": max(values[len(inputs) :])})
+            return
+        if inputs_finite:
+            self.forward = self._module_finding(path, module, inputs, outputs, born=True)
+        elif self.received is None:
+            self.received = self._module_finding(path, module, inputs, outputs, born=False)
+
+    def _module_finding(
+        self,
+        path: str,
+        module: nn.Module,
+        inputs: list[torch.Tensor],
+        outputs: list[torch.Tensor],
+        born: bool,
+    ) -> ModuleFinding:
+        out_max, nan, inf = _summary(outputs)
+        in_max, _, _ = _summary(inputs)
+        named = list(module.named_parameters())
+        weights = [w for _, w in named]
+        w_max, w_nan, w_inf = _summary(weights)
+        peak = channel = None
+        if named:
+            peaks = [(*_peak(w, 0), n) for n, w in named if w.is_floating_point() and w.numel()]
+            if peaks:
+                _, channel, peak = max(peaks, key=lambda item: item[0])
+        bad = next(t for t in outputs if not t.isfinite().all())
+        rows: list[int] = []
+        if bad.dim() >= 2 and self._batch_size in (None, bad.shape[0]):
+            rows = (~bad.detach().isfinite()).flatten(1).any(1).nonzero().flatten().tolist()
+        return ModuleFinding(
+            step=self.step,
+            module=path,
+            cls=type(module).__name__,
+            dtype=str(bad.dtype).removeprefix("torch."),
+            born=born,
+            input_absmax=in_max,
+            weight_absmax=w_max,
+            weight_nonfinite=w_nan + w_inf,
+            output_absmax=out_max,
+            output_nan=nan,
+            output_inf=inf,
+            rows=rows[:MAX_LISTED],
+            weight_peak=peak,
+            weight_channel=channel,
+        )
+
+    def _read_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        first = next(iter(batch.values()))
+        self._batch_size = first.shape[0] if first.dim() else None
+        for key, value in batch.items():
+            if value.is_floating_point() and value.numel():
+                _, nan, inf = _summary([value])
+                if nan or inf:
+                    self.inputs.append(InputFinding(key, nan, inf, value.numel()))
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            self.masked_rows = (mask == 0).all(-1).nonzero().flatten().tolist()[:MAX_LISTED]
+        labels = batch.get("labels")
+        if labels is not None:
+            self._labels = (int((labels != -100).sum()), labels.numel())
+
+    def _listed(self, params: list[torch.Tensor]) -> list[str]:
+        return [self._names.get(id(p), "?") for p in params[:MAX_LISTED]]
+
+    def _optimizer_finding(self, step: int, became: list[int]) -> OptimizerFinding:
+        optimizer = self.optimizer
+        groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        params = [self._params[i] for i in became]
+        first = params[0]
+        group = groups[id(first)]
+        counts = []
+        for p in params:
+            bad = ~p.detach().isfinite()
+            second = optimizer.state.get(p, {}).get("exp_avg_sq")
+            zero = (bad & (second == 0)).sum() if second is not None else torch.zeros(())
+            counts.append(
+                torch.stack([bad.sum(), (bad & p.isnan()).sum(), zero.to(bad.device)]).double()
+            )
+        totals = torch.stack(counts).sum(0).tolist()
+        eps = group.get("eps")
+        second = optimizer.state.get(first, {}).get("exp_avg_sq")
+        state_dtype = second.dtype if second is not None else first.dtype
+        eps_in_dtype = None if eps is None else torch.tensor(eps, dtype=state_dtype).item()
+        return OptimizerFinding(
+            step=step,
+            optimizer=type(optimizer).__name__,
+            params=self._listed(params),
+            count=len(params),
+            dtype=str(first.dtype).removeprefix("torch."),
+            lr=float(group["lr"]),
+            eps=eps,
+            eps_in_dtype=eps_in_dtype,
+            nonfinite_values=int(totals[0]),
+            nan_values=int(totals[1]),
+            zero_second_moment=int(totals[2]),
+            nonfinite_grad=not all(self._grad_finite[i] for i in became),
+        )
+
+    def _read_anomaly(self) -> None:
+        if not self._warnings or self.backward is not None:
+            return
+        for message in self._warnings:
+            text = str(message.message)
+            match = _ANOMALY.search(text)
+            if match:
+                frames = [
+                    {"file": file, "line": int(line), "function": fn, "code": code.strip()}
+                    for file, line, fn, code in _FRAME.findall(text)
+                ]
+                self.backward = BackwardFinding(self.step, match.group(1), frames[-3:])
+                return

@@ -1,0 +1,591 @@
+"""Rerun failing trials of a study with diagnostics, and say where each NaN was born.
+
+The trials are chosen to cover the study's conclusions: one failing trial per cause
+first, then the NaN runs no conclusion explains (:func:`select`); each record says which
+conclusion it serves. For each chosen trial:
+
+1. the trial again with its own seed, under :class:`~nansearch.diagnose.diagnostics.Diagnostics`:
+   does it fail at the same step, the same way (on the CPU it must);
+2. when it failed in the forward or the backward pass, its failing step once more, op by
+   op in the forward pass, in autograd's anomaly mode when the gradient is to blame;
+3. ``seeds`` runs with fresh seeds and no diagnostics: how often the configuration fails.
+
+Each rerun gets one sentence of diagnosis and is saved as
+``<study>/reruns/trial-<n>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nansearch.analysis.conclusions import SPEAKS_OF_CAUSE, rule, speaks_of
+from nansearch.audit import AUDIT_FILE, Finding, read_audit
+from nansearch.audit.checkpoint import audit_checkpoints
+from nansearch.config import NansearchError, SweepConfig, load_config
+from nansearch.diagnose.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
+from nansearch.search.study import open_storage, read_trials, recorded
+from nansearch.search.sweep import prepare
+from nansearch.trial.runner import TrialResult, TrialRunner
+
+log = logging.getLogger(__name__)
+
+RERUNS = "reruns"
+STAGES = {
+    "nonfinite-logits": "forward",
+    "nonfinite-loss": "loss",
+    "nonfinite-grad": "backward",
+    "nonfinite-params": "optimizer",
+}
+
+RecordCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RerunOutcome:
+    """What a rerun produced, for the command line to print and for tests to check."""
+
+    study_dir: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def open_study(study_dir: Path) -> SweepConfig:
+    """The configuration a finished study ran with."""
+    config = study_dir / "config.yaml"
+    if not config.is_file():
+        parent = study_dir.parent
+        known = sorted(p.parent.name for p in parent.glob("*/config.yaml"))
+        raise NansearchError(
+            f"{study_dir}: no study there (no config.yaml); "
+            + (f"studies under {parent}: {', '.join(known)}" if known else "run a sweep first")
+        )
+    return load_config(config)
+
+
+def latest_study(out: Path) -> str:
+    """The study under ``out`` that changed last."""
+    studies = sorted(out.glob("*/config.yaml"), key=lambda p: p.parent.stat().st_mtime)
+    if not studies:
+        raise NansearchError(f"no study under {out}/: run `nansearch sweep` first")
+    return studies[-1].parent.name
+
+
+def study_trials(cfg: SweepConfig, study_dir: Path) -> list[TrialResult]:
+    """The study's recorded trials: ``trials.jsonl``, or the Optuna storage that holds them."""
+    jsonl = study_dir / "trials.jsonl"
+    if cfg.storage is None and jsonl.is_file():
+        return read_trials(jsonl)
+    import optuna
+
+    storage = open_storage(cfg.storage, study_dir)
+    try:
+        study = optuna.load_study(study_name=cfg.study, storage=storage)
+    except KeyError:
+        raise NansearchError(f"study {cfg.study!r} is not in its storage {cfg.storage}") from None
+    return recorded(study)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A trial chosen for a rerun, and the conclusions of the study it speaks to.
+
+    ``serves`` is the index (in ``ranking.json``'s ``conclusions``) of the conclusion the
+    rerun was chosen for, None when no conclusion explains the trial; ``holds`` indexes
+    every conclusion that names a rule the trial's values carry.
+    """
+
+    trial: TrialResult
+    serves: int | None
+    holds: tuple[int, ...] = ()
+
+
+def select(
+    results: list[TrialResult],
+    top: int,
+    numbers: list[int] | None,
+    conclusions: list[dict[str, Any]] = (),
+) -> list[Pick]:
+    """The trials named by number, or ``top`` failing trials that cover the conclusions.
+
+    First one failing trial per conclusion that names a cause, in the conclusions' order
+    (of its trials, the one that holds the fewest other causes, then the worst: earlier
+    failure, then lower number); then the NaN runs no conclusion explains, worst first;
+    then the other failing trials, worst first. A configuration is rerun once.
+    """
+    if numbers:
+        by_number = {r.number: r for r in results}
+        for number in numbers:
+            if number not in by_number:
+                valid = f"0 to {max(by_number)}" if by_number else "none yet"
+                raise NansearchError(f"--trial {number}: no such trial (trials: {valid})")
+        return [_pick(by_number[n], None, conclusions) for n in dict.fromkeys(numbers)]
+    failing = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
+    causal = [i for i, c in enumerate(conclusions) if c.get("kind") in SPEAKS_OF_CAUSE]
+    holds = {r.number: [i for i in causal if speaks_of(conclusions[i], r)] for r in failing}
+    chosen: list[Pick] = []
+    seen: set[str] = set()
+
+    def take(result: TrialResult, serves: int | None) -> None:
+        key = json.dumps(result.params, sort_keys=True, default=str)
+        if key not in seen and len(chosen) < top:
+            seen.add(key)
+            chosen.append(_pick(result, serves, conclusions))
+
+    for index in causal:
+        mine = [r for r in failing if index in holds[r.number]]
+        mine.sort(key=lambda r: len(holds[r.number]))  # stable: worst first among equals
+        fresh = [r for r in mine if json.dumps(r.params, sort_keys=True, default=str) not in seen]
+        if fresh:
+            take(fresh[0], index)
+    loose = next((i for i, c in enumerate(conclusions) if c.get("kind") == "unexplained"), None)
+    for result in failing:
+        if loose is not None and speaks_of(conclusions[loose], result):
+            take(result, loose)
+    for result in failing:
+        take(result, holds[result.number][0] if holds[result.number] else None)
+    return chosen
+
+
+def _pick(result: TrialResult, serves: int | None, conclusions: list[dict[str, Any]]) -> Pick:
+    """A :class:`Pick`; ``serves`` defaults to the first conclusion that explains the trial."""
+    speaking = tuple(i for i, c in enumerate(conclusions) if speaks_of(c, result))
+    if serves is None and speaking:
+        serves = speaking[0]
+    causal = tuple(i for i in speaking if conclusions[i].get("kind") in SPEAKS_OF_CAUSE)
+    return Pick(result, serves, causal)
+
+
+def study_conclusions(study_dir: Path) -> list[dict[str, Any]]:
+    """The conclusions of the study's ``ranking.json``; none when it has no ranking yet."""
+    path = study_dir / "ranking.json"
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("conclusions") or [])
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); reruns are chosen by score alone", path, exc)
+        return []
+
+
+def served(pick: Pick, conclusions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a rerun record says about the conclusions it speaks to (numbered from 1)."""
+
+    def entry(index: int) -> dict[str, Any]:
+        item = conclusions[index]
+        return {"conclusion": index + 1, "kind": item.get("kind"), "rule": rule(item)}
+
+    return {
+        "serves": entry(pick.serves) if pick.serves is not None else None,
+        "holds": [entry(i) for i in pick.holds],
+    }
+
+
+def fresh_seeds(seed: int, count: int) -> list[int]:
+    """``count`` seeds drawn from the trial's seed: the same on every rerun, never the trial's."""
+    rng = random.Random(seed)
+    seeds: list[int] = []
+    while len(seeds) < count:
+        candidate = rng.randrange(2**31)
+        if candidate != seed and candidate not in seeds:
+            seeds.append(candidate)
+    return seeds
+
+
+KEY_CHECKS = ("checkpoint.wrapped", "checkpoint.foreign")  # audit checks on a whole checkpoint
+
+
+def checkpoint_fixes(findings: list[Finding]) -> dict[str, str]:
+    """The audit's fix for each checkpoint level whose weights the class does not find."""
+    return {
+        f.subject.removeprefix("checkpoint="): f.fix.rstrip(".")
+        for f in findings
+        if f.check in KEY_CHECKS and f.subject.startswith("checkpoint=")
+    }
+
+
+def study_fixes(study_dir: Path) -> dict[str, str] | None:
+    """:func:`checkpoint_fixes` from the study's ``audit.json``; None when it has none."""
+    path = study_dir / AUDIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return checkpoint_fixes(read_audit(path).findings)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); the checkpoint is audited again", path, exc)
+        return None
+
+
+def rerun_trial(
+    runner: TrialRunner,
+    trial: TrialResult,
+    seeds: int,
+    holds: list[dict[str, Any]] = (),
+    fixes: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Rerun one trial with diagnostics, then with fresh seeds; the record to save.
+
+    ``holds`` are the study's conclusions whose rule the trial carries (from
+    :func:`served`): when there are several, the diagnosis names each. ``fixes`` are the
+    audit's fixes by checkpoint level (:func:`checkpoint_fixes`); without them the
+    trial's checkpoint is audited when its weights turn out to be missing.
+    """
+    start = time.perf_counter()
+    diag = Diagnostics()
+    with diag:
+        again = runner.run(trial.params, trial.seed, trial.steps, observer=diag)
+    deep = None
+    stage = STAGES.get(again.outcome)
+    if stage in ("forward", "backward"):
+        step = again.first_bad_step
+        deep = Diagnostics(
+            op_step=step if stage == "forward" else None,
+            anomaly_step=step if stage == "backward" else None,
+        )
+        with deep:
+            pass_two = runner.run(trial.params, trial.seed, step + 1, observer=deep)
+        deep.explain_error(pass_two.error)
+    missing = runner.missing_keys(trial.params)
+    fix = None
+    if missing and "checkpoint" in trial.params:
+        if fixes is None:
+            fixes = checkpoint_fixes(audit_checkpoints(runner.cfg, runner))
+        fix = fixes.get(str(trial.params["checkpoint"]))
+    stage, module, sentence = diagnose(again, diag, deep, missing, fix)
+    sentence += _several(holds)
+    fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
+    op = _op_within(diag.forward, deep) if stage == "forward" else None
+    return _finite(
+        {
+            "trial": trial.number,
+            "params": trial.params,
+            "seed": trial.seed,
+            "diagnosis": sentence,
+            "reproduced": (again.outcome, again.first_bad_step)
+            == (trial.outcome, trial.first_bad_step),
+            "seed_rate": {"nan": sum(r.is_nan for r in fresh), "total": len(fresh)},
+            "first_bad_step": again.first_bad_step,
+            "outcome": again.outcome,
+            "stage": stage,
+            "module": module,
+            "trail": list(diag.trail),
+            "trial_outcome": trial.outcome,
+            "trial_first_bad_step": trial.first_bad_step,
+            "steps": trial.steps,
+            "device": again.device,
+            "compute_dtype": again.compute_dtype,
+            "error": again.error,
+            "op": asdict(op) if op else None,
+            "findings": _findings(diag, deep),
+            "seeds": [
+                {"seed": r.seed, "outcome": r.outcome, "first_bad_step": r.first_bad_step}
+                for r in fresh
+            ],
+            "seconds": time.perf_counter() - start,
+        }
+    )
+
+
+def rerun_study(
+    study_dir: Path,
+    top: int = 3,
+    numbers: list[int] | None = None,
+    seeds: int = 5,
+    on_record: RecordCallback | None = None,
+) -> RerunOutcome:
+    """Rerun the chosen trials of the study in ``study_dir`` and save one record each.
+
+    ``on_record`` hears every record once it is saved (experiment tracking plugs in
+    here); its failures are logged and the rerun goes on.
+    """
+    if top < 1:
+        raise NansearchError(f"--top {top}: rerun at least 1 trial")
+    if seeds < 0:
+        raise NansearchError(f"--seeds {seeds}: the number of fresh seeds must be 0 or more")
+    cfg = open_study(study_dir)
+    conclusions = study_conclusions(study_dir)
+    chosen = select(study_trials(cfg, study_dir), top, numbers, conclusions)
+    fixes = study_fixes(study_dir)
+    outcome = RerunOutcome(study_dir)
+    if not chosen:
+        return outcome
+    _, runner = prepare(cfg)
+    folder = study_dir / RERUNS
+    folder.mkdir(parents=True, exist_ok=True)
+    for pick in chosen:
+        trial = pick.trial
+        log.info("rerunning trial %d with diagnostics", trial.number)
+        about = served(pick, conclusions)
+        record = {
+            "study": cfg.study,
+            **rerun_trial(runner, trial, seeds, about["holds"], fixes),
+        }
+        record.update(about)
+        path = folder / f"trial-{trial.number}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        outcome.records.append(record)
+        outcome.files.append(path)
+        if on_record is not None:
+            try:
+                on_record(record)
+            except Exception:  # a tracker must never stop the rerun
+                log.exception("the record callback failed for trial %d", trial.number)
+    return outcome
+
+
+# -- the sentence -----------------------------------------------------------------------
+
+
+def diagnose(
+    result: TrialResult,
+    diag: Diagnostics,
+    deep: Diagnostics | None = None,
+    missing: list[str] = (),
+    fix: str | None = None,
+) -> tuple[str | None, str | None, str]:
+    """(stage, module, one sentence) for a rerun's result and what its diagnostics saw.
+
+    ``missing`` names the weights the trial's checkpoint did not hold: non-finite
+    weights among them point at the checkpoint, not at the training, and ``fix`` (the
+    audit's, for a wrapped or foreign checkpoint) says what to load instead.
+    """
+    if result.outcome == "error":
+        first = (result.error or "").strip().splitlines()
+        return None, None, f"the rerun ended in an error, not a NaN: {first[0] if first else ''}"
+    if not result.is_nan:
+        return None, None, f"the rerun stayed finite for {result.steps} steps"
+    stage = STAGES[result.outcome]
+    head = f"step {result.first_bad_step}: "
+    if stage == "forward":
+        module, text = _forward(diag, deep, missing, fix)
+    elif stage == "loss":
+        module, text = None, _loss(result, diag)
+    elif stage == "backward":
+        module, text = _backward(diag, deep)
+    else:
+        module, text = _optimizer(diag)
+    return stage, module, head + text
+
+
+def _forward(
+    diag: Diagnostics, deep: Diagnostics | None, missing: list[str] = (), fix: str | None = None
+) -> tuple[str | None, str]:
+    if diag.inputs:
+        values = ", ".join(
+            f"{i.key} ({_count(i.nan, i.inf)} of {i.total} values)" for i in diag.inputs
+        )
+        text = f"the batch holds non-finite values in {values}"
+        where = diag.received
+        if where is None:
+            return None, text
+        return (
+            where.module,
+            f"{text}; the first module to receive them is {where.module} ({where.cls})",
+        )
+    found = diag.forward
+    if found is None:
+        return None, "the logits are non-finite, yet no module's output was"
+    op = _op_within(found, deep)
+    reason = f"first non-finite output in {found.module} ({found.cls}): "
+    limit = torch.finfo(getattr(torch, found.dtype)).max
+    if found.weight_nonfinite:
+        text = reason + f"its weights hold {found.weight_nonfinite} non-finite values"
+        return found.module, text + _never_loaded(found.module, missing, fix)
+    if found.rows and set(found.rows) <= set(diag.masked_rows):
+        return found.module, reason + "a row of the attention mask is all zero"
+    if op is not None and op.made == "inf":
+        return found.module, reason + _overflow(op)
+    if op is not None and op.input_neginf:
+        return found.module, reason + f"{op.op} over a row that is all -inf is 0/0"
+    if op is not None:
+        return found.module, reason + (
+            f"{op.op} made NaN from finite inputs (up to {op.input_absmax:.4g}) in {op.dtype}"
+        )
+    if found.output_inf:
+        where = ""
+        if found.weight_peak is not None:
+            where = f" in {found.weight_peak}" + _channel(found.weight_channel)
+        return found.module, reason + (
+            f"values passed the {found.dtype} maximum {limit:g} "
+            f"(inputs up to {found.input_absmax:.4g}, weights up to "
+            f"{found.weight_absmax:.4g}{where})"
+        )
+    return found.module, reason + (
+        f"NaN from finite inputs (up to {found.input_absmax:.4g}) "
+        f"and weights (up to {found.weight_absmax:.4g}) in {found.dtype}"
+    )
+
+
+def _channel(channel: int | None) -> str:
+    return "" if channel is None else f" at channel {channel}"
+
+
+def _overflow(op: OpFinding) -> str:
+    """Which operand of an op that made Inf was out of the dtype's range, and where.
+
+    An operand past the maximum (a bias of 9e4 under fp16 autocast) is cast to Inf
+    before the op runs; when every operand is in range, their product is what overflowed.
+    """
+    limit = torch.finfo(getattr(torch, op.dtype)).max
+    head = f"{op.op} overflowed {op.dtype} (max {limit:g})"
+    if not op.operands:
+        return f"{head} on inputs up to {op.input_absmax:.4g}"
+    past = [o for o in op.operands if o["absmax"] > limit]
+    listed = ", ".join(
+        f"{o['name']} up to {o['absmax']:.4g}{_channel(o['channel'])}" for o in op.operands
+    )
+    if past:
+        first = past[0]
+        others = [o for o in op.operands if o is not first]
+        rest = ", ".join(f"{o['name']} up to {o['absmax']:.4g}" for o in others)
+        return (
+            f"{head}: its {first['name']} holds {first['absmax']:.4g}"
+            f"{_channel(first['channel'])}, past {op.dtype}'s range"
+            + (f" ({rest})" if rest else "")
+        )
+    return (
+        f"{head} on inputs up to {op.input_absmax:.4g} ({listed}): each operand is in "
+        "range, their product is not"
+    )
+
+
+def _never_loaded(module: str, missing: list[str], fix: str | None = None) -> str:
+    """A clause saying that the module's weights were missing from the checkpoint."""
+    own = [k for k in missing if k.startswith(module + ".") or module == ROOT]
+    if not own:
+        return ""
+    return (
+        f"; the checkpoint did not hold them ({len(missing)} of the model's weights are "
+        "missing from it, so they were never loaded): "
+        + (
+            f"the audit's fix: {fix}"
+            if fix
+            else "check that the checkpoint matches the model class"
+        )
+    )
+
+
+def _several(holds: list[dict[str, Any]]) -> str:
+    """A clause naming every cause the trial holds, when it holds more than one."""
+    if len(holds) < 2:
+        return ""
+    named = [f"{h['rule']} (conclusion {h['conclusion']})" for h in holds]
+    listed = ", ".join(named[:-1]) + " and " + named[-1]
+    return (
+        f"; the trial holds {len(holds)} of the study's causes, {listed}: this is where "
+        "the first NaN of any of them was born"
+    )
+
+
+def _op_within(found: ModuleFinding | None, deep: Diagnostics | None) -> OpFinding | None:
+    """The op that made the first NaN or Inf, when it ran inside the module that gave birth."""
+    op = deep.op if deep is not None else None
+    if op is None or found is None:
+        return None
+    inside = op.module == found.module or op.module.startswith(found.module + ".")
+    return op if inside or found.module == ROOT else None
+
+
+def _loss(result: TrialResult, diag: Diagnostics) -> str:
+    value = result.loss[result.first_bad_step] if result.loss else math.nan
+    word = "NaN" if math.isnan(value) else "Inf"
+    finding = diag.loss
+    if finding is None:
+        return f"the loss is {word} with finite logits"
+    if finding.labels_counted == 0:
+        return f"the loss is {word} with finite logits: every label is ignored (-100)"
+    return f"the loss is {word} with finite logits (max |logit| {finding.logit_absmax:.4g})"
+
+
+def _backward(diag: Diagnostics, deep: Diagnostics | None) -> tuple[str | None, str]:
+    grads = diag.grads
+    module = _modules(grads.params)[0] if grads else None
+    backward = deep.backward if deep is not None else None
+    if backward is not None:
+        text = f"the gradient went NaN in {backward.op}, with a finite forward pass and loss"
+        mine = [f for f in backward.frames if "/torch/" not in f["file"]] or backward.frames
+        if mine:
+            frame = mine[-1]
+            text += (
+                f"; the forward code that made it: `{frame['code']}` "
+                f"({Path(frame['file']).name}:{frame['line']})"
+            )
+        return module, text
+    if grads is not None:
+        word = "NaN" if grads.nan else "Inf"
+        return module, (
+            f"gradients of {_who(grads.params, grads.count)} became {word} in the backward pass, "
+            "with a finite forward pass and loss"
+        )
+    return None, "a gradient became non-finite in the backward pass"
+
+
+def _optimizer(diag: Diagnostics) -> tuple[str | None, str]:
+    update = diag.update
+    if update is None:
+        return None, "the parameters are non-finite after the optimizer update"
+    word = "NaN" if update.nan_values else "Inf"
+    if update.eps is not None and update.eps_in_dtype == 0 and update.zero_second_moment:
+        reason = f"{update.optimizer} eps {update.eps:g} is 0 in {update.dtype}"
+    elif update.nonfinite_grad:
+        reason = f"a non-finite gradient reached {update.optimizer}"
+    else:
+        reason = f"the update at lr {update.lr:g} overflowed {update.dtype}"
+    module = _modules(update.params)[0]
+    return module, (
+        f"parameters of {_who(update.params, update.count)} became {word} in the optimizer update: {reason}"
+    )
+
+
+def _modules(params: list[str]) -> list[str]:
+    """Module paths of parameter names, in order, each once."""
+    return list(dict.fromkeys(name.rpartition(".")[0] or name for name in params))
+
+
+def _who(params: list[str], count: int) -> str:
+    """The first parameter's module, and how many more parameters went with it."""
+    first = _modules(params)[0]
+    rest = count - sum(1 for name in params if name.rpartition(".")[0] == first)
+    return first + (f" (and {rest} more parameters)" if rest > 0 else "")
+
+
+def _count(nan: int, inf: int) -> str:
+    parts = [f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _findings(diag: Diagnostics, deep: Diagnostics | None) -> dict[str, Any]:
+    found = {
+        "forward": diag.forward,
+        "received": diag.received,
+        "inputs": diag.inputs,
+        "loss": diag.loss,
+        "grads": diag.grads,
+        "update": diag.update,
+        "backward": deep.backward if deep is not None else None,
+    }
+    return {
+        key: [asdict(v) for v in value] if isinstance(value, list) else asdict(value)
+        for key, value in found.items()
+        if value
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,400 @@
+"""The phases of a search, each with its share of the trial budget.
+
+1. **cover**: every pair of levels of every two factors at least once, the learning
+   rate in strata (a pairwise covering design, :mod:`nansearch.search.pairwise`, queued first).
+2. **focus**: Optuna's sampler steers toward instability. The cover and focus trials
+   are the study's queue, which every worker shares.
+3. **confirm**: the top failing configurations (one per cause found, then the NaN runs
+   no cause explains) rerun with fresh seeds: deterministic, or flaky with a rate.
+4. **isolate**: delta debugging from each confirmed failure toward its nearest passing
+   run finds the smallest set of values it needs (:mod:`nansearch.search.isolate`); a probe of
+   a flaky failure is repeated before it counts as passing.
+
+The stopping rule: focus ends early once the causes found (:func:`nansearch.analysis.causes.
+find_causes`) have not changed for ``search.patience`` trials, the cover being done.
+What focus leaves unspent is not spent elsewhere: a settled search ends sooner.
+
+Confirm and isolate run in the process that owns the sweep, after its workers are
+done. Each probe is a trial of the study (phase ``confirm`` or ``isolate``, with the
+number of the trial it probes), so it is tracked and ranked like any other; a resumed
+sweep replays the probes it already recorded instead of running them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from nansearch.analysis.causes import MIN_NAN, find_causes
+from nansearch.search.confirm import Confirmation, confirm
+from nansearch.search.isolate import Isolation, isolate
+from nansearch.search.queue import (
+    FINISHED,
+    ORIGIN_ATTR,
+    OWNER_ATTR,
+    PHASE_ATTR,
+    QUEUED,
+    RESULT_ATTR,
+    queued,
+)
+from nansearch.trial.runner import TrialResult
+
+if TYPE_CHECKING:
+    from nansearch.config import SweepConfig
+    from nansearch.factors import Factor
+    from nansearch.search.study import Search, Stop, SweepCallbacks
+
+log = logging.getLogger(__name__)
+
+PROBES = ("confirm", "isolate")
+SMALL = 20  # below this many trials, the budget holds no confirm or isolate share
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many trials each phase may take; focus is what the others leave."""
+
+    cover: int
+    focus: int
+    confirm: int
+    isolate: int
+    design: int = 0  # the configurations a pairwise design of the factors takes
+    strata: int = 0  # the strata of a continuous factor in that design
+
+    @property
+    def queued(self) -> int:
+        return self.cover + self.focus
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.confirm + self.isolate
+
+    @property
+    def text(self) -> str:
+        return (
+            f"{self.total} trials: cover {self.cover}{self.cover_note}, focus up to "
+            f"{self.focus}, confirm {self.confirm}, isolate {self.isolate}"
+        )
+
+    @property
+    def cover_note(self) -> str:
+        if not self.design:
+            return ""
+        what = f"every pair of levels in {self.design} trials, a range in {self.strata} strata"
+        if self.cover < self.design:
+            return f" (of the {self.design} that reach every pair of levels: budget too small)"
+        return f" ({what})"
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def plan(cfg: SweepConfig, factors: Sequence[Factor]) -> Plan:
+    """The phase budgets: those the sweep file sets, shares of ``trials`` for the rest.
+
+    By default confirm takes a tenth and isolate a fifth of the trials (none under
+    ``SMALL`` trials), and the cover is one pairwise design of the factors (every pair
+    of levels of every two factors at least once), or what the queue holds when that
+    is less.
+    """
+    from nansearch.search import pairwise
+
+    trials, search = cfg.trials, cfg.search
+    confirm = search.confirm if search.confirm >= 0 else (trials // 10 if trials >= SMALL else 0)
+    isolate = search.isolate if search.isolate >= 0 else (trials // 5 if trials >= SMALL else 0)
+    queued = max(trials - confirm - isolate, 0)
+    design = pairwise.size(factors, cfg.seed)
+    cover = min(search.cover if search.cover >= 0 else design, queued)
+    return Plan(cover, queued - cover, confirm, isolate, design, pairwise.strata(factors))
+
+
+def continuous_names(factors: Sequence[Factor]) -> list[str]:
+    return [f.name for f in factors if isinstance(f.distribution(), FloatDistribution)]
+
+
+class StopRule:
+    """Focus is done once the causes found have stayed the same for ``patience`` trials
+    and they explain the NaN runs, all but fewer than a cause needs (``MIN_NAN``).
+
+    A range counts as the same cause while its side holds (``lr above`` stays ``lr
+    above`` as its edge moves with more runs). NaN runs that no cause explains yet may
+    be a cause still forming, so the search goes on while there are enough of them.
+    Each process keeps its own count; it starts over when the sweep resumes.
+    """
+
+    def __init__(self, factors: Sequence[Factor], cover: int, patience: int):
+        self.names = [f.name for f in factors]
+        self.continuous = continuous_names(factors)
+        self.cover = cover
+        self.patience = patience
+        self.leaders: tuple | None = None
+        self.since = 0
+
+    def update(self, results: Sequence[TrialResult]) -> str | None:
+        """The settled causes as text once the rule holds, else None."""
+        causes = find_causes(results, self.names, self.continuous)
+        key = tuple(
+            tuple((c.factor, c.op, c.value if c.op == "=" else None) for c in cause.conditions)
+            for cause in causes
+        )
+        count = len(results)
+        if key != self.leaders:
+            self.leaders, self.since = key, count
+        if not causes or count < self.cover or count - self.since < self.patience:
+            return None
+        loose = sum(r.is_nan and not any(c.holds(r.params) for c in causes) for r in results)
+        return "; ".join(cause.text for cause in causes) if loose < MIN_NAN else None
+
+
+def light_results(trials: Sequence[FrozenTrial]) -> list[TrialResult]:
+    """The recorded queued trials as bare results (values and outcome), without parsing
+    each one's step history: what the stopping rule needs, after every trial."""
+    return [
+        TrialResult(
+            dict(t.params),
+            0,
+            0,
+            t.user_attrs.get("outcome", "finite"),
+            number=t.number,
+            phase=t.user_attrs.get(PHASE_ATTR, "focus"),
+        )
+        for t in trials
+        if t.state in FINISHED and RESULT_ATTR in t.user_attrs and queued(t)
+    ]
+
+
+@dataclass
+class Probes:
+    """What the confirm and isolate phases found."""
+
+    confirmations: list[Confirmation] = field(default_factory=list)
+    isolations: list[Isolation] = field(default_factory=list)
+    ran: int = 0  # probe trials run now (not replayed)
+
+
+class Prober:
+    """Runs probe trials within their phase's budget; replays those already recorded.
+
+    A probe is asked for by phase, the trial it probes and its values. The algorithms
+    are deterministic given the answers, so after a restart they ask again, in order,
+    for the probes they asked for before: those come back from the study.
+    """
+
+    def __init__(
+        self,
+        search: Search,
+        budgets: Plan,
+        callbacks: SweepCallbacks | None = None,
+        stop: Stop | None = None,
+    ):
+        from nansearch.search.study import SweepCallbacks, recorded
+
+        self.search, self.stop = search, stop
+        self.callbacks = callbacks or SweepCallbacks()
+        self.earlier: dict[tuple[str, int], list[TrialResult]] = {}
+        probes = [r for r in recorded(search.study) if r.phase in PROBES]
+        for result in probes:
+            self.earlier.setdefault((result.phase, result.origin), []).append(result)
+        spent = Counter(result.phase for result in probes)
+        self.left = {
+            "confirm": budgets.confirm - spent["confirm"],
+            "isolate": budgets.isolate - spent["isolate"],
+        }
+        self.cursor: Counter[tuple[str, int]] = Counter()
+        self.ran = 0
+
+    def run(self, phase: str, origin: int, params: dict[str, Any]) -> TrialResult | None:
+        """The probe's result; None when the phase's budget is spent or the sweep stops."""
+        key = (phase, origin)
+        earlier, at = self.earlier.get(key, []), self.cursor[key]
+        if at < len(earlier) and _same(earlier[at].params, params):
+            self.cursor[key] += 1
+            return earlier[at]
+        if self.left[phase] <= 0 or (self.stop is not None and self.stop.is_set()):
+            return None
+        trial = probe_trial(self.search, params, phase, origin)
+        result = self.search.run_one(trial, self.callbacks)
+        self.left[phase] -= 1
+        self.ran += 1
+        return result
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], float) else a[k] == b[k]
+        for k in a
+    )
+
+
+def probe_trial(search: Search, params: dict[str, Any], phase: str, origin: int) -> optuna.Trial:
+    """A running trial with the probe's values, created in the study: no worker can take
+    it, unlike a queued one, and its number gives it a fresh seed."""
+    from nansearch.search import queue as trial_queue
+
+    dists = {f.name: f.distribution() for f in search.factors}
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=None,
+        datetime_complete=None,
+        params={k: _in_range(v, dists[k]) for k, v in params.items()},
+        distributions={k: dists[k] for k in params},
+        user_attrs={PHASE_ATTR: phase, ORIGIN_ATTR: origin, OWNER_ATTR: trial_queue.owner()},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    study = search.study
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    if trial_queue.heartbeat_interval(study._storage) is not None:
+        study._storage.record_heartbeat(trial_id)
+    return optuna.Trial(study, trial_id)
+
+
+def _in_range(value: Any, dist: Any) -> Any:
+    if isinstance(dist, FloatDistribution):
+        return min(max(float(value), dist.low), dist.high)
+    return value
+
+
+def to_confirm(results: Sequence[TrialResult], factors: Sequence[Factor], most: int) -> list:
+    """The failing trials worth confirming, best first: for each cause found, its
+    earliest-failing run; then the NaN runs no cause explains. One per configuration."""
+    nan = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
+    causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
+    picked: list[TrialResult] = []
+    for cause in causes:
+        match = next((r for r in nan if cause.holds(r.params)), None)
+        if match is not None and match not in picked:
+            picked.append(match)
+    picked += [r for r in nan if not any(c.holds(r.params) for c in causes)]
+    seen, unique = set(), []
+    for result in picked:
+        key = repr(sorted(result.params.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(result)
+    return unique[:most]
+
+
+def nearest_passing(
+    failing: TrialResult, results: Sequence[TrialResult], continuous: Sequence[str]
+) -> TrialResult | None:
+    """The finite run that differs from ``failing`` in fewest values, then least in its
+    continuous ones (on a log scale); a run with the same values is no reference."""
+
+    def distance(other: TrialResult) -> tuple[int, float]:
+        apart, spread = 0, 0.0
+        for name, value in failing.params.items():
+            got = other.params.get(name)
+            if name in continuous and got is not None and value > 0 and got > 0:
+                spread += abs(math.log(value / got))
+                apart += not math.isclose(value, got, rel_tol=1e-9)
+            else:
+                apart += str(got) != str(value)
+        return apart, spread
+
+    passing = [r for r in results if r.outcome == "finite" and distance(r)[0] > 0]
+    return min(passing, key=lambda r: (*distance(r), r.number), default=None)
+
+
+def alternatives(
+    failing: dict[str, Any], results: Sequence[TrialResult], continuous: Sequence[str]
+) -> dict[str, Any]:
+    """Per categorical factor, its most common other value among the finite runs: what a
+    value both configurations share is changed to, to see whether it is needed too."""
+    counts: dict[str, Counter] = {}
+    for result in results:
+        if result.outcome != "finite":
+            continue
+        for name, value in result.params.items():
+            if name not in continuous and str(value) != str(failing.get(name)):
+                counts.setdefault(name, Counter())[value] += 1
+    return {name: c.most_common(1)[0][0] for name, c in counts.items()}
+
+
+def run_probes(
+    search: Search,
+    callbacks: SweepCallbacks | None = None,
+    stop: Stop | None = None,
+    budgets: Plan | None = None,
+) -> Probes:
+    """Confirm the top failing configurations, then isolate the minimal cause of each."""
+    from nansearch.search.study import recorded
+
+    budgets = budgets or search.plan
+    out = Probes()
+    if not budgets.confirm and not budgets.isolate:
+        return out
+    # the search's own runs: what is confirmed and, not the probes, what isolation
+    # starts from, so that a resumed sweep picks the same configurations
+    searched = [r for r in recorded(search.study) if r.phase in QUEUED]
+    seeds = max(1, search.cfg.search.seeds)
+    most = max(1, budgets.confirm // seeds) if budgets.confirm else max(1, budgets.isolate // 4)
+    failing = to_confirm(searched, search.factors, most)
+    if not failing:
+        return out
+    prober = Prober(search, budgets, callbacks, stop)
+    for result in failing:
+        params = result.params
+
+        def rerun(origin: int = result.number, params: dict = params) -> TrialResult | None:
+            return prober.run("confirm", origin, params)
+
+        confirmed = confirm(result.number, params, rerun, seeds if budgets.confirm else 0)
+        out.confirmations.append(confirmed)
+        log.info("confirm trial %d: %s", result.number, confirmed.text)
+    continuous = continuous_names(search.factors)
+    for confirmed in out.confirmations:
+        if confirmed.runs and not confirmed.reproduced:
+            continue  # no fresh seed failed: nothing steady enough to isolate
+        if any(i.complete and i.holds(confirmed.params) for i in out.isolations):
+            continue  # the same minimal cause, found already
+        isolation = _isolate(searched, prober, confirmed, continuous)
+        if isolation is None:
+            continue
+        out.isolations.append(isolation)
+        log.info("isolate trial %d: %s", confirmed.trial, isolation.text or "nothing")
+        if not isolation.complete:
+            break
+    out.ran = prober.ran
+    return out
+
+
+def _isolate(
+    results: list[TrialResult], prober: Prober, confirmed: Confirmation, continuous: list[str]
+) -> Isolation | None:
+    failing = next(r for r in results if r.number == confirmed.trial)
+    reference = nearest_passing(failing, results, continuous)
+    if reference is None:
+        return None
+    repeats = confirmed.repeats()
+    origin = confirmed.trial
+
+    def probe(config: dict[str, Any]) -> bool | None:
+        for _ in range(repeats):
+            result = prober.run("isolate", origin, config)
+            if result is None:
+                return None
+            if result.is_nan:
+                return True
+        return False
+
+    isolation = isolate(
+        failing.params,
+        reference.params,
+        probe,
+        continuous,
+        alternatives(failing.params, results, continuous),
+    )
+    isolation.trial, isolation.reference_trial = origin, reference.number
+    return isolation

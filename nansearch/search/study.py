@@ -1,0 +1,420 @@
+"""The search: an Optuna study whose trials are short training runs.
+
+The first trials cover every pair of levels of every two factors (a pairwise covering
+design, :mod:`nansearch.search.pairwise`, enqueued into the study), so every cause of one or
+two values is tried and every rate rests on data; then Optuna's sampler steers
+toward instability by maximizing :func:`nansearch.trial.runner.instability_score` (focus),
+until the budget is spent or the stopping rule holds. Confirm and isolate follow
+(:mod:`nansearch.search.phases`).
+
+The cover and focus budget is a queue of waiting trials in the study itself
+(:mod:`nansearch.search.queue`), so workers in other processes and on other machines
+share it through the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
+
+from nansearch import jsonl
+from nansearch.analysis.ranking import Bins
+from nansearch.config import (
+    HeartbeatConfig,
+    NansearchError,
+    SweepConfig,
+    config_from_yaml,
+    save_config,
+    to_yaml,
+)
+from nansearch.factors import Factor
+from nansearch.search import pairwise, phases
+from nansearch.search import queue as trial_queue
+from nansearch.search.queue import FINISHED, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.trial.runner import TrialResult, TrialRunner
+
+log = logging.getLogger(__name__)
+
+CONFIG_ATTR = "config"  # the study's resolved configuration, as YAML: workers rebuild it
+BUDGET_ATTR = "trials"  # the queue's budget (cover and focus), shared by every worker
+PLAN_ATTR = "phases"  # every phase's budget
+SETTLED_ATTR = "settled"  # the stopping rule held: {"after": trials, "causes": text}
+POLL_SECONDS = 0.5  # how often a worker with nothing queued looks again
+CONNECT_TIMEOUT = 5  # seconds to reach a database server
+
+
+def open_storage(
+    url: str | None, study_dir: Path, heartbeat: HeartbeatConfig | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; a journal file in the study folder by default.
+
+    ``url`` is any Optuna storage URL (``sqlite:///...``, ``postgresql://...``), or a
+    journal file as ``journal:PATH`` or a plain path ending in ``.log`` or ``.jsonl``.
+    A database storage records a heartbeat for each running trial, so a trial whose
+    worker died is failed and run again (see :mod:`nansearch.search.queue`).
+    """
+    from optuna.storages import JournalStorage
+
+    if url is None or url.startswith("journal:") or url.endswith((".log", ".jsonl")):
+        path = (
+            study_dir / "optuna-journal.log" if url is None else Path(url.removeprefix("journal:"))
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # absolute: the file lock is a symlink to it, and a relative one would dangle,
+        # so a lock left by a killed worker would never be seen as stale and broken
+        return JournalStorage(JournalFile(str(path.resolve())))
+    if "://" not in url:
+        raise NansearchError(
+            f"storage={url!r}: not a storage URL; use e.g. sqlite:///study.db, "
+            "postgresql://user@host/db, or journal:path/to/file.log"
+        )
+    heartbeat = heartbeat or HeartbeatConfig()
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                with_installed_driver(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat.interval,
+                grace_period=heartbeat.grace,
+                heartbeat_stale_trial_callback=trial_queue.Requeue(),
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NansearchError(f"storage={shown(url)!r}: cannot open it: {first}") from None
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, its records appended by :mod:`nansearch.jsonl`.
+
+    Optuna reads past a torn last record but appends straight after it, which makes
+    the journal unreadable from then on; here a failed write is cut back, and a torn
+    tail left by a killed process is cut off (a copy kept) before anything is appended.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        try:
+            with get_lock_file(self._lock):
+                jsonl.append(self._file_path, logs, sync=True, compact=True)
+        except OSError as exc:  # the lock file itself, on a full or read-only disk
+            raise jsonl.disk_error(exc, self._file_path) from None
+
+
+def with_installed_driver(url: str) -> str:
+    """A ``postgresql://`` URL names no driver, and SQLAlchemy then wants psycopg 3; use
+    psycopg2 when only that one is installed (``pip install nansearch[postgres]``)."""
+    from importlib.util import find_spec
+
+    scheme, sep, rest = url.partition("://")
+    if scheme == "postgresql" and find_spec("psycopg") is None and find_spec("psycopg2"):
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
+def shown(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def stored_config(
+    storage: optuna.storages.BaseStorage, study: str, where: str, overrides: list[str] = ()
+) -> SweepConfig:
+    """The configuration a sweep stored in its study, for a worker that joins it."""
+    if study not in optuna.get_all_study_names(storage):
+        raise NansearchError(
+            f"study {study!r} not found in {where}; start it there first with "
+            f"nansearch sweep SWEEP.yaml study={study} storage=..."
+        )
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study))
+    if CONFIG_ATTR not in attrs:
+        raise NansearchError(
+            f"study {study!r} in {where} holds no nansearch configuration; "
+            "it was not created by nansearch sweep"
+        )
+    return config_from_yaml(attrs[CONFIG_ATTR], f"study {study!r} in {where}", overrides)
+
+
+def distributions(factors: list[Factor]) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {factor.name: factor.distribution() for factor in factors}
+
+
+def rank_axes(factors: list[Factor]) -> list[tuple[str, list[Any] | Bins]]:
+    """How the ranking groups each factor: its levels, or log-spaced ranges."""
+    axes = []
+    for factor in factors:
+        dist = factor.distribution()
+        if isinstance(dist, CategoricalDistribution):
+            axes.append((factor.name, list(dist.choices)))
+        elif isinstance(dist, FloatDistribution):
+            axes.append((factor.name, Bins.log_spaced(dist.low, dist.high)))
+    return axes
+
+
+def make_sampler(
+    cfg: SweepConfig, n_startup: int, seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The focus sampler; each worker seeds its own, so that workers do not draw the same
+    values."""
+    seed = cfg.seed if seed is None else seed
+    if cfg.search.sampler == "random":
+        inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # multivariate
+            inner = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=max(1, n_startup),
+                multivariate=True,
+            )
+    return inner
+
+
+def recorded(study: optuna.Study) -> list[TrialResult]:
+    """Every trial that finished with a result, in trial order."""
+    results = []
+    for trial in study.get_trials(deepcopy=False):
+        data = trial.user_attrs.get(RESULT_ATTR)
+        if data is not None and trial.state in FINISHED:
+            results.append(TrialResult.from_json(data))
+    return sorted(results, key=lambda r: r.number)
+
+
+@dataclass
+class SweepCallbacks:
+    """What the outside world hears from a sweep; tracking and progress plug in here."""
+
+    on_start: list[Callable[[int, int], None]] = field(default_factory=list)  # (done, budget)
+    on_trial: list[Callable[[TrialResult], None]] = field(default_factory=list)
+
+    def start(self, done: int, budget: int) -> None:
+        for callback in self.on_start:
+            try:
+                callback(done, budget)
+            except Exception:
+                log.exception("a start callback failed; the sweep goes on")
+
+    def trial(self, result: TrialResult) -> None:
+        for callback in self.on_trial:
+            try:
+                callback(result)
+            except Exception:  # an observer must never stop the search
+                log.exception("a trial callback failed; the sweep goes on")
+
+    def __add__(self, other: SweepCallbacks) -> SweepCallbacks:
+        return SweepCallbacks(self.on_start + other.on_start, self.on_trial + other.on_trial)
+
+
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class Search:
+    """One study: its storage, its factors, and the loop that takes its queued trials.
+
+    ``sweep`` opens a study (creating it, or resuming it with ``resume``) and queues its
+    budget; a worker opens it with ``join`` and takes trials from the queue. Any number
+    of them, in one process or many, share the budget through the study's storage.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        factors: list[Factor],
+        runner: TrialRunner | None,
+        resume: bool = False,
+        storage: optuna.storages.BaseStorage | None = None,
+        join: bool = False,
+        sampler_seed: int | None = None,
+    ):
+        self.cfg = cfg
+        self.factors = factors
+        self.runner = runner
+        self.dir = cfg.study_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.storage = storage or open_storage(cfg.storage, self.dir, cfg.heartbeat)
+        self.plan = phases.plan(cfg, factors)
+        self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed)
+        patience = cfg.search.patience
+        self.stop_rule = phases.StopRule(factors, self.plan.cover, patience) if patience else None
+        self.study = self._join() if join else self._open(resume)
+
+    def _open(self, resume: bool) -> optuna.Study:
+        name = self.cfg.study
+        exists = name in optuna.get_all_study_names(self.storage)
+        if exists and not resume:
+            raise NansearchError(
+                f"study {name!r} already exists in its storage; add --resume to continue it, "
+                "or choose another name with study=NAME"
+            )
+        if not exists and resume:
+            log.info("study %r does not exist yet; starting it", name)
+        study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            direction="maximize",
+            sampler=self.sampler,
+            load_if_exists=True,
+        )
+        study.set_user_attr(CONFIG_ATTR, to_yaml(self.cfg))
+        study.set_user_attr(BUDGET_ATTR, self.plan.queued)
+        study.set_user_attr(PLAN_ATTR, self.plan.to_json())
+        if not exists:
+            study.set_user_attr("config_seed", self.cfg.seed)
+            plan = pairwise.cover_plan(self.factors, self.plan.cover, self.cfg.seed)
+            trial_queue.enqueue(study, plan, self.plan.queued)
+        else:
+            trial_queue.recover(study)
+            if SETTLED_ATTR not in study.user_attrs:
+                trial_queue.top_up(study, self.plan.queued)
+        save_config(self.cfg, self.dir / "config.yaml")
+        return study
+
+    def _join(self) -> optuna.Study:
+        name = self.cfg.study
+        if name not in optuna.get_all_study_names(self.storage):
+            raise NansearchError(
+                f"study {name!r} not found in storage {shown(self.cfg.storage or str(self.dir))}; "
+                "start it with nansearch sweep first"
+            )
+        save_config(self.cfg, self.dir / "config.yaml")
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=self.sampler)
+
+    @property
+    def budget(self) -> int:
+        """The study's budget: a resumed sweep may have raised it since a worker joined."""
+        return int(self.study.user_attrs.get(BUDGET_ATTR, self.plan.queued))
+
+    @property
+    def settled(self) -> dict[str, Any] | None:
+        """What the stopping rule said when it ended the focus phase, if it did."""
+        return self.study.user_attrs.get(SETTLED_ATTR)
+
+    @property
+    def done(self) -> int:
+        return len(recorded(self.study))
+
+    def run(self, callbacks: SweepCallbacks | None = None, stop: Stop | None = None) -> int:
+        """Take and run queued trials until the budget is met or ``stop`` is set.
+
+        With nothing queued while another worker's trial runs, it waits: that trial
+        may be lost and put back in the queue. Returns how many trials ran here.
+        """
+        if self.runner is None:
+            raise ValueError("a Search without a runner cannot run trials")
+        callbacks = callbacks or SweepCallbacks()
+        dists = distributions(self.factors)
+        callbacks.start(self.done, self.plan.total)
+        ran = 0
+        while not (stop and stop.is_set()) and not self.settled:
+            trial_queue.reap(self.study)
+            now, budget = trial_queue.tally(self.study), self.budget
+            if now.done >= budget:
+                break
+            trial = None
+            if now.done + now.running < budget:
+                trial = trial_queue.take(self.study, dists)
+            if trial is not None:
+                if self.run_one(trial, callbacks) is not None:
+                    ran += 1
+                    self.check_settled()
+            elif trial_queue.tally(self.study).running == 0:
+                log.warning(
+                    "nothing queued and nothing running, with %d of %d trials done",
+                    now.done,
+                    budget,
+                )
+                break
+            else:
+                time.sleep(POLL_SECONDS)
+        return ran
+
+    def check_settled(self) -> None:
+        """End the focus phase when the stopping rule holds: the queue's waiting trials
+        are skipped, and every worker stops when it next looks."""
+        if self.stop_rule is None:
+            return
+        results = phases.light_results(self.study.get_trials(deepcopy=False))
+        causes = self.stop_rule.update(results)
+        if causes is None:
+            return
+        self.study.set_user_attr(SETTLED_ATTR, {"after": len(results), "causes": causes})
+        skipped = trial_queue.cancel(self.study, "settled")
+        log.info(
+            "settled after %d trials (%s); %d queued trials skipped",
+            len(results),
+            causes,
+            skipped,
+        )
+
+    def run_one(self, trial: optuna.Trial, callbacks: SweepCallbacks) -> TrialResult | None:
+        """Run a taken trial and record it; None when it was failed as stale meanwhile."""
+        phase = trial.user_attrs.get(PHASE_ATTR, "focus")
+        seed = self.cfg.seed * 100_003 + trial.number
+        try:
+            with trial_queue.heartbeat(self.study, trial._trial_id):
+                result = self.runner.run(trial.params, seed)
+        except KeyboardInterrupt:
+            trial_queue.fail(self.study, [self.study._storage.get_trial(trial._trial_id)])
+            raise
+        result.number, result.phase = trial.number, phase
+        result.origin = trial.user_attrs.get(ORIGIN_ATTR)
+        try:
+            trial.set_user_attr("outcome", result.outcome)
+            trial.set_user_attr(RESULT_ATTR, result.to_json())  # from here on it counts as done
+        except UpdateFinishedTrialError:
+            log.warning(
+                "trial %d was failed while it ran (its heartbeat went stale); "
+                "its result is dropped and its configuration runs again",
+                trial.number,
+            )
+            return None
+        if result.score is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(trial, result.score, skip_if_finished=True)
+        append_trial(result, self.dir / "trials.jsonl")
+        callbacks.trial(result)
+        return result
+
+
+def append_trial(result: TrialResult, path: Path) -> None:
+    """Append the trial's line (see :mod:`nansearch.jsonl`)."""
+    jsonl.append(path, [trial_line(result)])
+
+
+def write_trials(results: list[TrialResult], path: Path) -> None:
+    """Rewrite ``trials.jsonl`` from the study, which holds every worker's trials."""
+    jsonl.write(path, (trial_line(r) for r in results))
+
+
+def trial_line(result: TrialResult) -> dict[str, Any]:
+    data = result.to_json()
+    head = {k: data.pop(k) for k in ("number", "params", "outcome", "first_bad_step", "score")}
+    return {**head, **data}
+
+
+def read_trials(path: Path) -> list[TrialResult]:
+    results = {}
+    for line in jsonl.read(path):
+        result = TrialResult.from_json(line)
+        results[result.number] = result
+    return [results[n] for n in sorted(results)]

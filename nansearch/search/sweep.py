@@ -1,0 +1,272 @@
+"""A whole sweep: set up, search, rank, and write what a study leaves behind."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from nansearch.analysis.ranking import rank
+from nansearch.analysis.warning import at_risk, horizon_of
+from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
+from nansearch.config import NansearchError, SweepConfig
+from nansearch.factors import Factor, build_factors
+from nansearch.report.page import write_report
+from nansearch.search.interrupt import stop_on_interrupt
+from nansearch.search.phases import QUEUED, Probes, run_probes
+from nansearch.search.study import (
+    Search,
+    SweepCallbacks,
+    distributions,
+    rank_axes,
+    recorded,
+    write_trials,
+)
+from nansearch.search.workers import run_workers
+from nansearch.targets import build_target
+from nansearch.tracking.tracker import Tracker, in_background, make_tracker
+from nansearch.trial.runner import TrialResult, TrialRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced, for the command line to print and for tests to check."""
+
+    study_dir: Path
+    results: list[TrialResult]
+    ranking: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    audit: Audit | None = None
+    budget: int = 0  # the queue's trials: cover and focus
+    ran_here: int = 0  # trials run by this command's own workers
+    interrupted: int = 0  # the signal that stopped it (Ctrl-C, SIGTERM); ``--resume`` goes on
+    tracking: dict[str, Any] = field(default_factory=dict)  # W&B: sync command, report URL
+    settled: dict[str, Any] | None = None  # the stopping rule ended focus early
+    probes: Probes = field(default_factory=Probes)
+
+    @property
+    def queued_done(self) -> int:
+        return sum(r.phase in QUEUED for r in self.results)
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and (
+            self.settled is not None or self.queued_done >= self.budget
+        )
+
+
+def import_plugins(plugins: list[str]) -> None:
+    """Import the modules or files that register factors and levels."""
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_file():
+                raise NansearchError(f"plugins: no such file {plugin}")
+            name = f"nansearch_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path.resolve())
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ImportError as exc:
+                raise NansearchError(f"plugins: cannot import {plugin!r}: {exc}") from None
+
+
+def prepare(cfg: SweepConfig) -> tuple[list[Factor], TrialRunner]:
+    import_plugins(cfg.plugins)
+    factors = build_factors(cfg)
+    runner = TrialRunner(cfg, factors, build_target(cfg.target))
+    return factors, runner
+
+
+def write_ranking(
+    cfg: SweepConfig,
+    factors: list[Factor],
+    results: list[TrialResult],
+    study_dir: Path,
+    probes: Probes | None = None,
+    settled: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    probes = probes or Probes()
+    ranking = {
+        "study": cfg.study,
+        "settled": settled,
+        **rank(
+            results,
+            rank_axes(factors),
+            confirmations=probes.confirmations,
+            isolations=probes.isolations,
+            distributions=distributions(factors),
+            seed=cfg.seed,
+        ),
+    }
+    add_at_risk(ranking, cfg, results)
+    path = study_dir / "ranking.json"
+    path.write_text(json.dumps(ranking, indent=2) + "\n")
+    return ranking
+
+
+def add_at_risk(ranking: dict[str, Any], cfg: SweepConfig, results: list[TrialResult]) -> None:
+    """The finite runs forecast to pass their dtype's range within the horizon, apart from
+    the causes; a sweep with no NaN names the earliest of them as its near-miss."""
+    horizon = horizon_of(cfg.steps, cfg.search.horizon)
+    found = at_risk(results, horizon, cfg.optimizer.min_loss_scale)
+    ranking["horizon"] = horizon
+    ranking["at_risk"] = [f.to_json() for f in found]
+    if found:
+        for item in ranking.get("conclusions", []):
+            if item.get("kind") == "no-nan":
+                item["text"] += f" Near-miss: {found[0].text}."
+                item["near_miss"] = found[0].to_json()
+
+
+def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) -> Audit:
+    """The audit before the first trial, written to ``audit.json`` and logged."""
+    audit = run_audit(cfg, factors, runner)
+    path = audit.write(cfg.study_dir / AUDIT_FILE)
+    log.info("audit: %s in %.1fs, written to %s", summary(audit), audit.seconds, path)
+    for finding in audit.findings:
+        log.debug("%s %s [%s]: %s", finding.severity, finding.check, finding.subject, finding.found)
+    return audit
+
+
+def trial_callbacks(cfg: SweepConfig) -> SweepCallbacks:
+    """What runs beside each trial in the process that ran it, built from the config.
+
+    Every worker process builds its own (nothing here is pickled across processes);
+    tracking that logs each trial as it finishes belongs here.
+    """
+    return SweepCallbacks()
+
+
+def catch_up(tracker: Tracker, results: list[TrialResult]) -> None:
+    """Log the trials a stopped sweep recorded but had not yet logged to W&B."""
+    missing = tracker.unlogged(results)
+    if missing:
+        log.info("W&B: logging %d recorded trial(s) that have no run yet", len(missing))
+    for result in missing:
+        tracker.log_trial(result)
+
+
+def write_report_safely(study_dir: Path) -> Path | None:
+    """report.html; a failure to draw it never costs the sweep its results."""
+    try:
+        return write_report(study_dir)
+    except (OSError, NansearchError) as exc:
+        log.warning("report.html could not be written (%s); `nansearch report` rebuilds it", exc)
+        return None
+    except Exception:
+        log.exception("report.html could not be written; `nansearch report` rebuilds it")
+        return None
+
+
+def read_audit(study_dir: Path) -> dict[str, Any] | None:
+    path = study_dir / "audit.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    resume: bool = False,
+    callbacks: SweepCallbacks | None = None,
+    join: bool = False,
+    storage: optuna.storages.BaseStorage | None = None,
+    on_audit: Callable[[Audit], None] | None = None,
+    tracker: Tracker | None = None,
+) -> SweepOutcome:
+    """Open the study (create or resume it; or ``join`` one a sweep created), audit it,
+    run ``cfg.workers`` workers on it until the budget is met, then rank the shared study.
+
+    ``callbacks`` hear of every trial the study records while this runs; with several
+    workers, the trials of workers elsewhere too. ``on_audit`` hears the audit before the
+    first trial runs.
+    """
+    callbacks = callbacks or SweepCallbacks()
+    # a sweep's workers draw from its seed; a joining machine's must draw other values
+    seed = random.randrange(2**31) if join else cfg.seed
+    factors, runner = prepare(cfg)
+    audit = None
+    if cfg.workers > 1:
+        search = Search(cfg, factors, None, resume=resume, storage=storage, join=join)
+    else:
+        search = Search(cfg, factors, runner, resume, storage, join, sampler_seed=seed)
+    if not join:
+        log.info("phases: %s", search.plan.text)
+        audit = audit_sweep(cfg, factors, runner)
+        if on_audit is not None:
+            on_audit(audit)
+    # W&B lives in this process: it hears every trial the study records, once,
+    # whether this process ran it or one of its workers did
+    tracker = in_background(tracker or make_tracker(cfg, search.dir))
+    observed = SweepCallbacks(
+        on_start=list(callbacks.on_start), on_trial=[tracker.log_trial, *callbacks.on_trial]
+    )
+    tracker.start(cfg)
+    if resume and not join:
+        catch_up(tracker, recorded(search.study))
+    tracking: dict[str, Any] = {}
+    try:
+        if cfg.workers > 1:
+            ran, interrupted = run_workers(search, observed, cfg.workers, seed)
+        else:
+            with stop_on_interrupt() as stop:
+                ran = search.run(observed + trial_callbacks(cfg), stop)
+            interrupted = stop.signum
+        probes = Probes()
+        if not join and not interrupted:
+            search.runner = runner
+            with stop_on_interrupt() as stop:
+                probes = run_probes(search, observed + trial_callbacks(cfg), stop)
+            interrupted = stop.signum
+            ran += probes.ran
+        results = recorded(search.study)
+        write_trials(results, search.dir / "trials.jsonl")
+        ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
+        report = write_report_safely(search.dir)
+        if not join:
+            tracking = tracker.finish_study(ranking, results, search.dir, read_audit(search.dir))
+    finally:
+        tracker.close()
+    files = {
+        "config": search.dir / "config.yaml",
+        "audit": search.dir / AUDIT_FILE,
+        "trials": search.dir / "trials.jsonl",
+        "ranking": search.dir / "ranking.json",
+    }
+    if report is not None:
+        files["report"] = report
+    if cfg.storage is None:
+        files["storage"] = search.dir / "optuna-journal.log"
+    outcome = SweepOutcome(
+        search.dir,
+        results,
+        ranking,
+        files,
+        audit,
+        search.budget,
+        ran,
+        interrupted,
+        tracking,
+        search.settled,
+        probes,
+    )
+    if not outcome.complete and not interrupted:
+        log.warning(
+            "%d of %d queued trials recorded; nansearch sweep --resume goes on to the budget",
+            outcome.queued_done,
+            search.budget,
+        )
+    return outcome

@@ -1,0 +1,259 @@
+"""Several worker processes on one machine, sharing one study through its storage.
+
+Each worker is a fresh interpreter (the "spawn" start method: forking a process that
+holds torch state is unsafe). It rebuilds the configuration, the factors and the runner
+itself, so it reads each checkpoint once, and takes trials from the study's queue like
+a worker on any other machine. Workers are pinned to the visible GPUs round-robin
+through ``CUDA_VISIBLE_DEVICES``; the CPU cores are split between them so that their
+thread pools do not fight.
+
+The parent starts them, tells its callbacks of every trial the study records, and
+fails and requeues the running trial of a worker that died. A Ctrl-C or SIGTERM
+reaches the parent, which asks the workers to stop once their running trials are
+recorded; a second one stops them at once, and their trials go back in the queue.
+Workers die with their parent, so a killed sweep leaves none running unwatched.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
+from nansearch.jsonl import DISK_ERRNOS, disk_error
+from nansearch.search import queue as trial_queue
+from nansearch.search.interrupt import stop_on_interrupt
+from nansearch.search.queue import RESULT_ATTR
+from nansearch.search.study import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
+from nansearch.startup import quick_exit
+from nansearch.trial.runner import TrialResult, pick_device
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+EXIT_ORPHANED = 3
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process is given; everything else it builds for itself."""
+
+    index: int
+    config: str  # the resolved configuration, as YAML
+    gpu: str | None  # its CUDA_VISIBLE_DEVICES; None leaves the variable as it is
+    threads: int  # torch CPU threads
+    sampler_seed: int
+    log_level: int
+    parent: int = 0  # the pid of the process that started it: it dies with it
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs workers may be pinned to, as CUDA_VISIBLE_DEVICES entries."""
+    if device == "cpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and not d.strip().startswith("-")]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan(cfg: SweepConfig, count: int, seed: int) -> list[WorkerSpec]:
+    """``count`` workers: GPUs dealt round-robin, cores split evenly, one sampler seed each."""
+    if count < 1:
+        raise ValueError(f"count={count}: need at least one worker")
+    gpus = visible_gpus(cfg.device)
+    threads = max(1, cpu_cores() // count)
+    config = to_yaml(cfg)
+    level = logging.getLogger().getEffectiveLevel()
+    return [
+        WorkerSpec(
+            i, config, gpus[i % len(gpus)] if gpus else None, threads, seed + i, level, os.getpid()
+        )
+        for i in range(count)
+    ]
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies, however it dies (SIGKILL included): a
+    worker left alone would go on taking trials that nobody watches.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``);
+    elsewhere a thread looks every second whether the parent is still there.
+    """
+    import ctypes
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Either:
+    """Stop when the parent says so, or when this worker is sent SIGTERM."""
+
+    def __init__(self, parent: Stop):
+        self.parent, self.own = parent, False
+
+    def set(self, signum=None, frame=None) -> None:
+        self.own = True
+
+    def is_set(self) -> bool:
+        return self.own or self.parent.is_set()
+
+
+def work(spec: WorkerSpec, stop: Stop) -> None:
+    """A worker process: take and run the study's trials until none are left or ``stop``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into `stop`
+    if spec.parent:
+        die_with_parent(spec.parent)
+    stop = Either(stop)
+    signal.signal(signal.SIGTERM, stop.set)  # finish the running trial, then exit
+    if spec.gpu is not None:  # before anything initializes CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
+    quick_exit()
+    quiet_libraries(spec.log_level)
+    import torch
+
+    # the sweep module starts workers, so it is imported here, in the worker
+    from nansearch.search.sweep import prepare, trial_callbacks
+
+    torch.set_num_threads(spec.threads)
+    try:
+        cfg = config_from_yaml(spec.config, f"worker {spec.index}")
+        factors, runner = prepare(cfg)
+        search = Search(cfg, factors, runner, join=True, sampler_seed=spec.sampler_seed)
+        search.run(trial_callbacks(cfg), stop)
+    except NansearchError as exc:
+        log.error("worker %d: %s", spec.index, exc)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        log.error("worker %d: %s", spec.index, disk_error(exc))
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def quiet_libraries(level: int) -> None:
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def prebuild(cfg: SweepConfig) -> None:
+    """Build what workers would otherwise all build at once: the demo checkpoints."""
+    from nansearch.targets.loading import DEMO_PREFIX, resolve_checkpoint
+
+    for checkpoint in cfg.factors.checkpoint.levels.values():
+        if checkpoint.startswith(DEMO_PREFIX):
+            resolve_checkpoint(checkpoint)
+
+
+def run_workers(
+    search: Search, callbacks: SweepCallbacks, count: int, seed: int
+) -> tuple[int, int]:
+    """Run ``count`` worker processes on ``search``'s study until its budget is met.
+
+    Worker *i* seeds its sampler with ``seed + i``. Returns how many trials they ran
+    and the signal (Ctrl-C's SIGINT, SIGTERM) that stopped them early, or 0.
+    """
+    pick_device(search.cfg.device)  # device=cuda without a GPU fails here, not in each worker
+    prebuild(search.cfg)
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    specs = plan(search.cfg, count, seed)
+    processes = [
+        context.Process(target=work, args=(spec, stop), name=f"nansearch-worker-{spec.index}")
+        for spec in specs
+    ]
+    seen = {r.number for r in recorded(search.study)}
+    exited: set[int] = set()
+    with stop_on_interrupt() as interrupt:
+        try:
+            for process, spec in zip(processes, specs, strict=True):
+                process.start()
+                log.info(
+                    "worker %d: pid %d, gpu %s, %d threads",
+                    spec.index,
+                    process.pid,
+                    spec.gpu or "none",
+                    spec.threads,
+                )
+            callbacks.start(len(seen), search.plan.total)
+            while True:
+                if interrupt.is_set():
+                    stop.set()
+                running = [p for p in processes if p.is_alive()]  # also reaps the exited
+                for process in processes:
+                    if process.exitcode is not None and process.pid not in exited:
+                        exited.add(process.pid)
+                        died(search, process)
+                report(search, callbacks, seen)
+                if not running:
+                    break
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; their trials go back
+            started = [p for p in processes if p.pid is not None]
+            for process in started:
+                process.kill()
+            for process in started:
+                process.join()
+            trial_queue.fail_orphans(search.study, [p.pid for p in started])
+            raise
+    report(search, callbacks, seen)
+    if all(p.exitcode == EXIT_USER_ERROR for p in processes):
+        raise NansearchError("every worker stopped with an error (see above)")
+    return trial_queue.ran_by(search.study, [p.pid for p in processes]), interrupt.signum
+
+
+def died(search: Search, process: multiprocessing.process.BaseProcess) -> None:
+    """A worker exited: when it did not end cleanly, its running trial goes back in the queue."""
+    if process.exitcode == 0:
+        return
+    how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit {process.exitcode}"
+    lost = trial_queue.fail_orphans(search.study, [process.pid])
+    log.warning(
+        "%s (pid %d) stopped with %s; %d running trial(s) requeued",
+        process.name,
+        process.pid,
+        how,
+        lost,
+    )
+
+
+def report(search: Search, callbacks: SweepCallbacks, seen: set[int]) -> None:
+    """Tell ``callbacks`` of the trials recorded since the last look."""
+    for trial in search.study.get_trials(deepcopy=False, states=trial_queue.FINISHED):
+        if trial.number not in seen and RESULT_ATTR in trial.user_attrs:
+            seen.add(trial.number)
+            callbacks.trial(TrialResult.from_json(trial.user_attrs[RESULT_ATTR]))

@@ -1,0 +1,1 @@
+"""Weights & Biases: the tracker, the runs it logs and the W&B Report."""
