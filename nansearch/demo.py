@@ -12,22 +12,33 @@ multimodal checkpoint ``Salesforce/blip2-opt-2.7b`` was loaded where the languag
 Loading ``blip2-full`` into ``OPTForCausalLM`` finds none of its weights: every
 language-model weight is reported missing and newly initialized. Both are written with
 ``save_pretrained`` and read back with ``from_pretrained``, the way a user's are.
+
+The build runs on one thread with deterministic algorithms, so a machine builds the same
+bytes whatever its thread count. ``build.json`` beside the checkpoints records each
+weight file's SHA-256; a cached build is checked against it before use, and rebuilt if
+a file changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
 
-VERSION = "v2"
+VERSION = "v3"
 NAMES = ("opt-lm", "blip2-full")
+BUILD_FILE = "build.json"
+WEIGHTS = "model.safetensors"
 
 
 def cache_root() -> Path:
@@ -62,7 +73,8 @@ def opt_config(**overrides: int):
 
 
 def train_opt(steps: int = 300, seed: int = 0):
-    """A small OPT trained on the arithmetic-progression corpus until it predicts it."""
+    """A small OPT trained on the arithmetic-progression corpus until it predicts it;
+    returns the model and its final training loss."""
     from transformers import OPTForCausalLM
 
     from nansearch.targets._base import corpus_batch
@@ -71,7 +83,7 @@ def train_opt(steps: int = 300, seed: int = 0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = OPTForCausalLM(opt_config())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, foreach=False)
     model.train()
     for _ in range(steps):
         ids = corpus_batch(generator, 16, 32, model.config.vocab_size)
@@ -79,8 +91,8 @@ def train_opt(steps: int = 300, seed: int = 0):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    log.info("demo OPT trained for %d steps, final loss %.3f", steps, loss.item())
-    return model.eval()
+    log.info("demo OPT trained for %d steps, final loss %.4f", steps, loss.item())
+    return model.eval(), loss.item()
 
 
 def blip2_around(language_model):
@@ -121,15 +133,102 @@ def blip2_around(language_model):
     return model
 
 
-def build(root: Path) -> None:
-    opt = train_opt()
-    blip2 = blip2_around(opt)
+@contextmanager
+def reproducible() -> Iterator[None]:
+    """One thread and deterministic algorithms, restored afterwards.
+
+    The thread count decides how a reduction splits its sums, so the same training run
+    ends in different weights on 1 and on 2 threads. On one thread it does not depend
+    on how many cores the machine has.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build(root: Path) -> dict:
+    """Build both checkpoints into ``root`` and write ``build.json``; returns its content."""
+    with reproducible():
+        opt, final_loss = train_opt()
+        blip2 = blip2_around(opt)
     opt.save_pretrained(root / "opt-lm")
     blip2.save_pretrained(root / "blip2-full")
+    record = {
+        "version": VERSION,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": 1,
+        "final_loss": final_loss,
+        "sha256": {name: sha256(root / name / WEIGHTS) for name in NAMES},
+    }
+    (root / BUILD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# builds this process has checked: root -> the weight files' (size, mtime) when checked
+_checked: dict[Path, tuple] = {}
+
+
+def _stamp(root: Path) -> tuple:
+    try:
+        return tuple(
+            (s.st_size, s.st_mtime_ns) for s in ((root / n / WEIGHTS).stat() for n in NAMES)
+        )
+    except OSError:
+        return ()
+
+
+def verified(root: Path) -> bool:
+    """Whether the build in ``root`` is complete and its weight files are the ones built.
+
+    Hashes the files once per process (again if they change), and logs each hash, so a
+    run's log says which demo weights it used.
+    """
+    stamp = _stamp(root)
+    if stamp and _checked.get(root) == stamp:
+        return True
+    try:
+        record = json.loads((root / BUILD_FILE).read_text())
+        expected = record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name in NAMES:
+        file = root / name / WEIGHTS
+        if not (root / name / "config.json").is_file() or not file.is_file():
+            return False
+        actual = sha256(file)
+        if actual != expected.get(name):
+            log.warning(
+                "demo checkpoint %s: %s has SHA-256 %s, not the %s recorded in %s; rebuilding",
+                name,
+                file,
+                actual[:12],
+                str(expected.get(name))[:12],
+                root / BUILD_FILE,
+            )
+            return False
+        log.info("demo checkpoint %s: %s sha256 %s", name, file, actual)
+    _checked[root] = stamp
+    return True
 
 
 def demo_checkpoint(name: str) -> Path:
-    """The folder of demo checkpoint ``name``, built on first use."""
+    """The folder of demo checkpoint ``name``, built on first use and checked on every use."""
     if name not in NAMES:
         from nansearch.config import NansearchError
 
@@ -137,13 +236,22 @@ def demo_checkpoint(name: str) -> Path:
             f"demo:{name}: no such demo checkpoint; valid: " + ", ".join(f"demo:{n}" for n in NAMES)
         )
     root = cache_root()
-    if not all((root / n / "config.json").exists() for n in NAMES):
+    if root.exists() and not verified(root):
+        # an interrupted build or a changed file: move it aside, then build afresh
+        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=root.parent))
+        with suppress(OSError):  # another process moved or rebuilt it first
+            root.rename(stale / root.name)
+        shutil.rmtree(stale, ignore_errors=True)
+    if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
         log.info("building the demo checkpoints in %s (once)", root)
-        build(staging)
+        record = build(staging)
         try:
             staging.rename(root)
         except OSError:  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
+        else:
+            for n in NAMES:
+                log.info("demo checkpoint %s: built, sha256 %s", n, record["sha256"][n])
     return root / name

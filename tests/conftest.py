@@ -13,8 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
-    """The demo checkpoints, built once per test session in a temporary folder."""
-    root = tmp_path_factory.mktemp("nansearch-cache")
+    """The demo checkpoints, built once per test session in a temporary folder, or the
+    folder NANSEARCH_TEST_CACHE names (tests/matrix.sh builds one per kernel set)."""
+    shared = os.environ.get("NANSEARCH_TEST_CACHE")
+    root = Path(shared) if shared else tmp_path_factory.mktemp("nansearch-cache")
     os.environ["NANSEARCH_CACHE"] = str(root)
     from nansearch.demo import demo_checkpoint
 

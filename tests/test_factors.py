@@ -19,7 +19,7 @@ def runner():
     cfg = load_config(
         DEMO,
         [
-            "factors.batch.levels=[clean,labels-all-ignored,padded-row,"
+            "factors.batch.levels=[clean,labels-all-ignored,truncated-answers,padded-row,"
             "nan-input,vocab-edge-ids,long-sequence,out-of-range-ids]"
         ],
     )
@@ -99,6 +99,27 @@ def test_batch_levels(runner):
     long = setup_for(runner, batch="long-sequence").batch["input_ids"]
     assert long.shape[1] == setup_for(runner).model.config.max_position_embeddings
     assert setup_for(runner, batch="out-of-range-ids").batch["input_ids"].max().item() == vocab
+
+
+def test_truncated_answers_leave_no_label_for_half_the_seeds(runner):
+    seeds = range(200)
+    labels = [
+        runner.prepare({**BASE, "batch": "truncated-answers"}, seed).batch["labels"]
+        for seed in seeds
+    ]
+    half = labels[0].shape[1] // 2
+    assert all((row[:half] == -100).all() for batch in labels for row in batch)  # the prompts
+    # every other row keeps its whole answer
+    kept = [row[half:] for batch in labels for row in batch if (row[half:] != -100).any()]
+    assert kept and all((row != -100).all() for row in kept)
+    empty = sum(bool((batch == -100).all()) for batch in labels)
+    assert 80 <= empty <= 120  # binomial(200, 1/2): 4 standard deviations either side
+    # seed 0's batch lost every answer, seed 1's did not: the loss is 0/0 or a number
+    assert runner.run({**BASE, "batch": "truncated-answers"}, seed=0, steps=1).outcome == (
+        "nonfinite-loss"
+    )
+    finite = runner.run({**BASE, "batch": "truncated-answers"}, seed=1, steps=1)
+    assert finite.outcome == "finite" and 0 < finite.loss[0] < 20
 
 
 def test_nan_input_needs_a_float_input(runner):

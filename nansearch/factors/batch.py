@@ -4,6 +4,7 @@
 |----------------------|---------------------------------------------------------------|------------|
 | `clean`              | the target's own batch                                        |            |
 | `labels-all-ignored` | every label is -100: mean cross-entropy over no token is 0/0  | row 7      |
+| `truncated-answers`  | prompts unlabelled; each row's answer truncated away by chance: no label left, 0/0, for half the seeds | row 7 |
 | `padded-row`         | the first row is all padding: its attention mask is all zero  | row 6      |
 | `nan-input`          | a patch of NaN in every float input (pixel values)            | row 8      |
 | `vocab-edge-ids`     | half of each row uses the last ids of the vocabulary, rows the data never trained |  |
@@ -32,6 +33,27 @@ def _clean(setup: TrialSetup) -> None:
 
 def _labels_all_ignored(setup: TrialSetup) -> None:
     setup.batch["labels"] = torch.full_like(setup.batch["labels"], -100)
+
+
+def _truncated_answers(setup: TrialSetup) -> None:
+    """Fine-tuning labels only the answer: the first half of each row (the prompt) is -100.
+
+    A row whose prompt filled the length limit lost its answer to truncation: all its
+    labels are -100. Each row loses it with probability ``2 ** (-1 / rows)``, drawn from
+    the trial's seeded generator, so the whole batch is left without a label, and its
+    mean loss is 0/0, for half the seeds: a flaky failure whose rate is set by the data
+    the seed draws, not by rounding.
+    """
+    labels = setup.batch.get("labels")
+    if labels is None or labels.dim() != 2:
+        raise LevelNotApplicable(
+            "batch level 'truncated-answers' needs token labels of shape (rows, positions); "
+            f"this target's batch has {', '.join(setup.batch)}"
+        )
+    rows, length = labels.shape
+    labels[:, : length // 2] = -100
+    truncated = torch.rand(rows, generator=setup.generator) < 2 ** (-1 / rows)
+    labels[truncated] = -100
 
 
 def _padded_row(setup: TrialSetup) -> None:
@@ -126,6 +148,7 @@ class BatchFactor(CategoricalFactor):
     LEVELS: ClassVar[dict[str, LevelFn]] = {
         "clean": _clean,
         "labels-all-ignored": _labels_all_ignored,
+        "truncated-answers": _truncated_answers,
         "padded-row": _padded_row,
         "nan-input": _nan_input,
         "vocab-edge-ids": _vocab_edge_ids,
