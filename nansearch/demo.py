@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from nansearch.corpus import corpus_batch
+
 log = logging.getLogger(__name__)
 
 VERSION = "v3"
@@ -76,8 +78,6 @@ def train_opt(steps: int = 300, seed: int = 0):
     """A small OPT trained on the arithmetic-progression corpus until it predicts it;
     returns the model and its final training loss."""
     from transformers import OPTForCausalLM
-
-    from nansearch.targets._base import corpus_batch
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():

@@ -132,21 +132,5 @@ class CheckpointCache:
         )
 
 
-def corpus_batch(
-    generator: torch.Generator, batch_size: int, seq_len: int, vocab: int, offset: int = 4
-) -> torch.Tensor:
-    """Token ids from a small learnable corpus: arithmetic progressions over 256 ids.
-
-    Ids start at ``offset`` (below it sit the special tokens) and stay under
-    ``offset + 256``, so a larger vocabulary keeps rows that the corpus never trains,
-    as real checkpoints do.
-    """
-    span = max(2, min(256, vocab - offset))
-    start = torch.randint(0, span, (batch_size, 1), generator=generator)
-    stride = torch.randint(1, 8, (batch_size, 1), generator=generator)
-    position = torch.arange(seq_len).unsqueeze(0)
-    return offset + (start + stride * position) % span
-
-
 def options_get(options: dict[str, Any], key: str, default: Any) -> Any:
     return options.get(key, default) if options else default

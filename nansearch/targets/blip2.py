@@ -7,7 +7,8 @@ from torch import nn
 from transformers import Blip2ForConditionalGeneration
 
 from nansearch.config import TargetConfig
-from nansearch.targets._base import Loaded, Target, corpus_batch
+from nansearch.corpus import corpus_batch
+from nansearch.targets._base import Loaded, Target
 from nansearch.targets.loading import from_pretrained
 
 

@@ -7,7 +7,8 @@ import transformers
 from torch import nn
 
 from nansearch.config import NansearchError, TargetConfig
-from nansearch.targets._base import Loaded, Target, corpus_batch
+from nansearch.corpus import corpus_batch
+from nansearch.targets._base import Loaded, Target
 from nansearch.targets.loading import from_pretrained
 
 
