@@ -3,10 +3,9 @@ at risk of a later NaN."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
-from nansearch.report.sections import Section, fmt, section, table
+from nansearch.report.sections import Section, fmt
 
 
 def at_risk_section(ranking: dict[str, Any]) -> Section | None:
@@ -14,17 +13,16 @@ def at_risk_section(ranking: dict[str, Any]) -> Section | None:
     items = ranking.get("at_risk") or []
     if not items:
         return None
-    head = ["trial", "values", "signal", "trend", "last", "limit", "predicted step"]
     rows = [
-        [
-            escape(str(item.get("trial"))),
-            escape(fmt(item.get("params") or {})),
-            escape(str(item.get("signal"))),
-            escape(f"{item.get('trend')}, {item.get('rate')}"),
-            fmt(item.get("last")),
-            fmt(item.get("limit")),
-            str(item.get("predicted_step")),
-        ]
+        {
+            "trial": item.get("trial"),
+            "values": fmt(item.get("params") or {}),
+            "signal": str(item.get("signal")),
+            "trend": f"{item.get('trend')}, {item.get('rate')}",
+            "last": fmt(item.get("last")),
+            "limit": fmt(item.get("limit")),
+            "step": str(item.get("predicted_step")),
+        }
         for item in items
     ]
     note = (
@@ -32,21 +30,21 @@ def at_risk_section(ranking: dict[str, Any]) -> Section | None:
         f"their trail held, would pass their dtype's range within {ranking.get('horizon')} "
         "steps. A forecast, not a NaN: they count toward no cause."
     )
-    return section("at-risk", "At risk", table(head, rows, "at-risk"), note)
+    return Section("at-risk", "At risk", "at_risk", rows, note)
 
 
-def fixes_html(ranking: dict[str, Any], index: int) -> str:
-    """The fixes of conclusion ``index``, as a list to put under it."""
-    fixes = [f for f in ranking.get("fixes") or [] if f.get("conclusion") == index]
-    if not fixes:
-        return ""
-    items = "".join(
-        f'<li class="fix {"verified" if fix.get("verified") else "insufficient"}">'
-        f"<b>{escape(str(fix.get('verdict')))}</b>: "
-        f"<code>{escape(' '.join(fix.get('overrides') or []))}</code> "
-        f"({'the audit' if fix.get('source') == 'audit' else 'smallest change'}; "
-        f"{fix.get('steps')} steps, seeds {escape(fmt(fix.get('seeds') or []))}): "
-        f"{escape(str(fix.get('why', '')))}</li>"
-        for fix in fixes
-    )
-    return f'<ul class="fixes">{items}</ul>'
+def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """The fixes of conclusion ``index``, as its template lists them under it."""
+    return [
+        {
+            "verified": bool(fix.get("verified")),
+            "verdict": str(fix.get("verdict")),
+            "overrides": " ".join(fix.get("overrides") or []),
+            "source": "the audit" if fix.get("source") == "audit" else "smallest change",
+            "steps": fix.get("steps"),
+            "seeds": fmt(fix.get("seeds") or []),
+            "why": str(fix.get("why", "")),
+        }
+        for fix in ranking.get("fixes") or []
+        if fix.get("conclusion") == index
+    ]

@@ -9,6 +9,8 @@ from html import escape
 PALETTE = ("#c0392b", "#2471a3", "#d68910", "#1e8449", "#7d3c98", "#17a589", "#566573", "#ba4a00")
 NAN_RED = "#c0392b"
 FONT = 'font-family="system-ui,sans-serif" font-size="12"'
+CHAR_WIDTH = 7  # px per character of a 12 px label, generous for sans-serif
+MAX_LABEL = 60
 
 
 def _svg(width: float, height: float, body: list[str], label: str) -> str:
@@ -25,6 +27,10 @@ def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "")
 
 def _clip(label: str, size: int = 24) -> str:
     return label if len(label) <= size else label[: size - 1] + "…"
+
+
+def _clip_start(label: str, size: int) -> str:
+    return label if len(label) <= size else "…" + label[-(size - 1) :]
 
 
 def rate_color(rate: float | None) -> str:
@@ -73,8 +79,13 @@ def rate_bars(rows: Sequence[dict], title: str) -> str:
 
 
 def value_bars(rows: Sequence[tuple[str, float]], title: str, log: bool = False) -> str:
-    """Horizontal bars for named values (importances; magnitudes on a log scale)."""
-    left, width, row_h, top = 220, 300, 22, 24
+    """Horizontal bars for named values (importances; magnitudes on a log scale).
+
+    The label column is as wide as the longest label (module paths run long), up to
+    ``MAX_LABEL`` characters, past which a label keeps its end: ``…layers.0.fc2``.
+    """
+    longest = max((len(label) for label, _ in rows), default=0)
+    left, width, row_h, top = 16 + CHAR_WIDTH * min(max(longest, 12), MAX_LABEL), 300, 22, 24
     values = [v for _, v in rows if v is not None and math.isfinite(v)]
     scale = [math.log10(max(v, 1e-30)) for v in values] if log else values
     low = min(min(scale, default=0.0), 0.0) if not log else min(scale, default=0.0) - 1
@@ -84,7 +95,7 @@ def value_bars(rows: Sequence[tuple[str, float]], title: str, log: bool = False)
     for i, (label, value) in enumerate(rows):
         y = top + i * row_h
         body.append(f"<g><title>{escape(label)}</title>")
-        body.append(_text(left - 8, y + 14, _clip(label, 32), "end"))
+        body.append(_text(left - 8, y + 14, _clip_start(label, MAX_LABEL), "end"))
         body.append("</g>")
         if value is None or not math.isfinite(value):
             body.append(_text(left + 4, y + 14, str(value), extra=f'fill="{NAN_RED}"'))

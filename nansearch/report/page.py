@@ -2,18 +2,21 @@
 
 Built from what the study folder holds: ``ranking.json`` (and, when present, its
 ``conclusions``, ``importance``, ``interactions`` and ``minimal_causes``),
-``trials.jsonl``, ``audit.json``, ``reruns/*.json`` and ``config.yaml``. Charts are
-inline SVG; there is no script. Every string that came from the user (level names,
-checkpoint paths, errors, findings) is escaped.
+``trials.jsonl``, ``audit.json``, ``reruns/*.json`` and ``config.yaml``, through the
+Jinja2 templates in ``templates/`` with autoescape on: every string that came
+from the user (level names, checkpoint paths, errors, findings) is escaped by the
+template, never by hand. Charts are inline SVG; there is no script.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from html import escape
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from nansearch import jsonl
 from nansearch.config import NansearchError
@@ -24,15 +27,16 @@ from nansearch.report.sections import (
     conclusions_section,
     config_section,
     curves_section,
-    dict_table,
     first_bad_step_section,
     importance_section,
+    interactions_section,
+    minimal_causes_section,
     number,
     pairs_section,
     ranking_section,
     rates_section,
     reruns_section,
-    section,
+    trial_links,
     trials_section,
 )
 
@@ -100,84 +104,50 @@ def write_report(study_dir: Path) -> Path:
 
 # -- the page ---------------------------------------------------------------------------
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:16px 24px;color:#222}
-h1{margin:.2em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-nav a{margin-right:1em}.note{color:#555;font-size:.92em}
-table{border-collapse:collapse;font-size:.92em;margin:.5em 0}
-th,td{border-bottom:1px solid #e5e5e5;padding:3px 10px;text-align:left;vertical-align:top}
-th{background:#f6f6f6}.grid{display:flex;flex-wrap:wrap;gap:8px 24px}
-figure{margin:6px 0}.conclusions li{font-size:1.08em;margin:.3em 0}
-.summary span{display:inline-block;margin-right:1.2em}.nan{color:#c0392b;font-weight:600}
-.badge{border-radius:3px;padding:1px 6px;color:#fff;font-size:.85em}
-.badge.error{background:#c0392b}.badge.warning{background:#d68910}.badge.info{background:#2471a3}
-.rerun{border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:10px 0}
-.rerun h3{margin:.2em 0}.params{color:#555;font-family:monospace}
-.diagnosis{font-size:1.08em;font-weight:600}
-dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:.4em 0}
-dt{color:#666}dd{margin:0}
-.legend{list-style:none;padding:0;font-size:.9em}.legend li{margin:2px 0}
-.swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle}
-pre{background:#f6f6f6;padding:8px;overflow:auto}
-.fixes{font-size:.88em;margin:.2em 0 .6em}.fix.verified b{color:#1e8449}
-.fix.insufficient b{color:#c0392b}
-"""
 
-
-def phases_note(ranking: dict[str, Any]) -> str:
-    """Trials per phase, and where the stopping rule ended the search."""
-    phases = ", ".join(f"{escape(str(k))} {v}" for k, v in (ranking.get("phases") or {}).items())
-    settled = ranking.get("settled")
-    if settled:
-        phases += (
-            f"; settled after {settled['after']} cover and focus trials "
-            f"({escape(str(settled['causes']))})"
-        )
-    return f'<p class="note">trials per phase: {phases}</p>' if phases else ""
+@cache
+def environment() -> jinja2.Environment:
+    """The templates, autoescaped; an undefined name is an error, not an empty string."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("nansearch.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["trial_links"] = trial_links
+    return env
 
 
 def render(study: StudyFiles) -> str:
     ranking, trials = study.ranking, study.trials
-    outcomes = ", ".join(
-        f"{escape(str(k))}: {v}" for k, v in (ranking.get("outcomes") or {}).items()
-    )
-    header = (
-        f"<h1>nansearch report: {escape(study.name)}</h1>"
-        f'<p class="summary"><span><b>{ranking.get("trials", len(trials))}</b> trials</span>'
-        f'<span class="nan">{ranking.get("nan", 0)} NaN</span>'
-        f"<span>{ranking.get('finite', 0)} finite</span>"
-        f"<span>{ranking.get('errors', 0)} errors</span></p>"
-        f'<p class="note">{outcomes}</p>'
-        f"{phases_note(ranking)}"
-    )
+    conclusions = conclusions_section(ranking, study.reruns)
     sections = [
-        conclusions_section(ranking),
+        conclusions,
         at_risk_section(ranking),
         ranking_section(ranking),
         rates_section(ranking),
         importance_section(ranking),
-        section("interactions", "Interactions", dict_table(ranking["interactions"]))
-        if ranking.get("interactions")
-        else None,
-        section("minimal-causes", "Minimal causes", dict_table(ranking["minimal_causes"]))
-        if ranking.get("minimal_causes")
-        else None,
+        interactions_section(ranking),
+        minimal_causes_section(ranking),
         pairs_section(ranking, trials),
         first_bad_step_section(ranking, trials),
         curves_section(trials),
         audit_section(study.audit),
-        reruns_section(study.reruns),
+        reruns_section(study.reruns, len(conclusions.data) if conclusions else 0),
         trials_section(trials),
         config_section(study.config_text),
     ]
-    sections = [s for s in sections if s is not None]
-    nav = " ".join(f'<a href="#{s.anchor}">{escape(s.title)}</a>' for s in sections)
-    main = "".join(s.html for s in sections)
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        f"<title>nansearch: {escape(study.name)}</title><style>{CSS}</style></head>"
-        f"<body><header>{header}<nav>{nav}</nav></header><main>{main}</main>"
-        "</body></html>\n"
+        environment()
+        .get_template("page.html")
+        .render(
+            name=study.name,
+            ranking=ranking,
+            trials=len(trials),
+            outcomes=list((ranking.get("outcomes") or {}).items()),
+            phases=list((ranking.get("phases") or {}).items()),
+            settled=ranking.get("settled"),
+            sections=[s for s in sections if s is not None],
+        )
     )

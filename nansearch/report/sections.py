@@ -1,16 +1,20 @@
-"""The sections of ``report.html``, each a function of the study's files that returns
-its HTML (or None when the study has nothing for it), and the small helpers they share.
-:mod:`nansearch.report.page` reads the study and puts the page together.
+"""The sections of ``report.html``: each a function of the study's files that returns the
+data its template shows (or None when the study has nothing for it), and the helpers they
+share. The markup lives in the templates (``templates/sections/<name>.html``); charts are
+inline SVG from :mod:`nansearch.report.charts`. :mod:`nansearch.report.page` reads the study and puts
+the page together.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from html import escape
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from nansearch.analysis.ranking import Bins
 from nansearch.report import charts
@@ -19,6 +23,7 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
 CURVES = 5
 MAX_PAIRS = 10
+TRIAL_REFERENCE = re.compile(r"\b(trials?) ((?:\d+)(?:, \d+)*)")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -46,6 +51,20 @@ def fmt_rate(rate: float | None) -> str:
     return "–" if rate is None else f"{rate:.0%}"
 
 
+def fmt_p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def trial_links(text: Any) -> Markup:
+    """``text`` escaped, with each "trial 5" or "trials 3, 5, 8" linked to the trials' rows."""
+
+    def link(match: re.Match[str]) -> str:
+        numbers = ", ".join(f'<a href="#trial-{n}">{n}</a>' for n in match.group(2).split(", "))
+        return f"{match.group(1)} {numbers}"
+
+    return Markup(TRIAL_REFERENCE.sub(link, str(escape(str(text)))))
+
+
 def leveler(factor: dict[str, Any]) -> Callable[[Any], str | None]:
     """Maps a trial's value of ``factor`` to the ranking's level label."""
     labels = [str(row["value"]) for row in factor["levels"]]
@@ -71,108 +90,144 @@ def range_bins(labels: list[str]) -> Bins | None:
     return bins if bins.labels() == labels else None
 
 
-def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """An HTML table; cells are already-escaped HTML."""
-    thead = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{thead}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def dict_table(rows: list[dict[str, Any]]) -> str:
-    """A table of dicts whose keys are not known in advance (from later analyses)."""
-    shown = []
-    for row in rows:
-        row = dict(row)
-        if "factors" in row and "values" in row:
-            factors, values = row.pop("factors"), row.pop("values")
-            if isinstance(factors, (list, tuple)) and isinstance(values, (list, tuple)):
-                pairs = " & ".join(f"{f}={fmt(v)}" for f, v in zip(factors, values, strict=False))
-            else:
-                pairs = f"{fmt(factors)}={fmt(values)}"
-            row = {"condition": pairs, **row}
-        if "rate" in row and isinstance(row["rate"], (int, float)):
-            row["rate"] = fmt_rate(row["rate"])
-        shown.append(row)
-    head = list(dict.fromkeys(key for row in shown for key in row))
-    return table(
-        [escape(str(h)) for h in head],
-        [[escape(fmt(row.get(key))) for key in head] for row in shown],
-    )
-
-
 @dataclass
 class Section:
+    """One section of the page: its anchor, title, template and what the template shows."""
+
     anchor: str
     title: str
-    html: str
+    template: str  # templates/sections/<template>.html
+    data: Any = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def section(anchor: str, title: str, body: str, note: str = "") -> Section:
-    note = f'<p class="note">{note}</p>' if note else ""
-    html = f'<section id="{anchor}"><h2>{escape(title)}</h2>{note}{body}</section>'
-    return Section(anchor, title, html)
+# -- conclusions and the reruns that serve them -----------------------------------------
 
 
-# -- sections ---------------------------------------------------------------------------
+def rerun_card(record: dict[str, Any]) -> dict[str, Any]:
+    """A rerun's card: its diagnosis, the facts behind it and, for a NaN born in the forward
+    pass, the magnitudes of the modules that ran before it."""
+    seed = record.get("seed_rate") or {}
+    facts = [
+        ("reproduced", {True: "yes", False: "no"}.get(record.get("reproduced"), "–")),
+        (
+            "fresh seeds",
+            f"{seed.get('nan', '–')}/{seed.get('total', '–')} NaN" if seed else "–",
+        ),
+        ("first bad step", fmt(record.get("first_bad_step"))),
+        ("stage", fmt(record.get("stage"))),
+        ("module", fmt(record.get("module"))),
+    ]
+    chart = None
+    trail = record.get("trail") or []
+    if trail and record.get("stage") == "forward":
+        rows = [(str(t.get("module")), number(t.get("absmax"))) for t in trail]
+        chart = Markup(
+            charts.value_bars(rows, "max |output| per module, last before the failure", log=True)
+        )
+    serves = record.get("serves") or {}
+    return {
+        "trial": record.get("trial"),
+        "params": fmt(record.get("params") or {}),
+        "diagnosis": str(record.get("diagnosis", "")),
+        "serves": serves.get("conclusion"),
+        "facts": facts,
+        "chart": chart,
+    }
 
 
-def conclusions_section(ranking: dict[str, Any]) -> Section | None:
+def conclusions_section(
+    ranking: dict[str, Any], reruns: list[dict[str, Any]] = ()
+) -> Section | None:
     items = ranking.get("conclusions") or []
     if not items:
         return None
-    from nansearch.report.actions import fixes_html
+    from nansearch.report.actions import fixes
 
-    lis = "".join(
-        f"<li>{escape(str(item.get('text', '')))}{fixes_html(ranking, i)}</li>"
+    cards = [rerun_card(r) for r in reruns]
+    shown = [
+        {
+            "number": i + 1,
+            "text": str(item.get("text", "")),
+            "fixes": fixes(ranking, i),
+            "reruns": [c for c in cards if c["serves"] == i + 1],
+        }
         for i, item in enumerate(items)
+    ]
+    note = (
+        "Conclusions rest on every run, confirmation and isolation probes included; "
+        "the diagnoses of `nansearch rerun` sit under the conclusion each rerun serves."
+        if any(c["reruns"] for c in shown)
+        else "Conclusions rest on every run, confirmation and isolation probes included."
     )
-    return section("conclusions", "Conclusions", f'<ol class="conclusions">{lis}</ol>')
+    return Section("conclusions", "Conclusions", "conclusions", shown, note)
+
+
+def reruns_section(reruns: list[dict[str, Any]], conclusions: int = 0) -> Section | None:
+    """The reruns that serve no conclusion on the page (the others sit under theirs)."""
+    cards = [rerun_card(r) for r in reruns]
+    loose = [c for c in cards if not c["serves"] or c["serves"] > conclusions]
+    if not loose:
+        return None
+    placed = len(cards) - len(loose)
+    title = "Other rerun diagnoses" if placed else "Rerun diagnoses"
+    note = "Reruns of trials that no conclusion of this study speaks of." if placed else ""
+    return Section("reruns", title, "reruns", loose, note)
+
+
+# -- the ranking ------------------------------------------------------------------------
 
 
 def ranking_section(ranking: dict[str, Any]) -> Section | None:
     importance = ranking.get("importance") or {}
-    head = ["rank", "factor", "effect", "level", "NaN / total", "rate", "95% interval", "errors"]
-    if importance:
-        head.insert(3, "importance")
     rows = []
     for rank, factor in enumerate(ranking.get("factors", []), 1):
         levels = sorted(factor["levels"], key=lambda r: -(r["rate"] or 0))
         for j, row in enumerate(levels):
-            lead = (
-                [str(rank), escape(factor["name"]), f"{factor['effect']:.2f}"]
-                if j == 0
-                else [""] * 3
-            )
-            if importance:
-                lead.append(fmt(importance.get(factor["name"])) if j == 0 else "")
-            interval = f"{row['ci_low']:.2f}–{row['ci_high']:.2f}" if row["total"] else "–"
+            alone = row.get("alone") or {}
             rows.append(
-                [
-                    *lead,
-                    escape(str(row["value"])),
-                    f"{row['nan']} / {row['total']}",
-                    fmt_rate(row["rate"]),
-                    interval,
-                    str(row.get("errors", 0) or ""),
-                ]
+                {
+                    "first": j == 0,
+                    "rank": rank,
+                    "factor": factor["name"],
+                    "factor_effect": f"{factor['effect']:.2f}",
+                    "importance": fmt(importance.get(factor["name"])),
+                    "level": str(row["value"]),
+                    "counts": f"{row['nan']} / {row['total']}",
+                    "rate": fmt_rate(row["rate"]),
+                    "interval": f"{row['ci_low']:.2f}–{row['ci_high']:.2f}"
+                    if row["total"]
+                    else "–",
+                    "alone": f"{alone.get('nan', 0)} / {alone.get('total', 0)}",
+                    "effect": "–" if row.get("effect") is None else f"{row['effect']:+.2f}",
+                    "p": fmt_p(row.get("p_value")),
+                    "errors": str(row.get("errors", 0) or ""),
+                }
             )
     note = (
-        "Factors in order of effect (the spread of NaN rates across their levels). "
-        "Trials that ended in an error count apart, never as NaN or as finite."
+        f"{ranking.get('basis', '')}. Factors in order of effect. 'alone' counts a level's "
+        "runs that no cause involving another factor explains; the level's effect (its NaN "
+        "rate alone minus the other levels' alone) and p (Fisher's exact test) rest on "
+        "them. The tables count cover and focus trials only, while the conclusions count "
+        "every run, probes included, so one level can show fewer runs here than in a "
+        "conclusion. Trials that ended in an error count apart, never as NaN or as finite."
     )
-    return section("ranking", "Ranking", table(head, rows, "ranking"), note)
+    return Section(
+        "ranking", "Ranking", "ranking", rows, note.lstrip(". "), {"importance": bool(importance)}
+    )
 
 
 def rates_section(ranking: dict[str, Any]) -> Section | None:
-    charts_html = "".join(
-        f"<figure>{charts.rate_bars(f['levels'], 'NaN rate per ' + f['name'] + ' level')}</figure>"
+    figures = [
+        Markup(charts.rate_bars(f["levels"], "NaN rate per " + f["name"] + " level"))
         for f in ranking.get("factors", [])
-    )
+    ]
     note = (
-        "Bars: the share of finished trials that went non-finite; "
+        "Bars: the share of the finished cover and focus trials that went non-finite; "
         "whiskers: the Wilson 95% interval."
     )
-    return section("rates", "NaN rate per level", f'<div class="grid">{charts_html}</div>', note)
+    return Section("rates", "NaN rate per level", "figures", figures, note)
 
 
 def importance_section(ranking: dict[str, Any]) -> Section | None:
@@ -180,8 +235,85 @@ def importance_section(ranking: dict[str, Any]) -> Section | None:
     if not importance:
         return None
     rows = sorted(((str(k), float(v)) for k, v in importance.items()), key=lambda r: -r[1])
-    chart = charts.value_bars(rows, "fANOVA importance for the instability score")
-    return section("importance", "Importance", f"<figure>{chart}</figure>")
+    chart = Markup(charts.value_bars(rows, "fANOVA importance for the instability score"))
+    return Section("importance", "Importance", "figures", [chart])
+
+
+def interactions_section(ranking: dict[str, Any]) -> Section | None:
+    items = ranking.get("interactions") or []
+    if not items:
+        return None
+    shown = [
+        {
+            "text": str(item.get("text", "")),
+            "p": fmt_p(item.get("p_value")),
+            "p_adjusted": fmt_p(item.get("p_adjusted")),
+        }
+        for item in items
+    ]
+    note = (
+        "Pairs of values whose runs together are NaN more often than either gives alone; "
+        "p is one-sided Fisher's exact test, adjusted for the pairs tried."
+    )
+    return Section("interactions", "Interactions", "interactions", shown, note)
+
+
+def _role(name: str, iso: dict[str, Any]) -> str:
+    if name in (iso.get("needed_alone") or []):
+        return "needed: flipping it back alone fixes the failure"
+    if name in (iso.get("needed_shared") or []):
+        return "needed: shared with the passing run, and changing it fixes the failure"
+    if name in (iso.get("minimal") or {}):
+        return "needed, together with the others"
+    return "not needed"
+
+
+def minimal_causes_section(ranking: dict[str, Any]) -> Section | None:
+    """What isolation found, one item per failing trial: a sentence and a small table."""
+    items = ranking.get("minimal_causes") or []
+    if not items:
+        return None
+    shown = []
+    for iso in items:
+        failing, reference = iso.get("failing") or {}, iso.get("reference") or {}
+        names = list(iso.get("differences") or [])
+        names += [n for n in iso.get("needed_shared") or [] if n not in names]
+        ranges = iso.get("ranges") or {}
+        rows = [
+            {
+                "factor": name,
+                "failing": fmt(failing.get(name)),
+                "passing": fmt(reference.get(name)),
+                "role": _role(name, iso),
+                "range": (
+                    f"fails from {fmt(ranges[name]['fails'])}, passes at "
+                    f"{fmt(ranges[name]['passes'])}"
+                    if name in ranges
+                    else ""
+                ),
+            }
+            for name in names
+        ]
+        confirmation = iso.get("confirmation") or {}
+        shown.append(
+            {
+                "trial": iso.get("trial"),
+                "reference": iso.get("reference_trial"),
+                "probes": len(iso.get("probes") or []),
+                "text": str(iso.get("text") or "nothing smaller than the whole configuration"),
+                "complete": bool(iso.get("complete")),
+                "rows": rows,
+                "confirmation": str(confirmation.get("text") or ""),
+            }
+        )
+    note = (
+        "Delta debugging from a failing trial against the nearest passing one: each "
+        "differing value flipped back, then groups of them, then each shared value changed."
+    )
+    return Section("minimal-causes", "Minimal causes", "minimal_causes", shown, note)
+
+
+# -- charts over the trials --------------------------------------------------------------
 
 
 def pairs_section(ranking: dict[str, Any], trials: list[dict[str, Any]]) -> Section | None:
@@ -204,9 +336,12 @@ def pairs_section(ranking: dict[str, Any], trials: list[dict[str, Any]]) -> Sect
             key = (ya.index(la), xb.index(lb))
             nan, total = cells.get(key, (0, 0))
             cells[key] = (nan + is_nan(trial), total + 1)
-        figures.append(f"<figure>{charts.heatmap(fb['name'], xb, fa['name'], ya, cells)}</figure>")
-    note = "Each cell: NaN / finished trials with both levels; darker is a higher NaN rate."
-    return section("pairs", "Pairs of factors", f'<div class="grid">{"".join(figures)}</div>', note)
+        figures.append(Markup(charts.heatmap(fb["name"], xb, fa["name"], ya, cells)))
+    note = (
+        "Each cell: NaN / finished trials with both levels, every trial of the study; "
+        "darker is a higher NaN rate."
+    )
+    return Section("pairs", "Pairs of factors", "figures", figures, note)
 
 
 def first_bad_step_section(ranking: dict[str, Any], trials: list[dict[str, Any]]) -> Section | None:
@@ -225,20 +360,31 @@ def first_bad_step_section(ranking: dict[str, Any], trials: list[dict[str, Any]]
             if is_nan(t) and t.get("first_bad_step") is not None
         ]
         rows.append((level, bad, len(these)))
+    counts = [{"dtype": level, "nan": f"{len(bad)}/{total} NaN"} for level, bad, total in rows]
+    steps_seen = {step for _, bad, _ in rows for step in bad}
+    if len(steps_seen) <= 1:
+        when = f"at step {next(iter(steps_seen))}" if steps_seen else "at no step"
+        note = (
+            f"Every NaN run went non-finite {when}, so there is no spread to plot; with runs "
+            "that fail later, a chart here shows at which step each dtype's runs first went "
+            "non-finite."
+        )
+        return Section("first-bad-step", "First bad step by dtype", "step_counts", counts, note)
     steps = max(int(t.get("steps") or len(t.get("loss", [])) or 1) for t in finished)
-    chart = charts.step_dots(rows, steps, "First non-finite step per dtype")
+    chart = Markup(charts.step_dots(rows, steps, "First non-finite step per dtype"))
     note = "Each dot: the trials of that dtype whose first non-finite value came at that step."
-    return section("first-bad-step", "First bad step by dtype", f"<figure>{chart}</figure>", note)
+    return Section("first-bad-step", "First bad step by dtype", "figures", [chart], note)
 
 
 def curves_section(trials: list[dict[str, Any]]) -> Section | None:
+    """The loss and max |logit| of the failures that ran longest; not drawn when every
+    failure came at its first step, where there is no trend to show."""
     failures = [t for t in trials if is_nan(t) and t.get("loss")]
     if not failures:
         return None
     failures.sort(key=lambda t: (-len(t["loss"]), -(t.get("score") or 0), t.get("number") or 0))
     if len(failures[0]["loss"]) < 2:
-        note = "Every non-finite trial failed at its first step: there is no trend to draw."
-        return section("curves", "Loss and logit magnitude of the top failures", "", note)
+        return None
     top = [
         (
             f"trial {t.get('number')}: "
@@ -252,116 +398,74 @@ def curves_section(trials: list[dict[str, Any]]) -> Section | None:
     logits = charts.line_chart(
         [(label, t["logit_absmax"]) for label, t in top], "max |logit| (log scale)", steps, log=True
     )
-    legend = "".join(
-        f'<li><span class="swatch" style="background:{charts.PALETTE[i % len(charts.PALETTE)]}">'
-        f"</span>{escape(label)} — {escape(str(t.get('outcome')))} at step "
-        f"{escape(fmt(t.get('first_bad_step')))}</li>"
+    legend = [
+        {
+            "color": charts.PALETTE[i % len(charts.PALETTE)],
+            "label": label,
+            "outcome": str(t.get("outcome")),
+            "step": fmt(t.get("first_bad_step")),
+        }
         for i, (label, t) in enumerate(top)
-    )
-    body = (
-        f'<div class="grid"><figure>{loss}</figure><figure>{logits}</figure></div>'
-        f'<ul class="legend">{legend}</ul>'
-    )
+    ]
     note = (
         "The non-finite trials that ran longest before failing, so the trend toward "
         "the failure shows; × marks the non-finite value."
     )
-    return section("curves", "Loss and logit magnitude of the top failures", body, note)
+    return Section(
+        "curves",
+        "Loss and logit magnitude of the top failures",
+        "curves",
+        [Markup(loss), Markup(logits)],
+        note,
+        {"legend": legend},
+    )
+
+
+# -- the audit, the trials, the configuration --------------------------------------------
 
 
 def audit_section(audit: dict[str, Any] | None) -> Section | None:
     if audit is None:
         return None
     findings = audit.get("findings") or []
-    if not findings:
-        return section("audit", "Audit", "<p>The audit found nothing to report.</p>")
     findings = sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 3))
     rows = [
-        [
-            f'<span class="badge {escape(str(f.get("severity", "")))}">'
-            f"{escape(str(f.get('severity', '')))}</span>",
-            escape(str(f.get("check", ""))),
-            escape(str(f.get("subject", ""))),
-            escape(str(f.get("found", ""))),
-            escape(str(f.get("why", ""))),
-            escape(str(f.get("fix", ""))),
-        ]
+        {
+            key: str(f.get(key, ""))
+            for key in ("severity", "check", "subject", "found", "why", "fix")
+        }
         for f in findings
     ]
-    head = ["severity", "check", "subject", "found", "why it leads to NaN", "fix"]
-    return section("audit", "Audit findings", table(head, rows, "audit"))
-
-
-def rerun_card(record: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={fmt(v)}" for k, v in (record.get("params") or {}).items())
-    seed = record.get("seed_rate") or {}
-    facts = [
-        ("reproduced", {True: "yes", False: "no"}.get(record.get("reproduced"), "–")),
-        ("across seeds", f"{seed.get('nan', '–')}/{seed.get('total', '–')} NaN" if seed else "–"),
-        ("first bad step", fmt(record.get("first_bad_step"))),
-        ("stage", fmt(record.get("stage"))),
-        ("module", fmt(record.get("module"))),
-    ]
-    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
-    trail = record.get("trail") or []
-    chart = ""
-    if trail:
-        rows = [(str(t.get("module")), number(t.get("absmax"))) for t in trail]
-        title = "max |output| per module, last before the failure"
-        chart = f"<figure>{charts.value_bars(rows, title, log=True)}</figure>"
-    return (
-        f'<article class="rerun"><h3>Trial {escape(fmt(record.get("trial")))}</h3>'
-        f'<p class="params">{escape(params)}</p>'
-        f'<p class="diagnosis">{escape(str(record.get("diagnosis", "")))}</p>'
-        f"<dl>{dl}</dl>{chart}</article>"
-    )
-
-
-def reruns_section(reruns: list[dict[str, Any]]) -> Section | None:
-    if not reruns:
-        return None
-    return section("reruns", "Rerun diagnoses", "".join(rerun_card(r) for r in reruns))
+    return Section("audit", "Audit findings", "audit", rows)
 
 
 def trials_section(trials: list[dict[str, Any]]) -> Section | None:
     if not trials:
         return None
     names = list(dict.fromkeys(k for t in trials for k in t.get("params", {})))
-    head = [
-        "trial",
-        "phase",
-        *[escape(n) for n in names],
-        "outcome",
-        "first bad step",
-        "score",
-        "seconds",
-        "error",
-    ]
     rows = []
     for t in trials:
         params = t.get("params", {})
         error = (t.get("error") or "").splitlines()[0] if t.get("error") else ""
         rows.append(
-            [
-                escape(fmt(t.get("number"))),
-                escape(str(t.get("phase", ""))),
-                *[escape(fmt(params.get(n))) for n in names],
-                f'<span class="{"nan" if is_nan(t) else ""}">{escape(str(t.get("outcome")))}'
-                "</span>",
-                escape(fmt(t.get("first_bad_step"))),
-                escape(fmt(t.get("score"))),
-                escape(fmt(t.get("seconds"))),
-                escape(error),
-            ]
+            {
+                "number": t.get("number"),
+                "phase": str(t.get("phase", "")),
+                "probes": fmt(t.get("origin")) if t.get("origin") is not None else "",
+                "values": [fmt(params.get(n)) for n in names],
+                "nan": is_nan(t),
+                "outcome": str(t.get("outcome")),
+                "first_bad_step": fmt(t.get("first_bad_step")),
+                "score": fmt(t.get("score")),
+                "seconds": fmt(t.get("seconds")),
+                "error": error,
+            }
         )
-    body = (
-        f"<details><summary>{len(trials)} trials</summary>{table(head, rows, 'trials')}</details>"
-    )
-    return section("trials", "Trials", body)
+    note = "probes: for a confirmation or isolation run, the failing trial it reruns or varies."
+    return Section("trials", "Trials", "trials", rows, note, {"names": names})
 
 
 def config_section(config_text: str | None) -> Section | None:
     if not config_text:
         return None
-    body = f"<details><summary>config.yaml</summary><pre>{escape(config_text)}</pre></details>"
-    return section("config", "Configuration", body)
+    return Section("config", "Configuration", "config", config_text)
