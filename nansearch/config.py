@@ -7,6 +7,7 @@ that names each bad key and what would be valid, instead of stopping at the firs
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ class ConfigError(NansearchError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
-TARGET_KINDS = ("causal-lm", "blip2", "custom", "function")
+TARGET_KINDS = ("causal-lm", "blip2", "custom", "function", "command")
+# what a command target's templates and config keys can name besides the factors
+COMMAND_VALUES = ("seed", "steps", "config", "checkpoint_level", "param_dtype", "autocast_dtype")
 DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
 
 
@@ -46,6 +49,17 @@ class TargetConfig:
     batch_size: int = 8
     seq_len: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # passed to a custom target
+    # command: the user's unmodified script, run once per trial in its own process,
+    # watched from inside by `python -m nansearch.inject`. Templates name ${factor} values.
+    program: str | None = None  # the Python script
+    args: str = ""  # command-line template, e.g. "--hparams ${config} --seed ${seed}"
+    env: dict[str, str] = field(default_factory=dict)  # variable -> template
+    config: str | None = None  # the script's own YAML/JSON config, copied for each trial
+    keys: dict[str, str] = field(default_factory=dict)  # factor -> dotted key in that config
+    timeout: float = 600.0  # seconds a trial's process may run
+    nan_pattern: str | None = None  # a regex over its output that means NaN logits
+    nan_exit_codes: list[int] = field(default_factory=list)  # statuses that mean it saw NaN
+    start: str = "fork"  # fork: a copy of the sweep's process, torch loaded | spawn: fresh
 
 
 @dataclass
@@ -226,6 +240,8 @@ def _check_values(cfg: SweepConfig) -> list[str]:
             f"target.fn: a {cfg.target.kind} target needs 'package.module:function' or "
             "'path/to/file.py:function'"
         )
+    if cfg.target.kind == "command":
+        problems += _check_command(cfg)
     if cfg.target.batch_size < 1 or cfg.target.seq_len < 2:
         problems.append("target.batch_size must be >= 1 and target.seq_len >= 2")
     for level in cfg.factors.dtype.levels:
@@ -283,6 +299,80 @@ def _check_values(cfg: SweepConfig) -> list[str]:
     return problems
 
 
+def _check_command(cfg: SweepConfig) -> list[str]:
+    """A command target's program, templates, config file and keys, each checked by name."""
+    import string
+
+    target = cfg.target
+    problems = []
+    if not target.program:
+        problems.append("target.program: a command target needs the script to run (a .py file)")
+    elif not Path(target.program).is_file():
+        problems.append(f"target.program={target.program!r}: no such file")
+    factors = ["checkpoint", "dtype", "lr", "init", "batch", *cfg.factors.extra]
+    names = [*factors, *COMMAND_VALUES]
+    templates = {
+        "target.args": target.args,
+        **{f"target.env.{k}": v for k, v in target.env.items()},
+    }
+    for key, text in templates.items():
+        try:
+            named = {
+                m.group("named") or m.group("braced")
+                for m in string.Template.pattern.finditer(str(text))
+                if m.group("named") or m.group("braced")
+            }
+        except ValueError as exc:
+            problems.append(f"{key}={text!r}: {exc}")
+            continue
+        for name in sorted(named - set(names)):
+            problems.append(
+                f"{key}={text!r}: ${{{name}}} is not a factor or value; valid names are "
+                f"{', '.join(names)}"
+            )
+    for name in target.keys:
+        if name not in names:
+            problems.append(
+                f"target.keys.{name}: not a factor or value; valid names are {', '.join(names)}"
+            )
+    if target.config:
+        source = Path(target.config)
+        if not source.is_file():
+            problems.append(f"target.config={target.config!r}: no such file")
+        else:
+            try:
+                data = OmegaConf.load(source)
+            except Exception as exc:  # yaml errors come in many classes
+                problems.append(f"target.config={target.config!r}: not valid YAML or JSON: {exc}")
+            else:
+                for name, dotted in target.keys.items():
+                    if OmegaConf.select(data, dotted, default=_ABSENT) is _ABSENT:
+                        problems.append(
+                            f"target.keys.{name}={dotted!r}: no key {dotted} in {target.config}"
+                        )
+        uses = [target.args, *target.env.values()]
+        if not any("${config}" in text or "$config" in text for text in uses):
+            problems.append(
+                "target.config: name ${config} in target.args or target.env, where the "
+                "script takes its config file; each trial gets its own copy"
+            )
+    elif target.keys:
+        problems.append("target.keys: needs target.config, the file the keys are written into")
+    if target.start not in ("fork", "spawn"):
+        problems.append(f"target.start={target.start!r}: valid values are fork, spawn")
+    if target.timeout <= 0:
+        problems.append(f"target.timeout={target.timeout}: seconds, more than 0")
+    if target.nan_pattern:
+        try:
+            re.compile(target.nan_pattern)
+        except re.error as exc:
+            problems.append(f"target.nan_pattern={target.nan_pattern!r}: {exc}")
+    return problems
+
+
+_ABSENT = object()
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A sweep file as a dict, with the files named by its ``include`` merged in first.
 
@@ -327,14 +417,33 @@ def config_from_yaml(text: str, source: str, overrides: list[str] = ()) -> Sweep
     return _build(data, overrides, source)
 
 
+def _literal(value: Any) -> Any:
+    """A command target's template kept as written: OmegaConf would resolve ``${lr}`` itself."""
+    if isinstance(value, str):
+        return re.sub(r"(?<!\\)\$\{", r"\\${", value)
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
+
+
+def _templates_literal(data: dict[str, Any]) -> dict[str, Any]:
+    target = data.get("target")
+    if not isinstance(target, dict):
+        return data
+    target = {k: _literal(v) if k in ("args", "env") else v for k, v in target.items()}
+    return {**data, "target": target}
+
+
 def _build(data: dict[str, Any], overrides: list[str], source: str) -> SweepConfig:
     schema = OmegaConf.structured(SweepConfig)
-    problems = _merge_each(schema, data, [])
+    problems = _merge_each(schema, _templates_literal(data), [])
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             problems.append(f"override {item!r}: write it as dotted.key=value")
             continue
+        if key == "target.args" or key.startswith("target.env."):
+            value = _literal(value)
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]))["x"]
         problems += _merge_each(schema, {key.split(".")[0]: _nest(key.split(".")[1:], value)}, [])
     # the schema took only the valid parts, so the values can be checked as well

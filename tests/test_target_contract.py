@@ -56,6 +56,18 @@ KINDS = {
         {**DEMO_LEVELS, "dtype": "fp32"},
         {**DEMO_LEVELS, "dtype": "fp16"},
     ),
+    "command": (
+        [
+            "target.kind=command",
+            "target.model_class=OPTForCausalLM",
+            f"target.program={REPO}/examples/train.py",
+            f"target.config={REPO}/examples/train.yaml",
+            "target.args=--hparams ${config} --seed ${seed}",
+            "target.keys={checkpoint: name, param_dtype: dtype, autocast_dtype: amp, lr: lr}",
+        ],
+        {**DEMO_LEVELS, "dtype": "fp32"},
+        {**DEMO_LEVELS, "dtype": "fp16"},
+    ),
 }
 
 

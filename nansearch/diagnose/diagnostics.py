@@ -36,9 +36,9 @@ import re
 import warnings
 from collections import deque
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -383,6 +383,41 @@ class Diagnostics(StepObserver):
         self._op_watch.close()
         self._anomaly.close()
         self._read_anomaly()
+
+    # -- across a process boundary -----------------------------------------------------
+
+    FINDINGS: ClassVar[dict[str, type]] = {
+        "forward": ModuleFinding,
+        "received": ModuleFinding,
+        "op": OpFinding,
+        "loss": LossFinding,
+        "grads": GradFinding,
+        "backward": BackwardFinding,
+        "update": OptimizerFinding,
+    }
+
+    def to_json(self) -> dict[str, Any]:
+        """The findings as plain data: a watched script's process hands them back this way."""
+        data: dict[str, Any] = {
+            key: None if getattr(self, key) is None else asdict(getattr(self, key))
+            for key in self.FINDINGS
+        }
+        data["inputs"] = [asdict(i) for i in self.inputs]
+        data["masked_rows"] = list(self.masked_rows)
+        data["trail"] = list(self.trail)
+        data["step"] = self.step
+        return data
+
+    def load_json(self, data: dict[str, Any]) -> None:
+        """Take the findings another process made (see :meth:`to_json`)."""
+        for key, cls in self.FINDINGS.items():
+            value = data.get(key)
+            setattr(self, key, None if value is None else cls(**value))
+        self.inputs = [InputFinding(**i) for i in data.get("inputs", [])]
+        self.masked_rows = list(data.get("masked_rows", []))
+        self.trail.clear()
+        self.trail.extend(data.get("trail", []))
+        self.step = int(data.get("step", 0))
 
     # -- StepObserver ----------------------------------------------------------------
 

@@ -22,6 +22,10 @@ def build_target(cfg: TargetConfig) -> Target:
         from nansearch.targets.function import FunctionTarget
 
         return FunctionTarget(cfg)
+    if cfg.kind == "command":
+        from nansearch.targets.command import CommandTarget
+
+        return CommandTarget(cfg)
     raise NansearchError(f"target.kind={cfg.kind!r}: valid values are {', '.join(TARGET_KINDS)}")
 
 

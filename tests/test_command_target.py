@@ -1,0 +1,168 @@
+"""``target.kind: command``: an unmodified script as the trial, watched from inside its process."""
+
+import json
+import textwrap
+
+import pytest
+
+from nansearch.commands.sweep import sweep
+from nansearch.config import ConfigError, load_config
+from nansearch.diagnostics import Diagnostics
+from nansearch.factors import build_factors
+from nansearch.runner import TrialRunner
+from nansearch.targets import build_target
+from tests.conftest import REPO, demo_overrides
+
+SCRIPT_SWEEP = str(REPO / "sweeps" / "script.yaml")
+BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
+EXAMPLE = [
+    f"target.program={REPO}/examples/train.py",
+    f"target.config={REPO}/examples/train.yaml",
+]
+
+
+def runner_for(overrides: list[str] = (), steps: int = 4, sweep_file: str = SCRIPT_SWEEP):
+    extra = EXAMPLE if sweep_file == SCRIPT_SWEEP else []
+    cfg = load_config(sweep_file, [f"steps={steps}", *extra, *overrides])
+    return TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+
+
+def script(tmp_path, body: str, overrides: list[str] = (), name: str = "job.py") -> TrialRunner:
+    """A runner for a script of the test's own, with no config file."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    sweep_file = tmp_path / f"{name}.yaml"
+    sweep_file.write_text(
+        f"""
+include: [{REPO}/configs/opt-target.yaml]
+target: {{kind: command, program: {path}, nan_pattern: "NAN in logits!!!"}}
+factors:
+  checkpoint: {{levels: {{opt-lm: "demo:opt-lm"}}}}
+"""
+    )
+    return runner_for(overrides, sweep_file=str(sweep_file))
+
+
+@pytest.fixture(scope="module")
+def example(demo_cache):
+    return runner_for()
+
+
+@pytest.mark.parametrize(
+    ("params", "outcome"),
+    [
+        (BASE, "finite"),
+        ({**BASE, "dtype": "fp16"}, "nonfinite-params"),  # Adam's eps is 0 in fp16
+        ({**BASE, "checkpoint": "blip2-full", "init": "uninitialized-missing"}, "nonfinite-logits"),
+        ({**BASE, "batch": "labels-all-ignored"}, "nonfinite-loss"),
+    ],
+    ids=["fp32", "fp16", "uninitialized", "labels-ignored"],
+)
+def test_the_unmodified_example_script_meets_each_demo_cause(example, params, outcome):
+    result = example.run(params, seed=0)
+    assert result.outcome == outcome, result.error
+    if outcome == "finite":
+        assert len(result.loss) == 4 and result.first_bad_step is None and result.score < 1
+    else:
+        assert result.first_bad_step == 0 and result.score == 2.0 and len(result.loss) == 1
+
+
+def test_the_same_trial_started_fresh_gives_the_same_trail(example):
+    forked = example.run({**BASE, "lr": 0.05}, seed=1)
+    fresh = runner_for(["target.start=spawn"]).run({**BASE, "lr": 0.05}, seed=1)
+    assert forked.outcome == fresh.outcome == "finite"
+    assert forked.loss == fresh.loss and forked.grad_norm == fresh.grad_norm
+
+
+def test_a_rerun_of_a_script_trial_names_the_module_in_the_scripts_model(example):
+    params = {**BASE, "checkpoint": "blip2-full", "init": "uninitialized-missing"}
+    with Diagnostics() as diag:
+        result = example.run(params, seed=0, observer=diag)
+    assert result.outcome == "nonfinite-logits"
+    assert diag.forward is not None and diag.forward.born and diag.forward.step == 0
+    assert diag.forward.module.startswith("model.decoder")
+
+
+def test_a_child_that_segfaults_is_an_error_and_the_next_trial_runs(tmp_path):
+    runner = script(
+        tmp_path,
+        """
+        import os, signal
+        print("about to crash", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+        """,
+    )
+    result = runner.run(BASE, seed=0)
+    assert result.outcome == "error" and result.score is None
+    assert "SIGSEGV" in result.error and "about to crash" in result.error
+    assert runner_for().run(BASE, seed=0).outcome == "finite"
+
+
+def test_a_child_that_hangs_is_ended_at_its_time_limit(tmp_path):
+    body = "import time\nprint('waiting', flush=True)\ntime.sleep(600)\n"
+    result = script(tmp_path, body, ["target.timeout=2"]).run(BASE, seed=0)
+    assert result.outcome == "error" and "target.timeout=2s" in result.error
+    assert "waiting" in result.error and result.seconds < 60
+
+
+def test_a_script_that_never_steps_an_optimizer_is_told_what_was_not_seen(tmp_path):
+    runner = script(
+        tmp_path,
+        """
+        import torch
+        model = torch.nn.Linear(4, 3)
+        print(model(torch.ones(2, 4)).sum().item())
+        """,
+    )
+    result = runner.run(BASE, seed=0)
+    assert result.outcome == "error"
+    assert "never saw a loss, an optimizer step" in result.error
+
+
+def test_the_output_pattern_and_the_exit_status_catch_a_nan_the_hooks_cannot_see(tmp_path):
+    body = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        with np.errstate(invalid="ignore"):
+            value = np.float32(np.inf) - np.float32(np.inf)  # inf - inf is NaN in numpy too
+        if value != value:
+            print("NAN in logits!!!")
+            sys.exit(3)
+        """
+    )
+    by_pattern = script(tmp_path, body).run(BASE, seed=0)
+    assert by_pattern.outcome == "error" and "status 3" in by_pattern.error
+    by_status = script(tmp_path, body, ["target.nan_exit_codes=[3]"]).run(BASE, seed=0)
+    assert (by_status.outcome, by_status.first_bad_step) == ("nonfinite-logits", 0)
+    printed = script(tmp_path, "print('NAN in logits!!!')\n", name="printer.py")
+    by_output = printed.run(BASE, seed=0)
+    assert by_output.outcome == "nonfinite-logits"
+
+
+def test_bad_command_targets_are_one_error_naming_each_key(tmp_path):
+    hparams = tmp_path / "hp.yaml"
+    hparams.write_text("model: {name: x}\nlr: 0.1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            SCRIPT_SWEEP,
+            [
+                "target.program=no/such/train.py",
+                "target.args=--lr ${lr} --warmup ${warmup}",
+                f"target.config={hparams}",
+                "target.keys={checkpoint: model.path, lr: lr}",
+            ],
+        )
+    message = str(caught.value)
+    assert "target.program='no/such/train.py': no such file" in message
+    assert "${warmup} is not a factor or value" in message and "valid names are" in message
+    assert "target.keys.checkpoint='model.path': no key model.path" in message
+    assert "name ${config} in target.args" in message
+
+
+def test_a_sweep_of_the_script_records_every_trial(tmp_path):
+    outcome = sweep(SCRIPT_SWEEP, demo_overrides(trials=8, steps=3) + EXAMPLE)
+    lines = [json.loads(x) for x in (tmp_path / "runs/t/trials.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and outcome.ranking["trials"] == 8
+    assert not [line for line in lines if line["outcome"] == "error"]
+    assert any(line["outcome"] != "finite" for line in lines)
