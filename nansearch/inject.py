@@ -35,8 +35,8 @@ class Injected:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from nansearch.runner import TrialResult
-        from nansearch.trial_api import StepCheck
+        from nansearch.trial.api import StepCheck
+        from nansearch.trial.runner import TrialResult
 
         self.torch = torch
         self.report = Path(settings["report"])
@@ -123,7 +123,7 @@ class Injected:
         if not (reinit or rebatch or cfg.factors.extra):
             return
         if cfg.plugins:
-            from nansearch.sweep import import_plugins
+            from nansearch.search.sweep import import_plugins
 
             import_plugins(cfg.plugins)
         from transformers import PreTrainedModel
@@ -186,7 +186,7 @@ class Injected:
             self._see_output(output)
 
     def _see_output(self, output) -> None:
-        from nansearch.trial_api import logits_and_loss
+        from nansearch.trial.api import logits_and_loss
 
         logits, loss = logits_and_loss(output)
         if logits is not None:
@@ -223,7 +223,7 @@ class Injected:
         if self.params is None:
             return
         device = self.params[0].device if self.params else self.torch.device("cpu")
-        from nansearch.trial_api import TrialEnded
+        from nansearch.trial.api import TrialEnded
 
         try:
             self.check.finish(self.params, device)
@@ -244,7 +244,7 @@ class Injected:
         ]
 
     def _attach_diagnostics(self, module) -> None:
-        from nansearch.diagnostics import Diagnostics
+        from nansearch.diagnose.diagnostics import Diagnostics
 
         self.diagnostics = Diagnostics(
             op_step=self.diagnose.get("op_step"),
@@ -257,7 +257,7 @@ class Injected:
     # -- reporting --------------------------------------------------------------------------
 
     def _write_step(self, result, step: int) -> None:
-        from nansearch.runner import _json_safe
+        from nansearch.trial.runner import _json_safe
 
         row = {
             "step": step,
@@ -270,7 +270,7 @@ class Injected:
 
     def end(self, ended: BaseException | None) -> None:
         """Write the last line and end the process now."""
-        from nansearch.trial_api import NonFinite
+        from nansearch.trial.api import NonFinite
 
         last: dict[str, Any] = {"end": "steps" if ended is not None else "exit"}
         if isinstance(ended, NonFinite):

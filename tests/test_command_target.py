@@ -5,12 +5,12 @@ import textwrap
 
 import pytest
 
-from nansearch.commands.sweep import sweep
+from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
-from nansearch.diagnostics import Diagnostics
+from nansearch.diagnose.diagnostics import Diagnostics
 from nansearch.factors import build_factors
-from nansearch.runner import TrialRunner
 from nansearch.targets import build_target
+from nansearch.trial.runner import TrialRunner
 from tests.conftest import REPO, demo_overrides
 
 SCRIPT_SWEEP = str(REPO / "sweeps" / "script.yaml")

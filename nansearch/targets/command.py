@@ -32,7 +32,7 @@ from nansearch.config import NansearchError, TargetConfig, to_yaml
 from nansearch.targets.causal_lm import CausalLMTarget
 
 if TYPE_CHECKING:
-    from nansearch.runner import StepObserver, TrialResult, TrialRunner
+    from nansearch.trial.runner import StepObserver, TrialResult, TrialRunner
 
 TAIL = 2000  # characters of a failed process's output kept in the trial's error
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
