@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
@@ -166,3 +167,16 @@ def test_a_sweep_of_the_script_records_every_trial(tmp_path):
     assert len(lines) == 8 and outcome.ranking["trials"] == 8
     assert not [line for line in lines if line["outcome"] == "error"]
     assert any(line["outcome"] != "finite" for line in lines)
+
+
+def test_the_audit_warns_of_a_searched_factor_the_script_never_receives(tmp_path):
+    from nansearch.audit.config import audit_config
+
+    cfg = load_config(SCRIPT_SWEEP, [*EXAMPLE, "target.keys={checkpoint: name}"])
+    cfg.target.keys = {"checkpoint": "name"}  # the sweep file's keys, less dtype and lr
+    found = {f.subject: f for f in audit_config(cfg, torch.device("cpu"))}
+    assert found["dtype"].check == "config.factor-unused" and found["dtype"].severity == "warning"
+    assert "param_dtype" in found["dtype"].found and "lr" in found
+    assert "checkpoint" not in found and "batch" not in found and "init" not in found
+    full = load_config(SCRIPT_SWEEP, EXAMPLE)
+    assert not [f for f in audit_config(full, torch.device("cpu")) if f.check.endswith("unused")]

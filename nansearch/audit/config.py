@@ -6,6 +6,7 @@
 | `config.fp16-no-scaler`   | pure fp16, which runs without a loss scaler               |
 | `config.lr-range`         | a learning rate far outside the optimizer's usual range   |
 | `config.bf16-unsupported` | bf16 asked for on a GPU without bf16                      |
+| `config.factor-unused`    | a command target's script that no template or key passes a searched factor to |
 """
 
 from __future__ import annotations
@@ -36,7 +37,64 @@ def audit_config(cfg: SweepConfig, device: torch.device) -> list[Finding]:
         *_fp16_no_scaler(levels),
         *_lr_range(cfg),
         *_bf16_hardware(levels, _device_name(device), bf16_supported(device)),
+        *_factor_unused(cfg),
     ]
+
+
+# what carries each factor to a script: its own name, or a value derived from it
+CARRIERS = {
+    "checkpoint": ("checkpoint", "checkpoint_level"),
+    "dtype": ("dtype", "param_dtype", "autocast_dtype"),
+}
+APPLIED_INSIDE = ("init", "batch")  # nansearch.inject applies these levels itself
+
+
+def _searched(cfg: SweepConfig) -> list[str]:
+    """The factors whose value changes from trial to trial."""
+    counts = {
+        "checkpoint": len(cfg.factors.checkpoint.levels),
+        "dtype": len(cfg.factors.dtype.levels),
+        "lr": 2 if cfg.factors.lr.low < cfg.factors.lr.high else 1,
+        **{name: len(levels) for name, levels in cfg.factors.extra.items()},
+    }
+    return [name for name, count in counts.items() if count > 1]
+
+
+def _factor_unused(cfg: SweepConfig) -> list[Finding]:
+    """A searched factor no template or config key hands to a command target's script."""
+    target = cfg.target
+    if target.kind != "command":
+        return []
+    texts = [target.args, *target.env.values()]
+    findings = []
+    for name in _searched(cfg):
+        carriers = CARRIERS.get(name, (name,))
+        named = any(c in target.keys for c in carriers) or any(
+            f"${{{c}}}" in text or f"${c}" in text for c in carriers for text in texts
+        )
+        if named or name in APPLIED_INSIDE:
+            continue
+        findings.append(
+            Finding(
+                severity="warning",
+                check="config.factor-unused",
+                subject=name,
+                found=(
+                    f"the sweep searches {name}, but neither target.args, target.env nor "
+                    f"target.keys passes it (as {' or '.join(carriers)}) to {target.program}"
+                ),
+                why=(
+                    f"Every level of {name} runs the same script with the same settings, so "
+                    f"its NaN rate says nothing about {name}, and trials spent on it are lost."
+                ),
+                fix=(
+                    f"Pass it: add ${{{carriers[0]}}} to target.args, or map it to the key of "
+                    f"the script's config file that sets it under target.keys; or stop "
+                    f"searching {name}."
+                ),
+            )
+        )
+    return findings
 
 
 def _fp16_adam_eps(cfg: SweepConfig, levels: list[str]) -> list[Finding]:
