@@ -158,6 +158,7 @@ class SweepConfig:
     storage: str | None = None  # any Optuna storage URL; default a journal file
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 1  # worker processes on this machine, sharing the study and the GPUs
+    threads: int = 1  # torch CPU threads of each worker (and of a one-worker sweep)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     plugins: list[str] = field(default_factory=list)  # modules or files that register levels
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -224,6 +225,10 @@ def _check_values(cfg: SweepConfig) -> list[str]:
         problems.append(f"study={cfg.study!r}: must be a plain folder name")
     if cfg.workers < 1:
         problems.append(f"workers={cfg.workers}: must be at least 1")
+    if cfg.threads < 1:
+        problems.append(
+            f"threads={cfg.threads}: must be at least 1 (torch CPU threads per worker; default 1)"
+        )
     if cfg.heartbeat.interval < 1 or cfg.heartbeat.grace <= cfg.heartbeat.interval:
         problems.append(
             f"heartbeat: need interval >= 1 and grace > interval (seconds), got "

@@ -114,13 +114,14 @@ def assert_accounted(study: optuna.Study, folder: Path, budget: int, lost: set[i
     return done
 
 
-def test_workers_are_pinned_round_robin_and_split_the_cores(monkeypatch):
+def test_workers_are_pinned_round_robin_and_take_the_threads_setting(monkeypatch):
     cfg = load_config(DEMO)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     specs = plan(cfg, 5, seed=7)
     assert [s.gpu for s in specs] == ["3", "5", "3", "5", "3"]
-    assert {s.threads for s in specs} == {3}
+    assert {s.threads for s in specs} == {1}  # the default
+    assert {s.threads for s in plan(load_config(DEMO, ["threads=3"]), 5, seed=7)} == {3}
     assert [s.sampler_seed for s in specs] == [7, 8, 9, 10, 11]
     assert all(s.gpu is None for s in plan(load_config(DEMO, ["device=cpu"]), 2, seed=0))
 

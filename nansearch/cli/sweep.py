@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="worker processes on this machine, one per GPU round-robin (same as workers=N)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads of each worker (same as threads=N; default 1)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -86,10 +92,16 @@ def show_audit(audit) -> None:
 
 
 def sweep(
-    sweep_file: str, overrides: list[str], resume: bool = False, workers: int | None = None
+    sweep_file: str,
+    overrides: list[str],
+    resume: bool = False,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> SweepOutcome:
     if workers is not None:
         overrides = [*overrides, f"workers={workers}"]
+    if threads is not None:
+        overrides = [*overrides, f"threads={threads}"]
     cfg = load_config(sweep_file, overrides)
     progress = Progress()
     callbacks = SweepCallbacks(on_start=[progress.start], on_trial=[progress])
@@ -103,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     again = shlex.join(["nansearch", "sweep", args.sweep_file, *args.overrides, "--resume"])
     try:
-        outcome = sweep(args.sweep_file, args.overrides, args.resume, args.workers)
+        outcome = sweep(args.sweep_file, args.overrides, args.resume, args.workers, args.threads)
     except (OSError, WriteError) as exc:
         if isinstance(exc, OSError) and exc.errno not in DISK_ERRNOS:
             raise

@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="worker processes on this machine, one per GPU round-robin (default 1)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads of each worker here (default: the study's threads setting)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -54,10 +60,13 @@ def worker(
     out: str = "runs",
     workers: int = 1,
     callbacks: SweepCallbacks | None = None,
+    threads: int | None = None,
 ) -> SweepOutcome:
     """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome."""
     where = shown(storage)
     overrides = [f"out={out}", f"workers={workers}"]
+    if threads is not None:
+        overrides.append(f"threads={threads}")
     cfg = stored_config(open_storage(storage, Path(out)), study, where, overrides)
     cfg.storage = storage  # as this machine reaches it; the study's heartbeat settings stay
     return run_sweep(cfg, callbacks=callbacks, join=True)
@@ -71,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         args.workers,
         SweepCallbacks(on_trial=[trial_line]),
+        args.threads,
     )
     print_outcome(outcome, time.perf_counter() - start)
     print(

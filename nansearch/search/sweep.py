@@ -34,7 +34,7 @@ from nansearch.search.study import (
 from nansearch.search.workers import run_workers
 from nansearch.targets import build_target
 from nansearch.tracking.tracker import Tracker, in_background, make_tracker
-from nansearch.trial.runner import TrialResult, TrialRunner
+from nansearch.trial.runner import TrialResult, TrialRunner, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,21 @@ def run_sweep(
 
     ``callbacks`` hear of every trial the study records while this runs; with several
     workers, the trials of workers elsewhere too. ``on_audit`` hears the audit before the
-    first trial runs.
+    first trial runs. Torch runs on ``cfg.threads`` CPU threads here and in each worker.
     """
+    with cpu_threads(cfg.threads):
+        return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
+
+
+def _run_sweep(
+    cfg: SweepConfig,
+    resume: bool,
+    callbacks: SweepCallbacks | None,
+    join: bool,
+    storage: optuna.storages.BaseStorage | None,
+    on_audit: Callable[[Audit], None] | None,
+    tracker: Tracker | None,
+) -> SweepOutcome:
     callbacks = callbacks or SweepCallbacks()
     # a sweep's workers draw from its seed; a joining machine's must draw other values
     seed = random.randrange(2**31) if join else cfg.seed
@@ -205,6 +218,7 @@ def run_sweep(
         search = Search(cfg, factors, runner, resume, storage, join, sampler_seed=seed)
     if not join:
         log.info("phases: %s", search.plan.text)
+        log.info("torch CPU threads: %d per worker, %d worker(s)", cfg.threads, cfg.workers)
         audit = audit_sweep(cfg, factors, runner)
         if on_audit is not None:
             on_audit(audit)

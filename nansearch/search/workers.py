@@ -4,8 +4,8 @@ Each worker is a fresh interpreter (the "spawn" start method: forking a process 
 holds torch state is unsafe). It rebuilds the configuration, the factors and the runner
 itself, so it reads each checkpoint once, and takes trials from the study's queue like
 a worker on any other machine. Workers are pinned to the visible GPUs round-robin
-through ``CUDA_VISIBLE_DEVICES``; the CPU cores are split between them so that their
-thread pools do not fight.
+through ``CUDA_VISIBLE_DEVICES``; each runs torch on ``threads`` CPU threads (default 1),
+so that their thread pools do not fight.
 
 The parent starts them, tells its callbacks of every trial the study records, and
 fails and requeues the running trial of a worker that died. A Ctrl-C or SIGTERM
@@ -72,11 +72,21 @@ def cpu_cores() -> int:
 
 
 def plan(cfg: SweepConfig, count: int, seed: int) -> list[WorkerSpec]:
-    """``count`` workers: GPUs dealt round-robin, cores split evenly, one sampler seed each."""
+    """``count`` workers: GPUs dealt round-robin, ``cfg.threads`` each, one sampler seed each."""
     if count < 1:
         raise ValueError(f"count={count}: need at least one worker")
     gpus = visible_gpus(cfg.device)
-    threads = max(1, cpu_cores() // count)
+    threads = cfg.threads
+    if not gpus and threads * count > cpu_cores():
+        log.warning(
+            "threads=%d x %d workers = %d torch threads on %d CPU cores: they will wait for "
+            "one another; threads=%d fits",
+            threads,
+            count,
+            threads * count,
+            cpu_cores(),
+            max(1, cpu_cores() // count),
+        )
     config = to_yaml(cfg)
     level = logging.getLogger().getEffectiveLevel()
     return [

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -105,6 +106,17 @@ def pick_device(name: str) -> torch.device:
             raise NansearchError("device=cuda: no CUDA device is visible; use device=auto or cpu")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+@contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Torch runs on ``count`` CPU threads inside, on what it ran on before afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_optimizer(params, lr: float, cfg: OptimizerConfig) -> torch.optim.Optimizer:
