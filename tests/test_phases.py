@@ -5,13 +5,16 @@ import itertools
 import optuna
 import pytest
 
+from nansearch.analysis.causes import find_causes
 from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
 from nansearch.factors import build_factors
+from nansearch.search import pairwise
 from nansearch.search.confirm import confirm
 from nansearch.search.isolate import isolate
 from nansearch.search.phases import Prober, StopRule, plan, run_probes
 from nansearch.search.queue import SKIPPED_ATTR
+from nansearch.search.set_aside import unexplored
 from nansearch.search.study import Search
 from nansearch.search.sweep import prepare
 from nansearch.trial.runner import TrialResult
@@ -96,23 +99,31 @@ def as_results(params_nan):
     ]
 
 
-def test_stop_rule_waits_for_the_cover_and_for_patience():
+def covering_rows(factors, nan):
+    """The pairwise cover, then the same configurations in fp32, as focus tries the pairs
+    that only fp16 runs held: NaN where ``nan`` says."""
+    cover = pairwise.cover_plan(factors, pairwise.size(factors, seed=0), seed=0)
+    rows = cover + [{**p, "dtype": "fp32"} for p in cover]
+    return [(params, nan(params)) for params in rows]
+
+
+def test_stop_rule_waits_for_the_cover_for_patience_and_for_the_space_outside():
     factors = build_factors(load_config(DEMO, ["factors.dtype.levels=[fp32,fp16]"]))
     rule = StopRule(factors, cover=8, patience=6)
-    rows = [
-        ({**OPT, "lr": 1e-3, "dtype": dtype}, dtype == "fp16")
-        for dtype in itertools.islice(itertools.cycle(["fp32", "fp16"]), 30)
-    ]
-    results = as_results(rows)
+    results = as_results(covering_rows(factors, lambda p: p["dtype"] == "fp16"))
     said = {}
-    for n in range(1, 31):
+    for n in range(1, len(results) + 1):
         said[n] = rule.update(results[:n])
         if said[n]:
             break
     first = n
     assert said[first] == "dtype=fp16"
-    assert first >= 8  # never before the cover is done
-    assert first - rule.since == 6  # dtype=fp16 led, alone, for the last 6 trials
+    assert first - rule.since >= 6  # dtype=fp16 led, alone, for the last 6 trials at least
+    (cause,) = find_causes(results[:first], [f.name for f in factors], ["lr"])
+    assert not unexplored(results[:first], factors, [cause])
+    # the cover alone left pairs that only fp16 runs held: the rule waited for them
+    cover = len(results) // 2
+    assert unexplored(results[:cover], factors, [cause]) and first > cover
 
 
 def blip2_sweep(**extra):
@@ -215,10 +226,7 @@ def test_stop_rule_waits_while_enough_nan_runs_are_unexplained():
         {**OPT, "lr": 0.3, "batch": "padded-row"},
         {**OPT, "lr": 0.03, "batch": "vocab-edge-ids", "init": "reinit-normal"},
     ]
-    rows = [
-        ({**OPT, "lr": 1e-3, "dtype": dtype}, dtype == "fp16")
-        for dtype in itertools.islice(itertools.cycle(["fp32", "fp16"]), 40)
-    ]
+    rows = covering_rows(factors, lambda p: p["dtype"] == "fp16")
 
     def settles(results):
         rule = StopRule(factors, cover=8, patience=6)
@@ -226,4 +234,4 @@ def test_stop_rule_waits_while_enough_nan_runs_are_unexplained():
 
     assert settles(as_results([(params, True) for params in loose] + rows)) is None
     two = settles(as_results([(params, True) for params in loose[:2]] + rows))
-    assert two is not None and two < 40  # two loose runs are fewer than a cause needs
+    assert two is not None  # two loose runs are fewer than a cause needs

@@ -4,14 +4,18 @@
    rate in strata (a pairwise covering design, :mod:`nansearch.search.pairwise`, queued first).
 2. **focus**: Optuna's sampler steers toward instability. The cover and focus trials
    are the study's queue, which every worker shares.
-3. **confirm**: the top failing configurations (one per cause found, then the NaN runs
-   no cause explains) rerun with fresh seeds: deterministic, or flaky with a rate.
+3. **confirm**: the failing configurations least certain yet (a cause not all of whose
+   runs went NaN, the NaN runs no cause explains, then the surest causes) rerun with
+   fresh seeds: deterministic, or flaky with a rate.
 4. **isolate**: delta debugging from each confirmed failure toward its nearest passing
    run finds the smallest set of values it needs (:mod:`nansearch.search.isolate`); a probe of
    a flaky failure is repeated before it counts as passing.
 
-The stopping rule: focus ends early once the causes found (:func:`nansearch.analysis.causes.
-find_causes`) have not changed for ``search.patience`` trials, the cover being done.
+Focus sets the causes found aside (:mod:`nansearch.search.set_aside`): it suggests no
+configuration a known cause explains, and goes first where nothing has been tried
+outside them. The stopping rule: focus ends early once the causes found
+(:func:`nansearch.analysis.causes.find_causes`) have not changed for
+``search.patience`` trials, the cover being done and the space outside them covered.
 What focus leaves unspent is not spent elsewhere: a settled search ends sooner.
 
 Confirm and isolate run in the process that owns the sweep, after its workers are
@@ -121,16 +125,21 @@ def continuous_names(factors: Sequence[Factor]) -> list[str]:
 
 
 class StopRule:
-    """Focus is done once the causes found have stayed the same for ``patience`` trials
-    and they explain the NaN runs, all but fewer than a cause needs (``MIN_NAN``).
+    """Focus is done once the causes found have stayed the same for ``patience`` trials,
+    they explain the NaN runs, all but fewer than a cause needs (``MIN_NAN``), and the
+    space outside them is covered: every pair of levels that a configuration outside
+    the known causes can hold has been held by a run no cause explains
+    (:func:`nansearch.search.set_aside.unexplored`).
 
     A range counts as the same cause while its side holds (``lr above`` stays ``lr
     above`` as its edge moves with more runs). NaN runs that no cause explains yet may
     be a cause still forming, so the search goes on while there are enough of them.
+    With no cause at all, focus runs ``patience`` trials past the cover before it ends.
     Each process keeps its own count; it starts over when the sweep resumes.
     """
 
     def __init__(self, factors: Sequence[Factor], cover: int, patience: int):
+        self.factors = list(factors)
         self.names = [f.name for f in factors]
         self.continuous = continuous_names(factors)
         self.cover = cover
@@ -140,6 +149,8 @@ class StopRule:
 
     def update(self, results: Sequence[TrialResult]) -> str | None:
         """The settled causes as text once the rule holds, else None."""
+        from nansearch.search.set_aside import settled_only, unexplored
+
         causes = find_causes(results, self.names, self.continuous)
         key = tuple(
             tuple((c.factor, c.op, c.value if c.op == "=" else None) for c in cause.conditions)
@@ -148,10 +159,13 @@ class StopRule:
         count = len(results)
         if key != self.leaders:
             self.leaders, self.since = key, count
-        if not causes or count < self.cover or count - self.since < self.patience:
+        since = self.since if causes else max(self.since, self.cover)
+        if count < self.cover or count - since < self.patience:
             return None
         loose = sum(r.is_nan and not any(c.holds(r.params) for c in causes) for r in results)
-        return "; ".join(cause.text for cause in causes) if loose < MIN_NAN else None
+        if loose >= MIN_NAN or unexplored(results, self.factors, settled_only(causes)):
+            return None
+        return "; ".join(cause.text for cause in causes) if causes else "no cause"
 
 
 def light_results(trials: Sequence[FrozenTrial]) -> list[TrialResult]:
@@ -267,16 +281,38 @@ def _in_range(value: Any, dist: Any) -> Any:
 
 
 def to_confirm(results: Sequence[TrialResult], factors: Sequence[Factor], most: int) -> list:
-    """The failing trials worth confirming, best first: for each cause found, its
-    earliest-failing run; then the NaN runs no cause explains. One per configuration."""
+    """The failing trials worth confirming, the least certain first: the earliest-failing
+    run of each cause that not all of its runs confirm yet (the isolation may narrow it:
+    ``lr above 0.5`` to ``lr above 0.5 with dtype=amp-fp16``), then the NaN runs that no
+    cause explains, the earliest first, then the earliest-failing run of each cause
+    whose runs all went NaN, those that explain the fewest NaN runs no other cause does
+    first (a pair that only travelled with a narrower cause). One per configuration."""
     nan = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
     causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
+    unsure = [c for c in causes if not c.sufficient]
+
+    def alone(cause) -> int:  # the NaN runs this cause explains and no other does
+        return sum(
+            cause.holds(r.params) and not any(c.holds(r.params) for c in causes if c is not cause)
+            for r in nan
+        )
+
+    sure = sorted((c for c in causes if c.sufficient), key=alone)
     picked: list[TrialResult] = []
-    for cause in causes:
+
+    def first_of(cause) -> None:
         match = next((r for r in nan if cause.holds(r.params)), None)
         if match is not None and match not in picked:
             picked.append(match)
-    picked += [r for r in nan if not any(c.holds(r.params) for c in causes)]
+
+    for cause in unsure:
+        first_of(cause)
+    loose = sorted(
+        (r for r in nan if not any(c.holds(r.params) for c in causes)), key=lambda r: r.number
+    )
+    picked += loose
+    for cause in sure:
+        first_of(cause)
     seen, unique = set(), []
     for result in picked:
         key = repr(sorted(result.params.items()))

@@ -4,7 +4,8 @@ The first trials cover every pair of levels of every two factors (a pairwise cov
 design, :mod:`nansearch.search.pairwise`, enqueued into the study), so every cause of one or
 two values is tried and every rate rests on data; then Optuna's sampler steers
 toward instability by maximizing :func:`nansearch.trial.runner.instability_score` (focus),
-until the budget is spent or the stopping rule holds. Confirm and isolate follow
+with the causes found so far set aside (:mod:`nansearch.search.set_aside`), until the
+budget is spent or the stopping rule holds. Confirm and isolate follow
 (:mod:`nansearch.search.phases`).
 
 The cover and focus budget is a queue of waiting trials in the study itself
@@ -42,6 +43,7 @@ from nansearch.factors import Factor
 from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
 from nansearch.search.queue import FINISHED, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.set_aside import SetAsideSampler
 from nansearch.trial.runner import TrialResult, TrialRunner
 
 log = logging.getLogger(__name__)
@@ -170,10 +172,10 @@ def rank_axes(factors: list[Factor]) -> list[tuple[str, list[Any] | Bins]]:
 
 
 def make_sampler(
-    cfg: SweepConfig, n_startup: int, seed: int | None = None
+    cfg: SweepConfig, n_startup: int, seed: int | None = None, factors: list[Factor] | None = None
 ) -> optuna.samplers.BaseSampler:
     """The focus sampler; each worker seeds its own, so that workers do not draw the same
-    values."""
+    values. With the factors, it sets the causes found aside (:mod:`nansearch.search.set_aside`)."""
     seed = cfg.seed if seed is None else seed
     if cfg.search.sampler == "random":
         inner: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
@@ -185,7 +187,7 @@ def make_sampler(
                 n_startup_trials=max(1, n_startup),
                 multivariate=True,
             )
-    return inner
+    return inner if factors is None else SetAsideSampler(inner, factors, seed)
 
 
 def recorded(study: optuna.Study) -> list[TrialResult]:
@@ -252,7 +254,7 @@ class Search:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.storage = storage or open_storage(cfg.storage, self.dir, cfg.heartbeat)
         self.plan = phases.plan(cfg, factors)
-        self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed)
+        self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed, factors)
         patience = cfg.search.patience
         self.stop_rule = phases.StopRule(factors, self.plan.cover, patience) if patience else None
         self.study = self._join() if join else self._open(resume)

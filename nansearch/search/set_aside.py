@@ -1,0 +1,378 @@
+"""Focus with the causes found set aside: the budget goes where NaN is still unexplained.
+
+Once a cause is named (:func:`nansearch.analysis.causes.find_causes` on the trials so far) and
+nearly all of its runs went NaN, a configuration that matches it teaches nothing new: it goes NaN for a known reason,
+and its NaN hides whatever else it carries (``amp-fp16`` with a high learning rate,
+tried only alongside a batch whose labels are all ignored, was never seen to fail on
+its own). :class:`SetAsideSampler` wraps the focus sampler, an Optuna sampler like
+any other, and suggests no such configuration:
+
+1. **What nothing has tried yet.** A pair of levels of two factors (a range in
+   strata, as in the cover, :mod:`nansearch.pairwise`) counts as explored once a run
+   that no cause explains has held it. While some pair outside the known causes is
+   unexplored, focus suggests the configuration that explores the most of them.
+2. **What a cause not yet sure holds.** A named cause some of whose runs stayed finite
+   is not set aside: focus tries it with the levels of the other factors its runs have
+   not held, so that ``lr above 0.5`` becomes ``lr above 0.5 with dtype=amp-fp16`` or
+   stays as it is.
+3. **Where NaN is unexplained.** Then the wrapped sampler (TPE) steers toward
+   instability, reading a history in which the runs a known cause explains score 0,
+   so that it is drawn to the NaN runs and near misses still unexplained rather than
+   to the causes it found first. A draw that matches a known cause is drawn again.
+
+:func:`unexplored` is also what the stopping rule waits on: the search settles only
+once the space outside the known causes has been covered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, MIN_NAN, Cause, find_causes
+from nansearch.search import pairwise
+from nansearch.trial.runner import TrialResult
+
+log = logging.getLogger(__name__)
+
+REDRAWS = 32  # draws of the wrapped sampler before falling back to a random one outside
+SURE = 0.9  # a cause is set aside once at least this share of its runs went NaN
+
+
+def _continuous(factors: Sequence[Any]) -> list[str]:
+    return [f.name for f in factors if not isinstance(f.distribution(), CategoricalDistribution)]
+
+
+def known_causes(results: Sequence[TrialResult], factors: Sequence[Any]) -> list[Cause]:
+    """The causes to set aside: those named so far whose runs go NaN nearly always.
+
+    A cause that only raises the NaN rate (``init=uninitialized-missing``, 16/19, when
+    the truth is that init with one checkpoint) is not set aside: the finite runs inside
+    it are what would narrow it down, so focus may still go there.
+    """
+    return settled_only(named(results, factors))
+
+
+def named(results: Sequence[TrialResult], factors: Sequence[Any]) -> list[Cause]:
+    return find_causes(results, [f.name for f in factors], _continuous(factors))
+
+
+def settled_only(causes: Sequence[Cause]) -> list[Cause]:
+    return [c for c in causes if c.nan >= MIN_NAN and c.nan >= SURE * c.total]
+
+
+class Space:
+    """The factors' pairs of levels, a continuous factor in strata, as the cover has them."""
+
+    def __init__(self, factors: Sequence[Any]):
+        self.factors = list(factors)
+        self.cols = pairwise.columns(self.factors)
+        self.all = pairwise.pairs(self.cols)
+
+    def row(self, params: dict[str, Any]) -> list[int] | None:
+        out = []
+        for col in self.cols:
+            if col.name not in params:
+                return None
+            value = params[col.name]
+            if col.continuous is None:
+                names = [str(v) for v in col.levels]
+                if str(value) not in names:
+                    return None
+                out.append(names.index(str(value)))
+            else:
+                out.append(pairwise.stratum(float(value), col.continuous, len(col.levels)))
+        return out
+
+    def row_pairs(self, row: Sequence[int]) -> set[tuple[int, int, int, int]]:
+        size = len(row)
+        return {(i, row[i], j, row[j]) for i in range(size) for j in range(i + 1, size)}
+
+    def _bounds(self, k: int, stratum: int) -> tuple[float, float]:
+        col = self.cols[k]
+        dist = col.continuous
+        if dist.log:
+            low, high = math.log(dist.low), math.log(dist.high)
+            width = (high - low) / len(col.levels)
+            return math.exp(low + width * stratum), math.exp(low + width * (stratum + 1))
+        width = (dist.high - dist.low) / len(col.levels)
+        return dist.low + width * stratum, dist.low + width * (stratum + 1)
+
+    def inside(self, pair: tuple[int, int, int, int], causes: Sequence[Cause]) -> bool:
+        """Whether every configuration holding the pair matches a known cause."""
+        i, a, j, b = pair
+        held = {i: a, j: b}
+        names = {self.cols[k].name: k for k in held}
+        for cause in causes:
+            if all(
+                c.factor in names and self._always(c, names[c.factor], held)
+                for c in cause.conditions
+            ):
+                return True
+        return False
+
+    def _always(self, condition: Any, k: int, held: dict[int, int]) -> bool:
+        col = self.cols[k]
+        if col.continuous is None:
+            return condition.op == EQUALS and str(col.levels[held[k]]) == str(condition.value)
+        low, high = self._bounds(k, held[k])
+        if condition.op == ABOVE:
+            return low >= condition.value
+        if condition.op == BELOW:
+            return high <= condition.value
+        return False
+
+
+def unexplored(
+    results: Sequence[TrialResult], factors: Sequence[Any], causes: Sequence[Cause]
+) -> set[tuple[int, int, int, int]]:
+    """The pairs of levels outside the known causes that no unexplained run has held."""
+    space = Space(factors)
+    return _unexplored(space, results, causes)
+
+
+def _unexplored(space: Space, results: Sequence[TrialResult], causes: Sequence[Cause]) -> set:
+    seen: set = set()
+    for result in results:
+        if result.outcome == "error" or any(c.holds(result.params) for c in causes):
+            continue
+        row = space.row(result.params)
+        if row is not None:
+            seen |= space.row_pairs(row)
+    return {p for p in space.all - seen if not space.inside(p, causes)}
+
+
+def _result(trial: FrozenTrial) -> TrialResult:
+    return TrialResult(
+        dict(trial.params), 0, 0, trial.user_attrs.get("outcome", "finite"), number=trial.number
+    )
+
+
+class SetAsideSampler(BaseSampler):
+    """The focus sampler with the causes already found set aside (see the module).
+
+    ``inner`` is the sampler that steers toward instability (TPE); ``factors`` the
+    search's factors. Trials with fixed values (the cover) never reach it.
+    """
+
+    def __init__(self, inner: BaseSampler, factors: Sequence[Any], seed: int | None = None):
+        self.inner = inner
+        self.factors = list(factors)
+        self.space = Space(self.factors)
+        self.rng = random.Random(seed)
+        self._known: tuple[int, list[TrialResult], list[Cause]] | None = None
+
+    # -- what the study holds ----------------------------------------------------------
+
+    def _finished(self, study: optuna.Study) -> list[FrozenTrial]:
+        return [
+            t
+            for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "outcome" in t.user_attrs
+        ]
+
+    def known(self, study: optuna.Study) -> tuple[list[TrialResult], list[Cause], list[Cause]]:
+        """The finished trials as results, the causes they name, and those set aside
+        (kept per count of trials)."""
+        trials = self._finished(study)
+        if self._known is None or self._known[0] != len(trials):
+            results = [_result(t) for t in trials]
+            causes = named(results, self.factors)
+            self._known = (len(trials), results, causes, settled_only(causes))
+        return self._known[1], self._known[2], self._known[3]
+
+    # -- the sampler interface ---------------------------------------------------------
+
+    def reseed_rng(self) -> None:
+        self.rng = random.Random()
+        self.inner.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {f.name: f.distribution() for f in self.factors}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if set(search_space) != {f.name for f in self.factors}:
+            return {}
+        results, found, causes = self.known(study)
+        missing = _unexplored(self.space, results, causes) if results else set()
+        if missing:
+            params = self._explore(missing, causes)
+            if params is not None:
+                return params
+        for cause in found:
+            if cause not in causes:
+                params = self._refine(cause, results, causes)
+                if params is not None:
+                    return params
+        view, asking = self._view(study, trial, causes)
+        for _ in range(REDRAWS if causes else 1):
+            params = self._draw(view, asking, search_space)
+            if not any(c.holds(params) for c in causes):
+                return params
+        return self._outside(causes, search_space) or params
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    # -- how a configuration is chosen -------------------------------------------------
+
+    def _explore(self, missing: set, causes: Sequence[Cause]) -> dict[str, Any] | None:
+        """The configuration outside the known causes that explores the most pairs."""
+        used = [Counter() for _ in self.space.cols]
+        best, most = None, 0
+        for _ in range(pairwise.CANDIDATES):
+            row = pairwise._candidate(self.space.cols, missing, used, self.rng)
+            for _ in range(4):  # a value inside its stratum that no cause holds
+                params = self._values(row)
+                if not any(c.holds(params) for c in causes):
+                    break
+            else:
+                continue
+            gain = len(self.space.row_pairs(row) & missing)
+            if gain > most:
+                best, most = params, gain
+        return best
+
+    def _refine(
+        self, cause: Cause, results: Sequence[TrialResult], aside: Sequence[Cause]
+    ) -> dict[str, Any] | None:
+        """A configuration inside a cause not yet sure (some of its runs stayed finite)
+        that holds levels of the other factors its runs have not held: what tells
+        ``lr above 0.5`` from ``lr above 0.5 with dtype=amp-fp16``."""
+        inside = [
+            r
+            for r in results
+            if r.outcome != "error"
+            and cause.holds(r.params)
+            and not any(c.holds(r.params) for c in aside)
+        ]
+        own = {c.factor for c in cause.conditions}
+        seen = {(name, str(value)) for r in inside for name, value in r.params.items()}
+        missing = {
+            (col.name, str(level))
+            for col in self.space.cols
+            if col.continuous is None and col.name not in own
+            for level in col.levels
+            if (col.name, str(level)) not in seen
+        }
+        if not missing:
+            return None
+        best, most = None, 0
+        for _ in range(pairwise.CANDIDATES):
+            params = self._values([self.rng.randrange(len(c.levels)) for c in self.space.cols])
+            for col in self.space.cols:
+                if col.continuous is None and col.name not in own:
+                    options = [lv for lv in col.levels if (col.name, str(lv)) in missing]
+                    if options:
+                        params[col.name] = self.rng.choice(options)
+            for condition in cause.conditions:
+                params[condition.factor] = self._inside(condition)
+            if not cause.holds(params) or any(c.holds(params) for c in aside):
+                continue
+            gain = sum((k, str(v)) in missing for k, v in params.items())
+            if gain > most:
+                best, most = params, gain
+        return best
+
+    def _inside(self, condition: Any) -> Any:
+        """A value that meets ``condition``: its level, or a draw from its side of a range."""
+        if condition.op == EQUALS:
+            col = next(c for c in self.space.cols if c.name == condition.factor)
+            return next(lv for lv in col.levels if str(lv) == str(condition.value))
+        dist = next(c for c in self.space.cols if c.name == condition.factor).continuous
+        low, high = (
+            (condition.value, dist.high) if condition.op == ABOVE else (dist.low, condition.value)
+        )
+        low, high = max(low, dist.low), min(high, dist.high)
+        if dist.log and low > 0:
+            return math.exp(self.rng.uniform(math.log(low), math.log(high)))
+        return self.rng.uniform(low, high)
+
+    def _values(self, row: Sequence[int]) -> dict[str, Any]:
+        out = {}
+        for k, col in enumerate(self.space.cols):
+            if col.continuous is None:
+                out[col.name] = col.levels[row[k]]
+            else:
+                low, high = self.space._bounds(k, row[k])
+                dist = col.continuous
+                if dist.log:
+                    value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+                else:
+                    value = self.rng.uniform(low, high)
+                out[col.name] = min(max(value, dist.low), dist.high)
+        return out
+
+    def _view(
+        self, study: optuna.Study, trial: FrozenTrial, causes: Sequence[Cause]
+    ) -> tuple[optuna.Study, FrozenTrial]:
+        """The study as the wrapped sampler reads it, the runs a cause explains scoring 0,
+        and the trial being sampled as a trial of that view."""
+        if not causes:
+            return study, trial
+        storage = optuna.storages.InMemoryStorage()
+        storage.create_new_study([StudyDirection.MAXIMIZE], "set-aside")
+        view = optuna.Study("set-aside", storage, sampler=self.inner)
+        trials = []
+        for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            value = 0.0 if any(c.holds(t.params) for c in causes) else t.value
+            trials.append(
+                optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, value=value
+                )
+            )
+        view.add_trials(trials)
+        asking = storage.create_new_trial(view._study_id)
+        return view, storage.get_trial(asking)
+
+    def _draw(
+        self, view: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            # the wrapped sampler's notes on how it samples are about this view
+            warnings.simplefilter("ignore")
+            inner_space = self.inner.infer_relative_search_space(view, trial)
+            params = dict(self.inner.sample_relative(view, trial, inner_space))
+            for name, dist in space.items():
+                if name not in params:
+                    params[name] = self.inner.sample_independent(view, trial, name, dist)
+        return params
+
+    def _outside(
+        self, causes: Sequence[Cause], space: dict[str, BaseDistribution]
+    ) -> dict[str, Any] | None:
+        """A uniform draw outside the known causes, if one turns up."""
+        cols = self.space.cols
+        for _ in range(REDRAWS):
+            row = [self.rng.randrange(len(c.levels)) for c in cols]
+            params = self._values(row)
+            if not any(c.holds(params) for c in causes):
+                return params
+        return None

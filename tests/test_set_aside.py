@@ -1,0 +1,159 @@
+"""Focus sets the causes found aside, and the search settles only once the space
+outside them is covered."""
+
+import itertools
+import random
+
+import optuna
+
+from nansearch.cli.sweep import sweep
+from nansearch.config import load_config
+from nansearch.factors import build_factors
+from nansearch.search import pairwise
+from nansearch.search.phases import StopRule
+from nansearch.search.queue import suggest
+from nansearch.search.set_aside import SetAsideSampler, known_causes, unexplored
+from nansearch.search.study import distributions, make_sampler
+from nansearch.trial.runner import TrialResult
+from tests.conftest import DEMO, REPO, demo_overrides
+
+OVERRIDES = ["factors.dtype.levels=[fp32,bf16,fp16]", "factors.batch.levels=[clean,padded-row]"]
+OPT = {"checkpoint": "opt-lm", "init": "pretrained"}
+
+
+def fp16_nan(params):
+    return params["dtype"] == "fp16"
+
+
+def recorded_study(factors, rows, nan, sampler):
+    """A real in-memory study holding ``rows`` as finished trials, NaN where ``nan`` says."""
+    dists = distributions(factors)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for params in rows:
+        failed = nan(params)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                value=1.5 if failed else 0.1,
+                user_attrs={"outcome": "nonfinite-params" if failed else "finite"},
+            )
+        )
+    return study
+
+
+def grid(factors, lr=(1e-4, 3e-3, 0.1)):
+    levels = {f.name: f.levels for f in factors if f.levels is not None}
+    for values in itertools.product(*levels.values()):
+        for rate in lr:
+            yield {**dict(zip(levels, values, strict=True)), "lr": rate}
+
+
+def test_focus_suggests_nothing_a_named_cause_explains():
+    cfg = load_config(DEMO, OVERRIDES)
+    factors = build_factors(cfg)
+    rows = list(grid(factors))  # every configuration once: dtype=fp16 is a cause by then
+    results = [TrialResult(p, 0, 0, "nonfinite-params" if fp16_nan(p) else "finite") for p in rows]
+    assert [c.text for c in known_causes(results, factors)] == ["dtype=fp16"]
+    sampler = make_sampler(cfg, n_startup=len(rows), seed=0, factors=factors)
+    assert isinstance(sampler, SetAsideSampler)
+    study = recorded_study(factors, rows, fp16_nan, sampler)
+    dists = distributions(factors)
+    drawn = []
+    for _ in range(12):
+        trial = study.ask()
+        params = {name: suggest(trial, name, dist) for name, dist in dists.items()}
+        study.tell(trial, 0.1)
+        drawn.append(params)
+    assert all(p["dtype"] != "fp16" for p in drawn)
+    # the same history without the set-aside: TPE goes back to the cause it knows
+    plain = recorded_study(factors, rows, fp16_nan, make_sampler(cfg, len(rows), seed=0))
+    again = []
+    for _ in range(12):
+        trial = plain.ask()
+        again.append(suggest(trial, "dtype", dists["dtype"]))
+        plain.tell(trial, 0.1)
+    assert again.count("fp16") >= 4
+
+
+def test_focus_first_tries_what_a_cause_kept_from_being_seen():
+    cfg = load_config(DEMO, OVERRIDES)
+    factors = build_factors(cfg)
+
+    def masked(p):  # reinit-normal with padded-row: held only by runs fp16 explains
+        return p["init"] == "reinit-normal" and p["batch"] == "padded-row"
+
+    rows = [p for p in grid(factors) if fp16_nan(p) or not masked(p)]
+    results = [TrialResult(p, 0, 0, "nonfinite-params" if fp16_nan(p) else "finite") for p in rows]
+    causes = known_causes(results, factors)
+    assert [c.text for c in causes] == ["dtype=fp16"]
+    missing = unexplored(results, factors, causes)
+    assert missing and not unexplored(
+        results + [TrialResult({**p, "dtype": "fp32"}, 0, 0, "finite") for p in rows if masked(p)],
+        factors,
+        causes,
+    )
+    sampler = SetAsideSampler(optuna.samplers.TPESampler(seed=1), factors, seed=1)
+    study = recorded_study(factors, rows, fp16_nan, sampler)
+    trial = study.ask()
+    params = {name: suggest(trial, name, d) for name, d in distributions(factors).items()}
+    assert masked(params) and params["dtype"] != "fp16"
+
+
+def test_the_search_settles_only_once_the_space_outside_the_causes_is_covered():
+    cfg = load_config(DEMO, OVERRIDES)
+    factors = build_factors(cfg)
+    rows = list(grid(factors))
+    random.Random(0).shuffle(rows)
+    hidden = [p for p in rows if p["dtype"] == "bf16"]
+    seen = [p for p in rows if p["dtype"] != "bf16"] * 2
+
+    def settles(order):
+        rule = StopRule(factors, cover=10, patience=5)
+        results = [
+            TrialResult(p, 0, 0, "nonfinite-params" if fp16_nan(p) else "finite", number=i)
+            for i, p in enumerate(order)
+        ]
+        return next((n for n in range(1, len(order) + 1) if rule.update(results[:n])), None)
+
+    # without a single bf16 run, its pairs are unexplored: the rule waits for them
+    assert settles(seen) is None
+    after = settles(seen + hidden)
+    assert after is not None and after > len(seen)
+
+
+def test_a_sweep_with_no_cause_names_none_and_settles_after_its_cover():
+    cfg = load_config(DEMO, OVERRIDES)
+    factors = build_factors(cfg)
+    size = pairwise.size(factors, seed=0)
+    rows = pairwise.cover_plan(factors, size + 20, seed=0)
+    results = [TrialResult(p, 0, 0, "finite", number=i) for i, p in enumerate(rows)]
+    rule = StopRule(factors, cover=size, patience=5)
+    said = [rule.update(results[:n]) for n in range(1, len(results) + 1)]
+    first = next(n for n, s in enumerate(said, 1) if s)
+    assert said[first - 1] == "no cause"
+    assert first == size + 5  # the cover, then patience focus trials with nothing found
+
+
+NULL_SWEEP = """include: [{repo}/configs/opt-target.yaml]
+factors:
+  checkpoint: {{levels: {{opt-lm: 'demo:opt-lm'}}}}
+  dtype: {{levels: [fp32, bf16]}}
+  lr: {{low: 1.0e-4, high: 1.0e-3}}
+  init: {{levels: {{pretrained: {{scheme: pretrained}}}}}}
+  batch: {{levels: [clean, long-sequence]}}
+"""
+
+
+def test_a_null_sweep_names_nothing_and_gives_its_nearest_miss(tmp_path):
+    # fp32 and bf16 at low learning rates, clean batches: a real sweep with no cause
+    path = tmp_path / "null.yaml"
+    path.write_text(NULL_SWEEP.format(repo=REPO))
+    outcome = sweep(str(path), demo_overrides(trials=8, steps=3))
+    ranking = outcome.ranking
+    assert ranking["nan"] == 0 and ranking["causes"] == [] and ranking["interactions"] == []
+    (said,) = [c for c in ranking["conclusions"] if c["kind"] != "errors"]
+    assert said["kind"] == "no-nan" and said["text"].startswith("No cause found")
+    miss = said["highest_instability"]
+    assert 0 < miss["score"] < 1
+    assert miss["score"] == max(r.score for r in outcome.results)
