@@ -6,7 +6,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from scipy.stats import fisher_exact
 
-from nansearch.analysis.causes import find_causes, find_interactions
+from nansearch.analysis.causes import find_causes, find_interactions, with_causes
 from nansearch.analysis.ranking import Bins, format_conclusions, format_table, rank, wilson
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import fmt, isolate, midpoint
@@ -151,6 +151,44 @@ def test_interaction_detection_finds_the_planted_pair(study):
     assert amp.first_alone["nan"] == 0 and amp.second_alone["nan"] == 0
 
 
+def test_a_cause_of_two_conditions_is_an_interaction_too(study):
+    causes = find_causes(study, NAMES, CONTINUOUS)
+    (pair,) = [c for c in causes if len(c.conditions) == 2]
+    (item,) = with_causes([], causes)  # as if the pair test had found nothing
+    assert (item.first, item.second) == pair.conditions
+    assert item.joint == {"nan": pair.nan, "total": pair.total}
+    assert item.p_adjusted == pair.p_adjusted < 0.05
+    found = find_interactions(study, NAMES, CONTINUOUS, causes)
+    assert len(with_causes(found, causes)) == len(found)  # listed once, not twice
+    ranking = rank(study, AXES)
+    assert any(
+        i["text"].startswith("dtype=amp-fp16 with lr above") for i in ranking["interactions"]
+    )
+
+
+def test_a_range_seen_on_one_level_only_is_not_called_sufficient():
+    # SGD diverges above lr 1 in bf16; fp32 was never run that high: nothing says it
+    # diverges there too, so the edge is given for bf16 and fp32 is named as unseen
+    rng = random.Random(3)
+    results = []
+    for i in range(60):
+        dtype = "bf16" if i % 2 else "fp32"
+        lr = 10 ** rng.uniform(-2, 2) if dtype == "bf16" else 10 ** rng.uniform(-2, -0.5)
+        params = {"dtype": dtype, "batch": "clean", "init": "pretrained", "lr": lr}
+        results.append(trial(i, params, dtype == "bf16" and lr > 1.0))
+    (cause,) = find_causes(results, NAMES, CONTINUOUS)
+    assert cause.text.startswith("lr above")
+    assert cause.nan == cause.total  # every run above the edge went NaN ...
+    assert not cause.sufficient  # ... but all of them in bf16
+    (bf16,) = [e for e in cause.by_level["dtype"] if e["value"] == "bf16"]
+    (fp32,) = [e for e in cause.by_level["dtype"] if e["value"] == "fp32"]
+    assert fp32["total"] == 0 and bf16["nan"] == bf16["total"] > 3
+    assert 0.5 < bf16["edge"] < 2
+    text = rank(results, AXES)["conclusions"][0]["text"]
+    assert "raises the NaN rate" in text and "sufficient" not in text
+    assert "the edge depends on dtype" in text and "not run above it with dtype=fp32" in text
+
+
 def test_values_that_travelled_with_a_cause_are_not_blamed():
     """TPE-like sampling: fp32 mostly drawn with ignored labels looks 75% NaN."""
     results, number = [], 0
@@ -229,7 +267,11 @@ def test_no_nan_at_all_says_so():
     ranking = rank(results, AXES)
     assert ranking["causes"] == [] and ranking["interactions"] == []
     assert ranking["conclusions"][0]["kind"] == "no-nan"
-    assert ranking["conclusions"][0]["text"].startswith("No run went NaN in 6 runs")
+    text = ranking["conclusions"][0]["text"]
+    assert text.startswith("No cause found: no run went NaN in 6 runs")
+    # the nearest miss: the highest instability seen (trial 5 scores 0.15)
+    assert ranking["conclusions"][0]["highest_instability"]["trial"] == 5
+    assert "Highest instability seen: trial 5 (" in text and "instability 0.15" in text
 
 
 # -- isolation on a planted rule ---------------------------------------------------------

@@ -82,6 +82,8 @@ class Cause:
     tried: int
     others: list[dict[str, Any]] = field(default_factory=list)
     boundary: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # for a range: per level of another factor where the edge differs or was never run
+    by_level: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def holds(self, params: dict[str, Any]) -> bool:
         return all(c.holds(params) for c in self.conditions)
@@ -95,7 +97,10 @@ class Cause:
 
     @property
     def sufficient(self) -> bool:
-        return self.total >= MIN_NAN and self.nan == self.total
+        """Every run NaN, and, for a range, runs inside it at every level of the other
+        factors that runs no other cause explains have: never on one level's word."""
+        unseen = any(not e["total"] for levels in self.by_level.values() for e in levels)
+        return self.total >= MIN_NAN and self.nan == self.total and not unseen
 
     @property
     def text(self) -> str:
@@ -113,6 +118,7 @@ class Cause:
             "rules_tried": self.tried,
             "others": self.others,
             "boundary": {k: list(v) for k, v in self.boundary.items()},
+            "by_level": self.by_level,
         }
 
 
@@ -357,6 +363,66 @@ def describe(ev: Evidence, cause: Cause, causes: list[Cause]) -> None:
                 None if first_fail is None else float(first_fail),
             )
         cause.others.append({"text": text, "factor": condition.factor, **_counts(ev, context)})
+    ranged = [c for c in cause.conditions if c.op != EQUALS]
+    if len(ranged) == 1:
+        cause.by_level = per_level(ev, cause, ranged[0], background)
+
+
+EDGE_APART = 1.5  # per-level edges this many times apart are reported apart
+
+
+def per_level(
+    ev: Evidence, cause: Cause, condition: Condition, background: np.ndarray
+) -> dict[str, list[dict[str, Any]]]:
+    """A range's edge per level of each other factor, where the levels disagree: one has
+    finite runs inside the range, or none inside it at all, or its edge lies apart.
+
+    Each level's edge is the value from which all its runs (no other cause, the rule's
+    other conditions met) went NaN: the midpoint of its last finite run below its
+    lowest such NaN run and that run.
+    """
+    above = condition.op == ABOVE
+    column = ev.columns[condition.factor]
+    scope = background & ev.mask([c for c in cause.conditions if c is not condition])
+    scope &= ~np.isnan(column)
+    inside = ~np.isnan(column) & (
+        (column >= condition.value) if above else (column <= condition.value)
+    )
+    inside &= ev.mask([c for c in cause.conditions if c is not condition])
+    own = {c.factor for c in cause.conditions}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in ev.factors:
+        if name in own or name in ev.continuous:
+            continue
+        entries = []
+        for level in ev.levels(name, scope):
+            at = scope & (ev.columns[name] == level)
+            counts = _counts(ev, at & inside)
+            if not counts["total"] and (inside & (ev.columns[name] == level)).any():
+                continue  # its runs inside the range are another cause's
+            entries.append({"value": level, **counts, "edge": _edge(column[at], ev.nan[at], above)})
+        if len(entries) < 2:
+            continue
+        edges = [e["edge"] for e in entries if e["edge"] is not None]
+        apart = len(edges) > 1 and max(edges) > EDGE_APART * min(edges) > 0
+        uneven = any(e["nan"] < e["total"] or not e["total"] for e in entries)
+        if apart or uneven:
+            out[name] = entries
+    return out
+
+
+def _edge(values: np.ndarray, nan: np.ndarray, above: bool) -> float | None:
+    """Where one level's runs turn NaN for good along the range's side, if they do."""
+    order = np.argsort(values if above else -values, kind="stable")
+    values, nan = values[order], nan[order]
+    if not len(values) or not nan[-1]:
+        return None
+    start = len(nan)
+    while start > 0 and nan[start - 1]:
+        start -= 1
+    if start == 0:
+        return float(values[0])
+    return _midpoint(float(values[start - 1]), float(values[start]))
 
 
 @dataclass
@@ -456,6 +522,40 @@ def find_interactions(
     return sorted(
         (i for i in found if i.p_adjusted < alpha), key=lambda i: (i.p_value, -i.joint["nan"])
     )
+
+
+def with_causes(interactions: Sequence[Interaction], causes: Sequence[Cause]) -> list[Interaction]:
+    """The interactions, and every cause of two conditions among them: a cause that needs
+    both values is an interaction whether or not the pair test found it on its own."""
+    out = list(interactions)
+
+    def same(a: Condition, b: Condition) -> bool:
+        return a.factor == b.factor and a.op == b.op and (a.op != EQUALS or a.value == b.value)
+
+    for cause in causes:
+        if len(cause.conditions) != 2:
+            continue
+        first, second = cause.conditions
+        if any(
+            (same(i.first, first) and same(i.second, second))
+            or (same(i.first, second) and same(i.second, first))
+            for i in out
+        ):
+            continue
+        others = {o["factor"]: o for o in cause.others}
+        alone = [others.get(c.factor, {"nan": 0, "total": 0}) for c in (second, first)]
+        out.append(
+            Interaction(
+                first,
+                second,
+                {"nan": cause.nan, "total": cause.total},
+                {"nan": alone[0]["nan"], "total": alone[0]["total"]},
+                {"nan": alone[1]["nan"], "total": alone[1]["total"]},
+                cause.p_value,
+                cause.p_adjusted,
+            )
+        )
+    return out
 
 
 def _base(ev: Evidence, causes: Sequence[Cause], pair: Sequence[Condition]) -> np.ndarray:

@@ -12,6 +12,7 @@ left unexplained. For example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,27 @@ def _boundary(cause: Cause, name: str) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _by_level(cause: Cause, condition: Condition) -> str:
+    """A range's edge per level, where the levels disagree: no edge claimed for all."""
+    parts = []
+    side = _side(condition)
+    for factor, entries in cause.by_level.items():
+        items = []
+        for e in entries:
+            where = f"with {factor}={e['value']}"
+            if not e["total"]:
+                items.append(f"not run {side} it {where}")
+            elif e["edge"] is None:
+                items.append(f"{_frac(e)} NaN {side} it {where}")
+            else:
+                items.append(
+                    f"{side} {fmt(e['edge'])} {where} ({_frac(e)} of its runs {side} "
+                    f"{fmt(condition.value)} NaN)"
+                )
+        parts.append(f"the edge depends on {factor}: " + "; ".join(items))
+    return "".join(f"; {p}" for p in parts)
+
+
 def sentence(cause: Cause) -> str:
     """The cause and its counts, as a sentence."""
     runs = f"{cause.nan}/{cause.total} runs NaN"
@@ -54,7 +76,7 @@ def sentence(cause: Cause) -> str:
                 f"{_frac(others[c.factor])} {_side(c, flip=True)} it with no other cause"
                 f"{_boundary(cause, c.factor)}"
             )
-        return f"{c.text} {verb}: {runs}, vs {contrast}."
+        return f"{c.text} {verb}: {runs}, vs {contrast}{_by_level(cause, c)}."
     ranged = [c for c in cause.conditions if c.op != EQUALS]
     fixed = [c for c in cause.conditions if c.op == EQUALS]
     if len(ranged) == 1 and len(fixed) == 1:
@@ -114,6 +136,25 @@ def _confirmation_text(confirmation: Confirmation | None) -> str:
     return f" Confirmation of trial {confirmation.trial}: {confirmation.text}."
 
 
+def highest_instability(results: Sequence[TrialResult]) -> dict[str, Any] | None:
+    """The finite run that came closest to its dtype's range (the highest instability
+    score), the nearest miss of a sweep with no NaN."""
+    scored = [r for r in results if r.score is not None and not r.is_nan]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: (r.score, -(r.number or 0)))
+    peak = max((v for v in best.logit_absmax if math.isfinite(v)), default=0.0)
+    values = ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
+    return {
+        "text": f"Highest instability seen: trial {best.number} ({values}), instability {best.score:.2f} "
+        f"(its largest logit {peak:.3g}, in {best.compute_dtype}; 1 would be NaN).",
+        "trial": best.number,
+        "params": best.params,
+        "score": best.score,
+        "logit_absmax": peak,
+    }
+
+
 def conclude(
     results: Sequence[TrialResult],
     causes: Sequence[Cause],
@@ -150,15 +191,18 @@ def conclude(
     nan = [r for r in scored if r.is_nan]
     if not nan:
         steps = max((r.steps for r in results), default=0)
-        out.append(
-            {
-                "text": f"No run went NaN in {len(scored)} runs of {steps} steps: none of the "
-                "searched values causes NaN at this length.",
-                "kind": "no-nan",
-                "nan": 0,
-                "total": len(scored),
-            }
-        )
+        item = {
+            "text": f"No cause found: no run went NaN in {len(scored)} runs of {steps} steps, "
+            "so none of the searched values causes NaN at this length.",
+            "kind": "no-nan",
+            "nan": 0,
+            "total": len(scored),
+        }
+        closest = highest_instability(scored)
+        if closest is not None:
+            item["text"] += " " + closest["text"]
+            item["highest_instability"] = closest
+        out.append(item)
     else:
         loose = [
             r

@@ -27,7 +27,7 @@ from typing import Any
 
 from scipy.stats import fisher_exact
 
-from nansearch.analysis.causes import Cause, find_causes, find_interactions
+from nansearch.analysis.causes import Cause, find_causes, find_interactions, with_causes
 from nansearch.trial.runner import TrialResult
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def rank(
     searched = [r for r in results if r.phase in SEARCH_PHASES]
     names, continuous = axes_kinds(factors)
     causes = find_causes(results, names, continuous)
-    interactions = find_interactions(results, names, continuous, causes)
+    interactions = with_causes(find_interactions(results, names, continuous, causes), causes)
     tables = [factor_table(searched, name, levels, causes) for name, levels in factors]
     weights = importance(searched, distributions, seed) if distributions else {}
     for table in tables:
