@@ -19,6 +19,7 @@ from nansearch import jsonl
 from nansearch.cli.sweep import sweep
 from nansearch.search.study import open_storage
 from tests.conftest import DEMO, REPO, demo_overrides
+from tests.test_postgres import database  # noqa: F401, the fixture
 from tests.test_workers import (
     assert_accounted,
     nansearch,
@@ -277,3 +278,39 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
     assert TrialState.RUNNING not in states.values()
     assert sum(s == TrialState.COMPLETE for s in states.values()) < 6
     assert not any(alive(pid) for pid in kids)
+
+
+def test_a_second_sweep_of_a_live_study_says_who_holds_it_and_a_worker_may_join(tmp_path):
+    path = steady_sweep(tmp_path, trials=6, steps=300)
+    first = nansearch("sweep", str(path), cwd=tmp_path)
+    study_dir = tmp_path / "runs" / "steady"
+    storage = open_storage(None, study_dir)
+    running_trial_of_a_worker(storage)
+
+    second = cli("sweep", str(path), "--resume", cwd=tmp_path)
+    assert second.returncode == 2, second.stderr
+    assert "Traceback" not in second.stderr
+    assert f"is being run by another sweep (pid {first.pid} on " in second.stderr
+
+    journal = f"journal:{study_dir / JOURNAL}"
+    joined = nansearch("worker", "steady", "--storage", journal, cwd=tmp_path)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    _, err = joined.communicate(timeout=600)
+    assert joined.returncode == 0, err
+
+    study = load_steady(storage)
+    assert_accounted(study, study_dir, budget=6)  # no overrun, no trial failed under it
+    pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials()}
+    assert pids == {first.pid, joined.pid}
+
+
+def test_a_postgres_study_has_one_live_sweep(tmp_path, database):  # noqa: F811
+    from nansearch.search.lease import StudyBusy, study_lease
+
+    overrides = demo_overrides(trials=3, storage=database)
+    held = study_lease("t", database, tmp_path / "runs" / "t")  # a live sweep's session
+    with held, pytest.raises(StudyBusy, match=f"pid {os.getpid()} on "):
+        sweep(DEMO, overrides)
+    outcome = sweep(DEMO, overrides)  # released with the session that held it
+    assert outcome.complete and len(outcome.results) == 3

@@ -22,6 +22,7 @@ from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
 from nansearch.report.page import write_report
 from nansearch.search.interrupt import stop_on_interrupt
+from nansearch.search.lease import study_lease
 from nansearch.search.phases import QUEUED, Probes, run_probes
 from nansearch.search.study import (
     Search,
@@ -193,9 +194,15 @@ def run_sweep(
     ``callbacks`` hear of every trial the study records while this runs; with several
     workers, the trials of workers elsewhere too. ``on_audit`` hears the audit before the
     first trial runs. Torch runs on ``cfg.threads`` CPU threads here and in each worker.
+
+    A sweep holds its study's lease (:mod:`nansearch.search.lease`) while it runs, so a
+    second sweep of the study stops with who holds it; a joining worker takes none.
     """
     with cpu_threads(cfg.threads):
-        return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
+        if join:
+            return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
+        with study_lease(cfg.study, cfg.storage, cfg.study_dir):
+            return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
 
 
 def _run_sweep(
