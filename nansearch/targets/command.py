@@ -89,8 +89,9 @@ class CommandTarget(CausalLMTarget):
                 "min_loss_scale": runner.cfg.optimizer.min_loss_scale,
                 "params": params,
                 "seed": seed,
-                "sweep": to_yaml(runner.cfg),
             }
+            if self._levels_inside(runner, params):
+                settings["sweep"] = to_yaml(runner.cfg)  # the child builds the factors
             if observer is not None and hasattr(observer, "load_json"):
                 settings["diagnose"] = {
                     "op_step": observer.op_step,
@@ -105,6 +106,21 @@ class CommandTarget(CausalLMTarget):
             observer.load_json(last["diagnostics"])
 
     # -- inside -----------------------------------------------------------------------
+
+    @staticmethod
+    def _levels_inside(runner: TrialRunner, params: dict[str, Any]) -> bool:
+        """Whether the script's process has levels to apply (init, batch, registered ones)."""
+        for factor in runner.factors:
+            value = params.get(factor.name)
+            if factor.name == "init":
+                if factor.schemes[value].scheme != "pretrained":
+                    return True
+            elif factor.name == "batch":
+                if value != "clean":
+                    return True
+            elif factor.name not in ("checkpoint", "dtype", "lr"):
+                return True
+        return False
 
     def _write_config(self, folder: Path, values: dict[str, Any]) -> Path:
         from omegaconf import OmegaConf
