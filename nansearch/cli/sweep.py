@@ -7,11 +7,12 @@ import shlex
 import sys
 import time
 
-from nansearch.analysis.ranking import format_conclusions, format_table
+from nansearch.analysis.ranking import format_table
 from nansearch.analysis.warning import format_at_risk
 from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
+from nansearch.search.fixes import format_conclusions
 from nansearch.search.study import SweepCallbacks
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult

@@ -21,6 +21,7 @@ from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, build_factors
 from nansearch.report.page import write_report
+from nansearch.search.fixes import verify_fixes
 from nansearch.search.interrupt import stop_on_interrupt
 from nansearch.search.lease import study_lease
 from nansearch.search.phases import QUEUED, Probes, run_probes
@@ -132,6 +133,28 @@ def add_at_risk(ranking: dict[str, Any], cfg: SweepConfig, results: list[TrialRe
             if item.get("kind") == "no-nan":
                 item["text"] += f" Near-miss: {found[0].text}."
                 item["near_miss"] = found[0].to_json()
+
+
+def add_fixes(
+    cfg: SweepConfig,
+    factors: list[Factor],
+    runner: TrialRunner,
+    ranking: dict[str, Any],
+    results: list[TrialResult],
+    study_dir: Path,
+    tracker: Tracker | None = None,
+    stop=None,
+) -> None:
+    """Verify a fix for each conclusion over the longer run and add them to ``ranking.json``."""
+
+    def heard(fix) -> None:
+        if tracker is not None:
+            tracker.log_fix(fix.to_json())
+
+    fixes = verify_fixes(cfg, factors, runner, ranking, results, read_audit(study_dir), heard, stop)
+    ranking["fixes"] = [fix.to_json() for fix in fixes]
+    path = study_dir / "ranking.json"
+    path.write_text(json.dumps(ranking, indent=2) + "\n")
 
 
 def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) -> Audit:
@@ -256,6 +279,10 @@ def _run_sweep(
         results = recorded(search.study)
         write_trials(results, search.dir / "trials.jsonl")
         ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
+        if not join and not interrupted:
+            with stop_on_interrupt() as stop:
+                add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop)
+            interrupted = stop.signum
         report = write_report_safely(search.dir)
         if not join:
             tracking = tracker.finish_study(ranking, results, search.dir, read_audit(search.dir))
