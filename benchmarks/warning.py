@@ -2,8 +2,9 @@
 
 Each configuration below is a real mechanism whose NaN can come after the trial's
 steps. It is run for the trial's ``STEPS`` steps, its trail forecast
-(:func:`nansearch.analysis.warning.forecast`), then run again for the horizon, ten times as
-long, with the same seed; the long run says whether and when it really fails.
+(:func:`nansearch.analysis.warning.forecast`), then run again for the horizon, ten
+times as long, with the same seed; the long run says whether and when it really fails.
+Each seed builds its own model and batch.
 Configurations that already fail within the trial's steps are NaN trials, not
 forecasts, and are counted apart.
 
@@ -88,7 +89,7 @@ MECHANISMS = [
 ]
 
 
-def runner_for(mechanism: Mechanism):
+def runner_for(mechanism: Mechanism, seed: int):
     cfg = load_config(
         REPO / "sweeps" / "custom.yaml",
         [
@@ -98,6 +99,7 @@ def runner_for(mechanism: Mechanism):
             "factors.dtype.levels=[fp32,bf16,amp-bf16,amp-fp16]",
             "factors.lr.low=1e-9",
             "factors.lr.high=100.0",
+            f"target.options.seed={seed}",  # the model's init and its batch
             *mechanism.overrides,
         ],
     )
@@ -105,10 +107,10 @@ def runner_for(mechanism: Mechanism):
 
 
 def measure(mechanism: Mechanism, seeds: int) -> list[dict[str, Any]]:
-    runner = runner_for(mechanism)
     rows = []
-    for dtype, lr in mechanism.configs:
-        for seed in range(seeds):
+    for seed in range(seeds):
+        runner = runner_for(mechanism, seed)
+        for dtype, lr in mechanism.configs:
             params = {**BASE, "dtype": dtype, "lr": lr}
             short = runner.run(params, seed=seed, steps=STEPS)
             row: dict[str, Any] = {"mechanism": mechanism.name, "dtype": dtype, "lr": lr}

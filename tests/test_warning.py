@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 import math
 
-from nansearch.analysis.warning import MIN_POINTS, at_risk, fit, forecast, format_at_risk
+from nansearch.analysis.warning import (
+    MIN_POINTS,
+    at_risk,
+    at_risk_score,
+    fit,
+    forecast,
+    format_at_risk,
+)
 from nansearch.config import load_config
 from nansearch.report.page import load_study, render
 from nansearch.search.sweep import add_at_risk, prepare
@@ -40,6 +47,7 @@ def test_a_flat_trail_gives_no_warning():
     predicted = forecast(result, horizon=200)
     assert predicted is not None and not predicted.at_risk
     assert at_risk([result], horizon=200) == []
+    assert at_risk_score(result, result.score, 200, 1.0) == result.score < 0.9
     # noise around a level is no trend either, whichever way it wobbles
     wobble = [20 + 3 * math.sin(1.7 * i) for i in range(20)]
     assert fit(wobble) is None
@@ -86,6 +94,8 @@ def test_a_real_growing_run_is_flagged_and_then_fails():
     predicted = forecast(short, horizon=120)
     assert predicted.at_risk, predicted.text
     assert predicted.signal == "loss_scale"
+    # the search scores it where focus is drawn to it, yet below every NaN run
+    assert 0.9 <= at_risk_score(short, short.score, 120, 1.0) < 1
     long = runner.run(params, seed=1, steps=120)
     assert long.is_nan
     assert long.first_bad_step <= 120

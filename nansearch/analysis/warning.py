@@ -267,3 +267,17 @@ def format_at_risk(items: Sequence[dict[str, Any]], most: int = 5) -> str:
     if len(items) > most:
         lines.append(f"  ... and {len(items) - most} more in ranking.json")
     return "\n".join(lines)
+
+
+def at_risk_score(
+    result: TrialResult, score: float | None, horizon: int, min_loss_scale: float
+) -> float | None:
+    """The search's score for a run: a finite run forecast to pass its dtype's range
+    within ``horizon`` steps scores 0.9 to 0.999, the sooner the higher: above every
+    finite run that is not at risk and below every NaN run, so focus spends trials near it."""
+    if result.outcome != "finite" or score is None:
+        return score
+    found = forecast(result, horizon, min_loss_scale)
+    if found is None or not found.at_risk:
+        return score
+    return max(score, min(0.999, 0.9 + 0.099 * (1 - found.predicted_step / horizon)))

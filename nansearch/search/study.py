@@ -31,6 +31,7 @@ from optuna.storages.journal._file import get_lock_file
 
 from nansearch import jsonl
 from nansearch.analysis.ranking import Bins
+from nansearch.analysis.warning import at_risk_score, horizon_of
 from nansearch.config import (
     HeartbeatConfig,
     NansearchError,
@@ -379,6 +380,10 @@ class Search:
             raise
         result.number, result.phase = trial.number, phase
         result.origin = trial.user_attrs.get(ORIGIN_ATTR)
+        horizon = horizon_of(self.cfg.steps, self.cfg.search.horizon)
+        result.score = at_risk_score(
+            result, result.score, horizon, self.cfg.optimizer.min_loss_scale
+        )
         try:
             trial.set_user_attr("outcome", result.outcome)
             trial.set_user_attr(RESULT_ATTR, result.to_json())  # from here on it counts as done
