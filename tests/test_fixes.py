@@ -49,7 +49,7 @@ def isolated(failing: dict, reference: dict, name: str) -> dict:
 def test_a_fix_that_holds_is_verified_over_the_longer_run():
     cfg, factors, runner = custom("steps=4", "search.seeds=2")
     failing = {**BASE, "batch": "labels-all-ignored"}
-    reference = {**BASE, "batch": "clean"}
+    reference = {**BASE, "batch": "clean", "lr": 1e-3}  # it differs in lr too
     first = runner.run(failing, seed=5)
     first.number = 0
     assert first.is_nan
@@ -59,6 +59,8 @@ def test_a_fix_that_holds_is_verified_over_the_longer_run():
     assert fix.change == {"batch": "clean"}  # the reference's value, not padded-row
     assert fix.overrides == ["batch=clean"]
     assert fix.steps == 40 and fix.seeds == [5, 6]
+    # held against the failing configuration with only the needed value made clean
+    assert fix.reference == {**failing, "batch": "clean"}
     assert [r["outcome"] for r in fix.runs] == ["finite", "finite"]
     assert fix.verdict == "verified", fix.why
     assert "every seed finite" in fix.text

@@ -13,8 +13,9 @@ Two fixes per conclusion where there are two:
   fp16 weights), applied to the failing configuration.
 
 Each runs for ``search.verify_steps`` steps (ten times ``steps`` by default) on the
-confirmation's seeds, and so does the clean reference (the passing configuration the
-isolation compared against). A fix is *verified* when every seed stays finite that long
+confirmation's seeds, and so does the clean reference: the failing configuration with
+every value the failure needs set as the passing run the isolation compared against had
+it, everything else kept. A fix is *verified* when every seed stays finite that long
 and its loss trend (the mean of the last tenth of the steps over the mean of the first
 tenth, the median over seeds) is no worse than the reference's, within ``TOLERANCE``;
 else it is *not sufficient*, and the record says what happened.
@@ -157,16 +158,16 @@ def judge(fix: Fix) -> None:
     if ours is None:
         fix.verdict, fix.why = "not sufficient", "the loss could not be read"
         return
-    loss = f"loss x{ours:.2f} from the first tenth of the steps to the last"
+    loss = f"loss x{ours:.2g} from the first tenth of the steps to the last"
     if theirs is None:
         fix.verdict = "verified"
         fix.why = f"every seed finite, {loss} (no clean reference to compare)"
     elif ours <= theirs + TOLERANCE:
         fix.verdict = "verified"
-        fix.why = f"every seed finite, {loss} (clean reference x{theirs:.2f})"
+        fix.why = f"every seed finite, {loss} (clean reference x{theirs:.2g})"
     else:
         fix.verdict = "not sufficient"
-        fix.why = f"every seed finite, but {loss}, worse than the clean reference's x{theirs:.2f}"
+        fix.why = f"every seed finite, but {loss}, worse than the clean reference's x{theirs:.2g}"
 
 
 class Verifier:
@@ -312,6 +313,23 @@ def _seeds(
     return seeds or [failing.seed + k for k in range(count)]
 
 
+def clean_reference(
+    item: dict[str, Any], failing: dict[str, Any], reference: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The failing configuration with every value the failure needs set as the passing
+    reference had it, all else kept: what the fix's loss trend is held against."""
+    if reference is None:
+        return None
+    iso = item.get("isolation") or {}
+    names = list(iso.get("minimal") or {}) or [c["factor"] for c in item.get("conditions") or []]
+    ranges = {k: v["passes"] for k, v in (iso.get("ranges") or {}).items()}
+    clean = dict(failing)
+    for name in names:
+        if name in reference:
+            clean[name] = ranges.get(name, reference[name])
+    return clean
+
+
 def plan_fixes(
     ranking: dict[str, Any],
     results: Sequence[TrialResult],
@@ -342,9 +360,10 @@ def plan_fixes(
         if smallest:
             changes.append(("isolation", smallest))
         changes += [("audit", change) for change in audit_changes(item, audit)]
+        clean = clean_reference(item, failing.params, reference)
         for source, change in changes:
             fixes.append(
-                Fix(index, rule, source, change, dict(failing.params), reference, steps, run_seeds)
+                Fix(index, rule, source, change, dict(failing.params), clean, steps, run_seeds)
             )
     return fixes
 
