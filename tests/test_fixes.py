@@ -132,3 +132,32 @@ def test_fixes_show_under_their_conclusion_on_the_terminal_and_in_the_report(tmp
     (study / "ranking.json").write_text(json.dumps(ranking))
     page = render(load_study(study))
     assert '<li class="fix verified"><b>verified</b>: <code>optimizer.eps=0.0001</code>' in page
+
+
+def test_each_fix_is_a_wandb_run_with_job_type_fix(tmp_path):
+    from nansearch.tracking.tracker import WandbTracker, end_session
+    from tests.test_tracking import offline_runs
+
+    end_session()
+    fix = Fix(1, "dtype=fp16", "isolation", {"dtype": "amp-fp16"}, {"dtype": "fp16"},
+              {"dtype": "fp32"}, 200, [3, 4], verdict="not sufficient",
+              why="1 of 2 seeds failed")  # fmt: skip
+    fix.runs = [
+        {"seed": 3, "outcome": "finite", "steps_run": 200, "trend": 0.5},
+        {"seed": 4, "outcome": "nonfinite-logits", "steps_run": 57, "trend": None},
+    ]
+    fix.reference_runs = [
+        {"seed": 3, "outcome": "finite", "steps_run": 200, "trend": 0.4},
+        {"seed": 4, "outcome": "finite", "steps_run": 200, "trend": 0.4},
+    ]
+    tracker = WandbTracker("offline", tmp_path / "f")
+    tracker.start(load_config(CUSTOM, ["study=f"]))
+    tracker.log_fix(fix.to_json())
+    tracker.close()
+    (run,) = offline_runs(tmp_path / "f")
+    assert run["run"]["job_type"] == "fix"
+    assert run["name"] == "fix-2-isolation"
+    assert run["config"]["overrides"] == "dtype=amp-fp16"
+    assert run["summary"]["verdict"] == "not sufficient"
+    assert run["summary"]["finite_seeds"] == 1 and run["summary"]["seeds_run"] == 2
+    assert "not-sufficient" in run["tags"]
