@@ -32,6 +32,16 @@ def test_demo_sweep_writes_the_study_folder(tmp_path):
     assert sum(line["outcome"] != "finite" for line in lines) == ranking["nan"] + ranking["errors"]
     assert outcome.ranking["trials"] == 12
     assert "trials: 12" in (folder / "config.yaml").read_text()
+    # what ran per phase adds up to the trials; the study keeps the plan under its own name
+    assert sum(ranking["phases"].values()) == 12
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(folder / "optuna-journal.log"))
+        ),
+    )
+    assert "phases" not in study.user_attrs
+    assert set(study.user_attrs["phase_budgets"]) >= {"cover", "confirm", "isolate"}
 
 
 def test_the_cover_holds_every_pair_of_levels_and_the_learning_rate_in_strata():

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "config"  # the study's resolved configuration, as YAML: workers rebuild it
 BUDGET_ATTR = "trials"  # the queue's budget (cover and focus), shared by every worker
-PLAN_ATTR = "phases"  # every phase's budget
+PLAN_ATTR = "phase_budgets"  # every phase's budget, planned: what ran is in ranking.json
 SETTLED_ATTR = "settled"  # the stopping rule held: {"after": trials, "causes": text}
 POLL_SECONDS = 0.5  # how often a worker with nothing queued looks again
 CONNECT_TIMEOUT = 5  # seconds to reach a database server
