@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import wandb
 
+from nansearch.cli.main import main as cli_main
 from nansearch.cli.sweep import sweep, tracking_lines
 from nansearch.config import load_config
 from nansearch.tracking.tracker import (
@@ -84,10 +85,12 @@ def test_offline_sweep_logs_each_trial_and_an_analysis_run(tmp_path):
     assert {run["project"] for run in runs} == {"nansearch"}
 
     for run in by_type["trial"]:
-        trial = trials[run["config"]["trial"]]
+        trial = trials[run["summary"]["trial"]]
         assert run["name"] == f"trial-{trial['number']}"
         assert {k: run["config"][k] for k in trial["params"]} == trial["params"]
-        assert run["config"]["seed"] == trial["seed"]
+        # facts of the run, not parameters: Parameter Importance must not rank them
+        assert "trial" not in run["config"] and "seed" not in run["config"]
+        assert run["summary"]["seed"] == trial["seed"]
         assert run["config"]["target"] == "causal-lm OPTForCausalLM"
         summary = run["summary"]
         assert summary["outcome"] == trial["outcome"]
@@ -123,7 +126,12 @@ def test_offline_sweep_logs_each_trial_and_an_analysis_run(tmp_path):
     for factor in ranking["factors"]:
         assert f"nan_rate/{factor['name']}_table" in analysis["summary"]
     artifacts = [r["artifact"] for r in analysis["records"] if r["type"] == "artifact"]
-    assert any(a["type"] == "report" and a["name"] == "report-t" for a in artifacts)
+    (artifact,) = [a for a in artifacts if a["type"] == "report" and a["name"] == "report-t"]
+    # what `wandb sync` of the study folder needs is in the study folder, not W&B's staging
+    (entry,) = artifact["manifest"]["contents"]
+    kept = Path(entry["local_path"])
+    assert kept.is_relative_to(study.resolve())
+    assert kept.read_bytes() == (study / "report.html").read_bytes()
 
     # the caller's own run stayed the global one, untouched by the sweep's runs
     assert wandb.run is mine
@@ -154,7 +162,7 @@ def test_unreachable_wandb_online_never_stops_the_sweep(tmp_path, monkeypatch, c
     assert any("trial 0 failed online" in w and "offline" in w for w in warnings), warnings
     # after the first failure the study went on offline: nothing is missing from W&B either
     runs = offline_runs(study)
-    assert sorted(r["config"]["trial"] for r in runs if r["run"]["job_type"] == "trial") == [
+    assert sorted(r["summary"]["trial"] for r in runs if r["run"]["job_type"] == "trial") == [
         0,
         1,
         2,
@@ -346,7 +354,9 @@ def test_report_is_saved_with_the_study_panels(wandb_server):
     grids = [b for b in spec["blocks"] if b["type"] == "panel-grid"]
     trial_set = grids[0]["metadata"]["runSets"][0]
     filters = {f["key"]["name"]: f["value"] for f in trial_set["filters"]["filters"]}
-    assert filters == {"group": "t", "jobType": "trial"}
+    # the NaN-rate bars count what report.html and ranking.json count: cover and focus
+    assert filters == {"group": "t", "jobType": "trial", "phase": ["cover", "focus", "search"]}
+    assert "confirmation and isolation probes are left out" in text
     panels = {p["viewType"]: [] for p in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]}
     for panel in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]:
         panels[panel["viewType"]].append(panel["config"])
@@ -366,6 +376,10 @@ def test_report_is_saved_with_the_study_panels(wandb_server):
     analysis_set = grids[1]["metadata"]["runSets"][0]
     assert {f["value"] for f in analysis_set["filters"]["filters"]} == {"t", "analysis"}
     assert '"trials"' in json.dumps(grids[1]) and '"ranking"' in json.dumps(grids[1])
+    rerun_set = grids[2]["metadata"]["runSets"][0]  # a panel for the reruns
+    assert {f["value"] for f in rerun_set["filters"]["filters"]} == {"t", "rerun"}
+    kinds = {p["viewType"] for p in grids[2]["metadata"]["panelBankSectionConfig"]["panels"]}
+    assert "Run Comparer" in kinds and '"trail"' in json.dumps(grids[2])
 
 
 @pytest.mark.parametrize("wandb_server", [{"upsertView"}], indirect=True)
@@ -448,10 +462,54 @@ def test_a_resumed_sweep_logs_the_runs_a_killed_one_left_queued(tmp_path):
     shutil.rmtree(run_dir)
     ledger.write_text("0\n1\n")
     sweep(DEMO, demo_overrides(trials=4, steps=2, **offline), resume=True)
-    trials = [r["config"]["trial"] for r in offline_runs(study) if r["run"]["job_type"] == "trial"]
+    trials = [r["summary"]["trial"] for r in offline_runs(study) if r["run"]["job_type"] == "trial"]
     assert sorted(trials) == [0, 1, 2, 3]
     assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
 
 
 def trial_of(run_dir: Path) -> int | None:
-    return inspect(run_dir)["config"].get("trial")
+    return inspect(run_dir)["summary"].get("trial")
+
+
+def test_a_rerun_logs_a_new_report_version_and_the_study_folder_syncs_alone(tmp_path):
+    sweep(DEMO, demo_overrides(trials=4, steps=3, **{"tracking.wandb": "offline"}))
+    study = tmp_path / "runs" / "t"
+    before = (study / "report.html").read_bytes()
+    end_session()
+    assert cli_main(["rerun", "t", "--out", "runs", "--top", "1", "--seeds", "0"]) == 0
+    after = (study / "report.html").read_bytes()
+    assert after != before  # the diagnosis is on the page now
+
+    def report_artifacts(job_type):
+        (run,) = [r for r in offline_runs(study) if r["run"]["job_type"] == job_type]
+        (artifact,) = [
+            r["artifact"]
+            for r in run["records"]
+            if r["type"] == "artifact" and r["artifact"]["name"] == "report-t"
+        ]
+        (entry,) = artifact["manifest"]["contents"]
+        return artifact, Path(entry["local_path"])
+
+    first, first_file = report_artifacts("analysis")
+    second, second_file = report_artifacts("report")
+    assert first["digest"] != second["digest"]  # two versions of one artifact
+    assert first_file.read_bytes() == before and second_file.read_bytes() == after
+    assert first_file.is_relative_to(study.resolve()) and second_file.is_relative_to(
+        study.resolve()
+    )
+
+    # a copy of the study folder alone holds every run for `wandb sync`
+    copy = shutil.copytree(study, tmp_path / "elsewhere" / "t")
+    shutil.rmtree(tmp_path / "wandb-home" / "data", ignore_errors=True)  # W&B's staging
+    dry = subprocess.run(
+        [WANDB, "sync", "--dry-run", str(copy / "wandb")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    runs = sorted((copy / "wandb").glob("offline-run-*"))
+    assert len(runs) == 4 + 1 + 1 + 1  # trials, analysis, rerun, report
+    listed = dry.stdout + dry.stderr
+    assert f"Would sync {len(runs)} run(s)" in listed
+    for run in runs:
+        assert run.name.rsplit("-", 1)[1] in listed

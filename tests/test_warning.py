@@ -143,7 +143,7 @@ def test_a_run_at_risk_says_so_in_wandb(tmp_path):
     tracker.log_trial(risky)
     tracker.log_trial(calm)
     tracker.close()
-    runs = {run["config"]["trial"]: run for run in offline_runs(tmp_path / "w")}
+    runs = {run["summary"]["trial"]: run for run in offline_runs(tmp_path / "w")}
     assert runs[3]["summary"]["at_risk"] == 1
     assert runs[3]["summary"]["predicted_step"] == 65
     assert "at-risk" in runs[3]["tags"]

@@ -74,9 +74,11 @@ def main(args: argparse.Namespace) -> int:
         outcome = rerun(
             study_dir.name, args.out, args.top, args.trials, args.seeds, on_record=tracker.log_rerun
         )
+        write_report(study_dir)  # the report shows the diagnoses
+        if outcome.records:
+            tracker.log_report(study_dir, cfg.study)  # a new version of its W&B artifact
     finally:
         tracker.close()
-    write_report(study_dir)  # the report shows the diagnoses
     if not outcome.records:
         print(f"study {outcome.study_dir}: no failing trial to rerun")
         return 0

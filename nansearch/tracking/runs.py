@@ -195,12 +195,35 @@ def log_analysis(
             "study/at_risk": len(ranking.get("at_risk") or []),
         }
     )
+    log_report_artifact(run, study_dir, str(ranking.get("study") or study_dir.name))
+
+
+ARTIFACT_FILES = "artifact-files"  # beside the run's files/, in the study folder
+
+
+def log_report_artifact(run, study_dir: Path, study: str) -> bool:
+    """The study's ``report.html`` as a version of its ``report-<study>`` artifact.
+
+    The file is copied into the run's own folder first and added from there as is
+    (``policy="immutable"``), so the artifact's manifest names a file inside the study
+    folder, which ``wandb sync`` of that folder finds, instead of a staged copy under
+    ``$WANDB_DATA_DIR``. A later version (after ``nansearch rerun``) gets its own copy.
+    """
+    import shutil
+
+    import wandb
+
     report = study_dir / "report.html"
-    if report.is_file():
-        name = re.sub(r"[^\w.-]", "-", str(ranking.get("study") or study_dir.name))
-        artifact = wandb.Artifact(f"report-{name}", type="report")
-        artifact.add_file(str(report), name="report.html")
-        run.log_artifact(artifact)
+    if not report.is_file():
+        return False
+    keep = Path(run.dir).resolve().parent / ARTIFACT_FILES
+    keep.mkdir(parents=True, exist_ok=True)
+    copy = shutil.copyfile(report, keep / "report.html")
+    name = re.sub(r"[^\w.-]", "-", study)
+    artifact = wandb.Artifact(f"report-{name}", type="report")
+    artifact.add_file(str(copy), name="report.html", policy="immutable")
+    run.log_artifact(artifact)
+    return True
 
 
 def dict_table(wandb, rows: list[dict[str, Any]]):

@@ -33,6 +33,7 @@ from nansearch.tracking.runs import (
     fix_rows,
     fix_summary,
     log_analysis,
+    log_report_artifact,
     scalar_or_flat,
     target_name,
     trial_forecast,
@@ -101,6 +102,9 @@ class Tracker:
 
     def log_fix(self, record: dict[str, Any]) -> None:
         """One fix of a conclusion, run long on the confirmation seeds."""
+
+    def log_report(self, study_dir: Path, study: str) -> None:
+        """A new version of the study's ``report.html`` artifact (after ``nansearch rerun``)."""
 
     def finish_study(
         self,
@@ -229,11 +233,11 @@ class WandbTracker(Tracker):
             )
 
     def log_trial(self, result: TrialResult) -> None:
+        # trial and seed go in the summary: as config they would be ranked as parameters by
+        # W&B's Parameter Importance, and they follow the phases, not a cause
         config = {
             **result.params,
-            "seed": result.seed,
             "target": target_name(self.cfg),
-            "trial": result.number,
             "phase": result.phase,
             "steps": result.steps,
         }
@@ -245,6 +249,7 @@ class WandbTracker(Tracker):
         def write(run) -> None:
             for step, row in enumerate(trial_history(result)):
                 run.log(row, step=step)
+            run.summary.update({"trial": result.number, "seed": result.seed})
             run.summary.update(trial_summary(result))
             run.summary.update(forecast)
 
@@ -318,6 +323,16 @@ class WandbTracker(Tracker):
             name=f"fix-{record['conclusion'] + 1}-{record['source']}",
             config=config,
             tags=["fix", record["verdict"].replace(" ", "-")],
+        )
+
+    def log_report(self, study_dir: Path, study: str) -> None:
+        self._record(
+            "the report",
+            lambda run: log_report_artifact(run, Path(study_dir), study),
+            lean=True,
+            job_type="report",
+            name=f"{study}-report",
+            tags=["report"],
         )
 
     def finish_study(
@@ -424,6 +439,10 @@ class Background(Tracker):
     def log_fix(self, record: dict[str, Any]) -> None:
         self.wait()
         self.inner.log_fix(record)
+
+    def log_report(self, study_dir: Path, study: str) -> None:
+        self.wait()
+        self.inner.log_report(study_dir, study)
 
     def finish_study(
         self,

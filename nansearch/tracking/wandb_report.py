@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nansearch.analysis.ranking import SEARCH_PHASES
+
 
 def _require():
     try:
@@ -28,13 +30,19 @@ def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]
     factors = ranking.get("factors", [])
     names = [f["name"] for f in factors]
 
-    def runset(job_type: str, title: str):
+    def runset(job_type: str, title: str, *more):
         return wr.Runset(
             entity=entity,
             project=project,
             name=title,
-            filters=expr.And(expr.Metric("Group") == study, expr.Metric("JobType") == job_type),
+            filters=expr.And(
+                expr.Metric("Group") == study, expr.Metric("JobType") == job_type, *more
+            ),
         )
+
+    # the ranking's tables rest on the cover and focus trials: confirm and isolate probes
+    # rerun and vary failures on purpose and would inflate every level they share
+    searched = expr.Config("phase").isin(list(SEARCH_PHASES))
 
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(name)) for name in names]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("score")))
@@ -65,7 +73,15 @@ def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]
         blocks += [wr.H2("Conclusions"), wr.UnorderedList(items=conclusions)]
     blocks += [
         wr.H2("Trials"),
-        wr.PanelGrid(runsets=[runset("trial", f"{study} trials")], panels=panels),
+        wr.P(
+            "The panels below show the cover and focus trials, the runs the design and the "
+            "sampler chose, as the ranking's tables count them; confirmation and isolation "
+            "probes are left out. NaN rate per level is the mean of each run's 0/1 nan."
+        ),
+        wr.PanelGrid(
+            runsets=[runset("trial", f"{study} cover and focus trials", searched)],
+            panels=panels,
+        ),
         wr.H2("Ranking and trials tables"),
         wr.PanelGrid(
             runsets=[runset("analysis", f"{study} analysis")],
@@ -73,6 +89,16 @@ def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]
                 wr.WeavePanelSummaryTable(table_name="ranking"),
                 wr.WeavePanelSummaryTable(table_name="trials"),
             ],
+        ),
+        wr.H2("Reruns"),
+        wr.P(
+            "The runs of `nansearch rerun`: each failing trial rerun with diagnostics, its "
+            "diagnosis, stage and module in the summary, the serving conclusion in "
+            "serves, and the magnitudes of the modules before the NaN in trail."
+        ),
+        wr.PanelGrid(
+            runsets=[runset("rerun", f"{study} reruns")],
+            panels=[wr.RunComparer(), wr.WeavePanelSummaryTable(table_name="trail")],
         ),
     ]
     return blocks
