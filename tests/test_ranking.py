@@ -362,3 +362,38 @@ def test_a_range_cause_names_which_edge_is_the_counts_and_which_bisection():
     # confirmation runs are not called reruns: `nansearch rerun` is something else
     assert f"Confirmation of trial {first.number}: deterministic: NaN in 3/3 runs" in text
     assert "Reruns" not in text
+
+
+def test_a_rare_batch_is_named_by_isolation_before_the_counts_can():
+    # one batch file of 16 has every label ignored: 2 NaN runs, too few for the counts
+    files = [f"b{i:02d}" for i in range(16)]
+    rng = random.Random(5)
+    results = []
+    for i in range(40):
+        batch = "b11" if i in (7, 30) else rng.choice([f for f in files if f != "b11"])
+        params = {"dtype": rng.choice(["fp32", "bf16"]), "batch": batch, "init": "pretrained"}
+        results.append(trial(i, {**params, "lr": 10 ** rng.uniform(-4, -2)}, batch == "b11"))
+    axes = [
+        ("dtype", ["fp32", "bf16"]),
+        ("batch", files),
+        ("init", ["pretrained"]),
+        ("lr", Bins.log_spaced(1e-4, 1e-2)),
+    ]
+    assert rank(results, axes)["causes"] == []  # the counts alone name nothing yet
+    failing, passing = results[7], results[8]
+    iso = isolate(failing.params, passing.params, lambda c: c["batch"] == "b11", ["lr"])
+    iso.trial, iso.reference_trial = failing.number, passing.number
+    check = Confirmation(failing.number, failing.params, runs=[40, 41, 42], nan=3)
+    ranking = rank(results, axes, isolations=[iso], confirmations=[check])
+    (named,) = [c for c in ranking["conclusions"] if c["kind"] == "isolated-cause"]
+    assert named["rule"] == "batch=b11" and (named["nan"], named["total"]) == (2, 2)
+    assert named["evidence"] == ["isolation", "confirmation"]
+    assert named["text"].startswith("batch=b11 causes NaN, named by the isolation and the")
+    assert not any(c["kind"] == "unexplained" for c in ranking["conclusions"])
+    # a flaky confirmation is not enough to name it
+    flaky = Confirmation(failing.number, failing.params, runs=[40, 41, 42], nan=1)
+    kinds = [
+        c["kind"]
+        for c in rank(results, axes, isolations=[iso], confirmations=[flaky])["conclusions"]
+    ]
+    assert "isolated-cause" not in kinds and "isolated" in kinds

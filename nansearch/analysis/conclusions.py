@@ -155,6 +155,17 @@ def highest_instability(results: Sequence[TrialResult]) -> dict[str, Any] | None
     }
 
 
+def _evidence(iso: Isolation | None, confirmed: dict) -> list[str]:
+    """What named a conclusion: the counts, the isolation, the confirmation."""
+    out = ["counts"]
+    if iso is not None:
+        out.append("isolation")
+        check = confirmed.get(iso.trial)
+        if check is not None and check.runs:
+            out.append("confirmation")
+    return out
+
+
 def conclude(
     results: Sequence[TrialResult],
     causes: Sequence[Cause],
@@ -177,16 +188,48 @@ def conclude(
             item["isolation"] = match.to_json()
             if match.trial in confirmed:
                 item["confirmation"] = confirmed[match.trial].to_json()
+        item["evidence"] = _evidence(match, confirmed)
         out.append({"text": text, **item})
     for iso in isolations:
         if id(iso) in used or not iso.minimal:
             continue
+        check = confirmed.get(iso.trial)
+        if iso.complete and check is not None and check.runs and check.label == "deterministic":
+            # delta debugging names a rare cause before the counts can: every probe that
+            # kept its values failed, every probe that flipped one back passed
+            held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
+            counts = {"nan": sum(r.is_nan for r in held), "total": len(held)}
+            text = (
+                f"{iso.text} causes NaN, named by the isolation and the confirmation "
+                f"(the counts alone are too few to be significant yet: {counts['nan']}/"
+                f"{counts['total']} runs NaN): {_isolation_text(iso)}"
+                f"{_confirmation_text(check)}"
+            )
+            out.append(
+                {
+                    "text": text,
+                    "kind": "isolated-cause",
+                    "rule": iso.text,
+                    **counts,
+                    "isolation": iso.to_json(),
+                    "confirmation": check.to_json(),
+                    "evidence": ["isolation", "confirmation"],
+                }
+            )
+            continue
         state = "" if iso.complete else " (isolation stopped early: budget spent)"
         text = (
             f"Not yet significant across runs{state}: {_isolation_text(iso)}"
-            f"{_confirmation_text(confirmed.get(iso.trial))}"
+            f"{_confirmation_text(check)}"
         )
-        out.append({"text": text, "kind": "isolated", "isolation": iso.to_json()})
+        out.append(
+            {
+                "text": text,
+                "kind": "isolated",
+                "isolation": iso.to_json(),
+                "evidence": _evidence(iso, confirmed)[1:],
+            }
+        )
     scored = [r for r in results if r.outcome != "error"]
     nan = [r for r in scored if r.is_nan]
     if not nan:
@@ -239,14 +282,15 @@ def conclude(
 
 # -- reading conclusions back (``ranking.json``) --------------------------------------------
 
-SPEAKS_OF_CAUSE = ("cause", "isolated")  # the kinds that name a rule of factor values
+# the kinds that name a rule of factor values
+SPEAKS_OF_CAUSE = ("cause", "isolated-cause", "isolated")
 
 
 def rule(item: dict[str, Any]) -> str:
     """What a conclusion is about, in a few words: its rule, or the runs it counts."""
     if item.get("kind") == "cause":
         return item["rule"]
-    if item.get("kind") == "isolated":
+    if item.get("kind") in ("isolated", "isolated-cause"):
         return item["isolation"]["text"]
     if item.get("kind") == "unexplained":
         return "NaN runs no conclusion explains"
@@ -261,7 +305,7 @@ def speaks_of(item: dict[str, Any], result: TrialResult) -> bool:
             Condition(c["factor"], c["op"], c["value"]).holds(result.params)
             for c in item["conditions"]
         )
-    if kind == "isolated":
+    if kind in ("isolated", "isolated-cause"):
         return Isolation.from_json(item["isolation"]).holds(result.params)
     if kind == "unexplained":
         return result.number in item.get("trials", ())
