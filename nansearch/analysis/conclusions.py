@@ -42,24 +42,27 @@ def _boundary(cause: Cause, name: str) -> str:
 
 
 def _by_level(cause: Cause, condition: Condition) -> str:
-    """A range's edge per level, where the levels disagree: no edge claimed for all."""
-    parts = []
+    """Where a range's runs disagree by level: the levels that went NaN inside it, against
+    those that stayed finite there, and the levels never run inside it; no single edge
+    is claimed for all of them."""
     side = _side(condition)
+    split, unseen = [], []
     for factor, entries in cause.by_level.items():
-        items = []
-        for e in entries:
-            where = f"with {factor}={e['value']}"
-            if not e["total"]:
-                items.append(f"not run {side} it {where}")
-            elif e["edge"] is None:
-                items.append(f"{_frac(e)} NaN {side} it {where}")
-            else:
-                items.append(
-                    f"{side} {fmt(e['edge'])} {where} ({_frac(e)} of its runs {side} "
-                    f"{fmt(condition.value)} NaN)"
-                )
-        parts.append(f"the edge depends on {factor}: " + "; ".join(items))
-    return "".join(f"; {p}" for p in parts)
+        bad = [e for e in entries if e["total"] and e["nan"] == e["total"]]
+        good = [e for e in entries if e["total"] and e["nan"] < e["total"]]
+        unseen += [f"{factor}={e['value']}" for e in entries if not e["total"]]
+        if bad and good:
+            nan = " or ".join(f"{factor}={e['value']} ({_frac(e)})" for e in bad)
+            fine = ", ".join(f"{_frac(e)} with {e['value']}" for e in good)
+            split.append(f"{nan}, vs {fine}")
+    out = ""
+    if split:
+        out += f"; {side} it, NaN only with " + "; with ".join(split)
+        if len(split) > 1:
+            out += " (too few runs yet to tell which of these matters)"
+    if unseen:
+        out += f"; not yet run {side} it with " + ", ".join(unseen)
+    return out
 
 
 def sentence(cause: Cause) -> str:
