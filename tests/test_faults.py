@@ -9,6 +9,8 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +19,7 @@ from optuna.trial import TrialState
 
 from nansearch import jsonl
 from nansearch.cli.sweep import sweep
+from nansearch.search.queue import RESULT_ATTR
 from nansearch.search.study import open_storage
 from tests.conftest import DEMO, REPO, demo_overrides
 from tests.test_postgres import database  # noqa: F401, the fixture
@@ -314,3 +317,51 @@ def test_a_postgres_study_has_one_live_sweep(tmp_path, database):  # noqa: F811
         sweep(DEMO, overrides)
     outcome = sweep(DEMO, overrides)  # released with the session that held it
     assert outcome.complete and len(outcome.results) == 3
+
+
+def terminate_connections(url: str) -> int:
+    """``pg_terminate_backend`` on every connection to the database of ``url`` but this one."""
+    import psycopg2
+
+    server, name = url.rsplit("/", 1)
+    admin = psycopg2.connect(f"{server}/postgres", connect_timeout=5)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            return cursor.fetchone()[0]
+    finally:
+        admin.close()
+
+
+def test_a_dropped_database_connection_is_retried_and_loses_nothing(tmp_path, database):  # noqa: F811
+    path = steady_sweep(tmp_path, trials=6, steps=300)
+    proc = nansearch("sweep", str(path), f"storage={database}", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    storage = open_storage(database, tmp_path)
+    running_trial_of_a_worker(storage)
+    # an idle pooled connection that was killed is replaced on checkout; keep killing
+    # until one is caught in the middle of a query and the sweep has to retry it
+    killed = 0
+    deadline = time.monotonic() + 120
+    while not any("retrying" in line for line in lines) and time.monotonic() < deadline:
+        killed += terminate_connections(database)
+        time.sleep(0.1)
+    assert killed
+    proc.wait(timeout=600)
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    assert "the connection was lost" in err and "retrying" in err
+    assert "Traceback" not in err
+
+    study = load_steady(storage)
+    lost = {t.number for t in study.get_trials() if RESULT_ATTR not in t.user_attrs}
+    assert len(lost) <= 1  # a claim whose commit the drop hid: failed and queued again
+    assert_accounted(study, tmp_path / "runs" / "steady", budget=6, lost=lost)

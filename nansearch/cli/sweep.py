@@ -13,6 +13,7 @@ from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
 from nansearch.search.fixes import format_conclusions
+from nansearch.search.reconnect import StorageLost
 from nansearch.search.study import SweepCallbacks
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult
@@ -124,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
         raise WriteError(
             f"{error}; every trial recorded before it is kept. Free some space, then: {again}"
         ) from None
+    except StorageLost as exc:
+        raise StorageLost(f"{exc}. Once it is reachable again: {again}") from None
     print_outcome(outcome, time.perf_counter() - start)
     if not outcome.complete:
         print(

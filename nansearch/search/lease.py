@@ -18,6 +18,7 @@ killed sweep never leaves a lease that blocks the next one:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -152,5 +153,6 @@ def advisory_lock(study: str, url: str) -> Iterator[None]:
             raise busy(study, who)
         yield
     finally:
-        connection.close()  # ends the session, and with it the lock
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # ended already
+            connection.close()  # ends the session, and with it the lock
         engine.dispose()

@@ -44,6 +44,7 @@ from nansearch.factors import Factor
 from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
 from nansearch.search.queue import FINISHED, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.reconnect import RetryingRDBStorage
 from nansearch.search.set_aside import SetAsideSampler
 from nansearch.trial.runner import TrialResult, TrialRunner
 
@@ -89,13 +90,17 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = RetryingRDBStorage(
                 with_installed_driver(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat.interval,
                 grace_period=heartbeat.grace,
                 heartbeat_stale_trial_callback=trial_queue.Requeue(),
             )
+            storage.shown_url = shown(url)
+            return storage
+    except NansearchError:
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NansearchError(f"storage={shown(url)!r}: cannot open it: {first}") from None

@@ -1,0 +1,97 @@
+"""A database storage that rides out a dropped connection.
+
+A PostgreSQL server restarted, a connection killed by an administrator or a proxy, a
+network blip: the call in flight fails with an operational error, and the connection
+pool holds connections that are all dead. :class:`RetryingRDBStorage` calls again, a
+bounded number of times with a growing pause (SQLAlchemy's pre-ping replaces each dead
+connection as it is checked out), and past that raises :class:`StorageLost`, one line
+naming the storage: every trial recorded before it stands, and ``--resume`` goes on.
+
+Only errors of the connection are retried; a bad value or a broken constraint is raised
+at once. A write whose connection dropped after the server committed it is seen, on the
+retry, as already done: taking a queued trial then finds it taken, and the heartbeat
+of a running trial that nobody runs lets it be failed and queued again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+import optuna
+from optuna.exceptions import StorageInternalError
+
+from nansearch.config import NansearchError
+
+log = logging.getLogger(__name__)
+
+PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between tries: about 15 s in all
+
+
+class StorageLost(NansearchError):
+    """The storage stayed out of reach after every retry."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the connection's fault (dropped, refused, timed out)."""
+    import sqlalchemy.exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
+    if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError))
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, each call retried while the database connection is down."""
+
+    shown_url = "the database"
+    _depth = threading.local()  # a call inside a call is retried by the outer one only
+
+
+def retried(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(self._depth, "n", 0)
+        if depth:
+            return method(self, *args, **kwargs)
+        for pause in (*PAUSES, None):
+            self._depth.n = 1
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                import sqlalchemy.exc as sa
+
+                if not isinstance(exc, (StorageInternalError, sa.SQLAlchemyError)):
+                    raise
+                if not transient(exc):
+                    raise
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+                if pause is None:
+                    raise StorageLost(
+                        f"storage={self.shown_url!r}: the connection was lost and not "
+                        f"regained after {len(PAUSES)} retries over {sum(PAUSES):.0f} s "
+                        f"({reason}); every trial recorded before it is kept"
+                    ) from None
+                log.warning(
+                    "storage: %s failed, the connection was lost (%s); retrying in %.1f s",
+                    name,
+                    reason,
+                    pause,
+                )
+                time.sleep(pause)
+            finally:
+                self._depth.n = 0
+        raise AssertionError("unreachable")
+
+    return call
+
+
+for _name in dir(optuna.storages.RDBStorage):
+    if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name)):
+        setattr(RetryingRDBStorage, _name, retried(_name))
