@@ -45,3 +45,32 @@ def test_truths_match_only_their_cause():
     assert high(cause(Condition("lr", ">=", 2.0)))
     assert not high(cause(Condition("lr", "<=", 2.0)))
     assert not high(cause(Condition("lr", ">=", 0.01)))
+
+
+def test_every_planted_cause_must_be_named_and_no_false_one():
+    from benchmarks.strategies import named_from, verdict
+
+    rows = []
+    for i in range(48):
+        dtype = ["fp32", "fp16", "bf16"][i % 3]
+        batch = ["clean", "labels-all-ignored", "padded-row", "long-sequence"][i // 3 % 4]
+        nan = dtype == "fp16" or batch == "labels-all-ignored"
+        rows.append(
+            TrialResult(
+                {**BASE, "dtype": dtype, "batch": batch},
+                0,
+                0,
+                "nonfinite-loss" if nan else "finite",
+                number=i,
+            )
+        )
+    both = (equals(dtype="fp16"), equals(batch="labels-all-ignored"))
+    assert verdict(rows, FACTORS, both) == (True, 0)
+    first = named_from(rows, FACTORS, both)
+    assert first is not None and 6 <= first <= 48
+    # one planted cause alone: the other is named too, and counts as false
+    assert verdict(rows, FACTORS, both[:1]) == (False, 1)
+    assert named_from(rows, FACTORS, both[:1]) is None
+    # nothing planted and no NaN: nothing false from the first run on
+    clean = [r for r in rows if not r.is_nan]
+    assert verdict(clean, FACTORS, ()) == (True, 0) and named_from(clean, FACTORS, ()) == 1
