@@ -27,6 +27,7 @@ SUITES: list[str] = [
     "workers",
     "strategies",
     "warning",
+    "own_code",
 ]
 
 

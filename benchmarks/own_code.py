@@ -1,0 +1,250 @@
+"""Your own training code as the trial: what watching it costs, and what a script trial costs.
+
+- ``watch``: the example own loop (``examples/own_loop.py``'s loop: zero_grad, forward,
+  backward, AdamW step) with ``trial.watch(model, optimizer)`` against the same loop
+  unwatched, on fresh copies of the same 10M-parameter OPT and batch as the ``overhead``
+  suite, alternated round after round, CPU time with one thread.
+- ``inject``: a plain script's training loop run as ``python -m nansearch.inject``
+  (torch's global hooks, the per-step check) against the same script run plainly; the
+  script times its own steps (after the model is loaded), so the figure is per step.
+- ``command``: the demo's fastest configuration (opt-lm, fp32, clean) for ``steps`` steps
+  as a command trial (``examples/train.py``, forked from the sweep's process, or a fresh
+  interpreter) against the same as a function trial (``examples/own_loop.py``), end to
+  end in CPU time, the trial's process and its child together (one torch thread each);
+  the difference is the command trial's fixed cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import (
+    REPO,
+    Row,
+    alternate,
+    demo_ready,
+    quick,
+    ratio_row,
+    report,
+    summarize,
+)
+from benchmarks.overhead import CPU_MODEL, build_checkpoint
+from nansearch.config import load_config
+from nansearch.factors import build_factors
+from nansearch.targets import build_target
+from nansearch.trial.api import Trial
+from nansearch.trial.runner import TrialResult, TrialRunner
+
+WATCH_TARGET = 1.05
+FIXED_TARGET_S = 0.5
+END_TO_END_TARGET = 1.3
+PARAMS = {
+    "checkpoint": "bench",
+    "dtype": "fp32",
+    "lr": 1e-4,
+    "init": "pretrained",
+    "batch": "clean",
+}
+
+SCRIPT = """
+import json, sys, time
+import torch
+from transformers import OPTForCausalLM
+
+model = OPTForCausalLM.from_pretrained(sys.argv[1]).train()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+g = torch.Generator().manual_seed(0)
+ids = 4 + torch.randint(0, 256, (8, 64), generator=g)
+batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+steps = int(sys.argv[2])
+for step in range(steps + 2):
+    if step == 2:  # the first steps warm up, on both sides
+        start = time.process_time()
+    optimizer.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    optimizer.step()
+print(json.dumps({"seconds": time.process_time() - start}))
+"""
+
+
+def own_loop(model, optimizer, batch, steps: int) -> None:
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+
+
+def watch_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
+    count = build_checkpoint(folder / "opt", CPU_MODEL, positions=64)
+    cfg = load_config(
+        None,
+        [
+            f"factors.checkpoint.levels.bench={folder / 'opt'}",
+            "target.model_class=OPTForCausalLM",
+            "target.batch_size=8",
+            "target.seq_len=64",
+            "device=cpu",
+            "tracking.wandb=off",
+        ],
+    )
+    runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+
+    def trial() -> Trial:
+        return Trial(
+            params=PARAMS,
+            seed=0,
+            steps=steps + 1,  # never ends the loop: both sides run the same steps
+            factors=runner.factors,
+            target=runner.target,
+            cache=runner.cache,
+            device=runner.device,
+            result=TrialResult(PARAMS, seed=0, steps=steps + 1),
+        )
+
+    def side(watched: bool) -> float:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            t = trial()
+            model = t.load()
+            batch = t.batch()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        if watched:
+            t.watch(model, optimizer)
+        start = time.process_time()
+        own_loop(model, optimizer, batch, steps)
+        seconds = time.process_time() - start
+        t.close()
+        if watched and (len(t.check.result.loss) != steps or t.check.ended is not None):
+            raise RuntimeError("the watched benchmark loop must stay finite and be seen")
+        return seconds
+
+    alternate(lambda: side(False), lambda: side(True), 2)
+    pairs = alternate(lambda: side(False), lambda: side(True), rounds)
+    bare_s, watched_s = (summarize([p[i] for p in pairs])[0] for i in (0, 1))
+    note = (
+        f"per step: unwatched {1000 * bare_s / steps:.1f} ms, watched "
+        f"{1000 * watched_s / steps:.1f} ms (CPU time); batch 8x64; {rounds} rounds"
+    )
+    name = f"watch: trial.watch vs the same loop unwatched, OPT {count / 1e6:.1f}M, {steps} steps"
+    return ratio_row(name, [w / b for b, w in pairs], WATCH_TARGET, note), {"pairs": pairs}
+
+
+def inject_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
+    script = folder / "plain_train.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env["NANSEARCH_INJECT"] = json.dumps({"report": str(folder / "report.jsonl"), "steps": 10**9})
+    args = [str(script), str(folder / "opt"), str(steps)]
+
+    def side(watched: bool) -> float:
+        prefix = [sys.executable, "-m", "nansearch.inject"] if watched else [sys.executable]
+        done = subprocess.run(
+            prefix + args, env=env, capture_output=True, text=True, check=True, cwd=folder
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+    pairs = alternate(lambda: side(False), lambda: side(True), rounds)
+    bare_s, watched_s = (summarize([p[i] for p in pairs])[0] for i in (0, 1))
+    note = (
+        f"per step: plain {1000 * bare_s / steps:.1f} ms, injected {1000 * watched_s / steps:.1f}"
+        f" ms (CPU time, the script's own clock); {rounds} rounds"
+    )
+    name = f"inject: python -m nansearch.inject script.py vs python script.py, {steps} steps"
+    return ratio_row(name, [w / b for b, w in pairs], WATCH_TARGET, note), {"pairs": pairs}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended: a trial's whole cost,
+    which a busy machine stretches in wall time but not in CPU time."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def command_rows(rounds: int, steps: int) -> tuple[list[Row], dict]:
+    demo_ready()
+    params = {**PARAMS, "checkpoint": "opt-lm"}
+    runners = {}
+    for name, overrides in [
+        ("function", ["target.kind=function", f"target.fn={REPO}/examples/own_loop.py:train"]),
+        (
+            "fork",
+            [
+                f"target.program={REPO}/examples/train.py",
+                f"target.config={REPO}/examples/train.yaml",
+            ],
+        ),
+        (
+            "spawn",
+            [
+                f"target.program={REPO}/examples/train.py",
+                f"target.config={REPO}/examples/train.yaml",
+                "target.start=spawn",
+            ],
+        ),
+    ]:
+        sweep = REPO / "sweeps" / ("own_loop.yaml" if name == "function" else "script.yaml")
+        cfg = load_config(sweep, [f"steps={steps}", "tracking.wandb=off", *overrides])
+        runners[name] = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
+
+    def timed(name: str) -> float:
+        start = cpu_seconds()
+        result = runners[name].run(params, seed=0)
+        if result.outcome != "finite" or len(result.loss) != steps:
+            raise RuntimeError(f"{name}: the benchmark trial must stay finite: {result.error}")
+        return cpu_seconds() - start
+
+    for name in runners:
+        timed(name)  # reads the checkpoint, warms up
+    fork_pairs = alternate(lambda: timed("function"), lambda: timed("fork"), rounds)
+    spawn_pairs = alternate(lambda: timed("function"), lambda: timed("spawn"), max(2, rounds // 2))
+    function_s = summarize([f for f, _ in fork_pairs])[0]
+    rows = []
+    for label, pairs, target in [
+        ("fork (default)", fork_pairs, END_TO_END_TARGET),
+        ("spawn", spawn_pairs, None),
+    ]:
+        command_s = summarize([c for _, c in pairs])[0]
+        fixed = summarize([c - f for f, c in pairs])
+        rows.append(
+            ratio_row(
+                f"command trial, {label}, vs function trial: the demo's fastest, {steps} steps",
+                [c / f for f, c in pairs],
+                target,
+                f"end to end: function {function_s:.2f} s, command {command_s:.2f} s; fixed cost "
+                f"per command trial {fixed[0]:.2f} s ({fixed[1][0]:.2f}-{fixed[1][1]:.2f})"
+                + (f", target <= {FIXED_TARGET_S} s" if target else ""),
+            )
+        )
+    return rows, {"fork": fork_pairs, "spawn": spawn_pairs}
+
+
+def run() -> str:
+    short = quick()
+    rows, details = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        row, details["watch"] = watch_row(folder, 4 if short else 12, 5)
+        rows.append(row)
+        row, details["inject"] = inject_row(folder, 3 if short else 8, 5)
+        rows.append(row)
+    command, details["command"] = command_rows(3 if short else 8, 20)
+    rows += command
+    notes = [
+        "ratio: watched / unwatched per step (watch, inject); command / function trial end",
+        "to end (command); median of alternated rounds, lowest and highest in brackets",
+    ]
+    return report(
+        "own_code", "Your own code as the trial: watch and start costs", rows, notes, details
+    )
