@@ -27,7 +27,7 @@ import torch
 from nansearch.audit._base import Finding
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor, LevelNotApplicable, TrialSetup
-from nansearch.targets import Loaded
+from nansearch.targets._base import Loaded
 from nansearch.trial.runner import TrialRunner
 
 IGNORE = -100

@@ -29,7 +29,7 @@ from torch import nn
 
 from nansearch.audit._base import Finding
 from nansearch.config import SweepConfig
-from nansearch.targets import Loaded
+from nansearch.targets._base import Loaded
 from nansearch.targets.loading import (
     CheckpointError,
     StoredTensor,

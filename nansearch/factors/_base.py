@@ -12,7 +12,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import nn
 
 from nansearch.config import NansearchError
-from nansearch.targets import CheckpointCache, Loaded, Target
+from nansearch.targets._base import CheckpointCache, Loaded, Target
 
 # Factors shape a trial in this order: a checkpoint must be loaded before it can be
 # re-initialized, and the dtype decides how the batch's float inputs are cast.

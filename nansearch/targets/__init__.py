@@ -1,32 +1,74 @@
-"""Targets: what a trial trains."""
+"""Targets: what a trial trains. One module per kind, found through a registry."""
 
-from nansearch.config import TARGET_KINDS, NansearchError, TargetConfig
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nansearch.config import NansearchError, TargetConfig
 from nansearch.targets._base import CheckpointCache, Loaded, Target
 from nansearch.targets.loading import CheckpointError
 
+TargetLoader = Callable[[], type[Target]]
+# target.kind -> a function that imports and returns its Target class; the import waits
+# for the first build so a sweep loads only the kind it trains.
+TARGETS: dict[str, TargetLoader] = {}
+
+
+def register_target(kind: str, loader: TargetLoader) -> None:
+    """Make ``target.kind: <kind>`` build the class that ``loader()`` returns."""
+    TARGETS[kind] = loader
+
+
+def _causal_lm() -> type[Target]:
+    from nansearch.targets.causal_lm import CausalLMTarget
+
+    return CausalLMTarget
+
+
+def _blip2() -> type[Target]:
+    from nansearch.targets.blip2 import Blip2Target
+
+    return Blip2Target
+
+
+def _custom() -> type[Target]:
+    from nansearch.targets.custom import CustomTarget
+
+    return CustomTarget
+
+
+def _function() -> type[Target]:
+    from nansearch.targets.function import FunctionTarget
+
+    return FunctionTarget
+
+
+def _command() -> type[Target]:
+    from nansearch.targets.command import CommandTarget
+
+    return CommandTarget
+
+
+register_target("causal-lm", _causal_lm)
+register_target("blip2", _blip2)
+register_target("custom", _custom)
+register_target("function", _function)
+register_target("command", _command)
+
 
 def build_target(cfg: TargetConfig) -> Target:
-    if cfg.kind == "causal-lm":
-        from nansearch.targets.causal_lm import CausalLMTarget
-
-        return CausalLMTarget(cfg)
-    if cfg.kind == "blip2":
-        from nansearch.targets.blip2 import Blip2Target
-
-        return Blip2Target(cfg)
-    if cfg.kind == "custom":
-        from nansearch.targets.custom import CustomTarget
-
-        return CustomTarget(cfg)
-    if cfg.kind == "function":
-        from nansearch.targets.function import FunctionTarget
-
-        return FunctionTarget(cfg)
-    if cfg.kind == "command":
-        from nansearch.targets.command import CommandTarget
-
-        return CommandTarget(cfg)
-    raise NansearchError(f"target.kind={cfg.kind!r}: valid values are {', '.join(TARGET_KINDS)}")
+    loader = TARGETS.get(cfg.kind)
+    if loader is None:
+        raise NansearchError(f"target.kind={cfg.kind!r}: valid values are {', '.join(TARGETS)}")
+    return loader()(cfg)
 
 
-__all__ = ["CheckpointCache", "CheckpointError", "Loaded", "Target", "build_target"]
+__all__ = [
+    "TARGETS",
+    "CheckpointCache",
+    "CheckpointError",
+    "Loaded",
+    "Target",
+    "build_target",
+    "register_target",
+]

@@ -35,7 +35,7 @@ from torch import nn
 from nansearch.config import NansearchError, OptimizerConfig
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors.dtype import DTYPE_LEVELS
-from nansearch.targets import CheckpointCache, Loaded, Target
+from nansearch.targets._base import CheckpointCache, Loaded, Target
 from nansearch.trial.runner import (
     StepObserver,
     TrialResult,

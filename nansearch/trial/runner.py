@@ -23,7 +23,7 @@ from torch import nn
 from nansearch.config import NansearchError, OptimizerConfig, SweepConfig
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors._base import STAGES
-from nansearch.targets import CheckpointCache, Target
+from nansearch.targets._base import CheckpointCache, Target
 
 OUTCOMES = (
     "finite",
