@@ -28,6 +28,7 @@ SUITES: list[str] = [
     "strategies",
     "warning",
     "own_code",
+    "structure",
 ]
 
 

@@ -123,13 +123,13 @@ class Injected:
         if not (reinit or rebatch or cfg.factors.extra):
             return
         if cfg.plugins:
-            from nansearch.search.sweep import import_plugins
+            from nansearch.search.prepare import import_plugins
 
             import_plugins(cfg.plugins)
         from transformers import PreTrainedModel
 
         from nansearch.factors import TrialSetup, build_factors
-        from nansearch.targets import Loaded
+        from nansearch.targets._base import Loaded
         from nansearch.targets.causal_lm import CausalLMTarget
 
         torch = self.torch

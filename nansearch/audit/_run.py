@@ -27,7 +27,7 @@ def run_audit(
     """
     start = time.perf_counter()
     if factors is None or runner is None:
-        from nansearch.search.sweep import prepare
+        from nansearch.search.prepare import prepare
 
         factors, runner = prepare(cfg)
     audits = {

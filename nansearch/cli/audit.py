@@ -8,7 +8,7 @@ from pathlib import Path
 from nansearch.audit import AUDIT_FILE, Audit, format_findings, run_audit
 from nansearch.cli.sweep import add_sweep_file
 from nansearch.config import load_config
-from nansearch.search.sweep import prepare
+from nansearch.search.prepare import prepare
 
 
 def register(sub: argparse._SubParsersAction) -> None:

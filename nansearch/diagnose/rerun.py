@@ -32,8 +32,8 @@ from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnose.diagnostics import Diagnostics
 from nansearch.diagnose.explain import STAGES, diagnose, op_within, several
+from nansearch.search.prepare import prepare
 from nansearch.search.study import open_storage, read_trials, recorded
-from nansearch.search.sweep import prepare
 from nansearch.trial.runner import TrialResult, TrialRunner
 
 log = logging.getLogger(__name__)

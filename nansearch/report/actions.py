@@ -5,7 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from nansearch.report.sections import Section, fmt
+from nansearch.report.sections import Section, fmt, rerun_card
+
+
+def conclusions_section(
+    ranking: dict[str, Any], reruns: list[dict[str, Any]] = ()
+) -> Section | None:
+    items = ranking.get("conclusions") or []
+    if not items:
+        return None
+    cards = [rerun_card(r) for r in reruns]
+    shown = [
+        {
+            "number": i + 1,
+            "text": str(item.get("text", "")),
+            "fixes": fixes(ranking, i),
+            "reruns": [c for c in cards if c["serves"] == i + 1],
+        }
+        for i, item in enumerate(items)
+    ]
+    note = (
+        "Conclusions rest on every run, confirmation and isolation probes included; "
+        "the diagnoses of `nansearch rerun` sit under the conclusion each rerun serves."
+        if any(c["reruns"] for c in shown)
+        else "Conclusions rest on every run, confirmation and isolation probes included."
+    )
+    return Section("conclusions", "Conclusions", "conclusions", shown, note)
 
 
 def at_risk_section(ranking: dict[str, Any]) -> Section | None:

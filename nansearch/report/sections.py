@@ -137,33 +137,6 @@ def rerun_card(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def conclusions_section(
-    ranking: dict[str, Any], reruns: list[dict[str, Any]] = ()
-) -> Section | None:
-    items = ranking.get("conclusions") or []
-    if not items:
-        return None
-    from nansearch.report.actions import fixes
-
-    cards = [rerun_card(r) for r in reruns]
-    shown = [
-        {
-            "number": i + 1,
-            "text": str(item.get("text", "")),
-            "fixes": fixes(ranking, i),
-            "reruns": [c for c in cards if c["serves"] == i + 1],
-        }
-        for i, item in enumerate(items)
-    ]
-    note = (
-        "Conclusions rest on every run, confirmation and isolation probes included; "
-        "the diagnoses of `nansearch rerun` sit under the conclusion each rerun serves."
-        if any(c["reruns"] for c in shown)
-        else "Conclusions rest on every run, confirmation and isolation probes included."
-    )
-    return Section("conclusions", "Conclusions", "conclusions", shown, note)
-
-
 def reruns_section(reruns: list[dict[str, Any]], conclusions: int = 0) -> Section | None:
     """The reruns that serve no conclusion on the page (the others sit under theirs)."""
     cards = [rerun_card(r) for r in reruns]

@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -47,14 +47,16 @@ from nansearch.search.queue import (
     PHASE_ATTR,
     QUEUED,
     RESULT_ATTR,
+    create_running,
+    owner,
     queued,
 )
+from nansearch.search.records import Stop, SweepCallbacks, recorded
 from nansearch.trial.runner import TrialResult
 
 if TYPE_CHECKING:
     from nansearch.config import SweepConfig
     from nansearch.factors import Factor
-    from nansearch.search.study import Search, Stop, SweepCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,18 @@ class Probes:
     ran: int = 0  # probe trials run now (not replayed)
 
 
+class ProbeHost(Protocol):
+    """What the probes need of the study loop (:class:`nansearch.search.study.Search`):
+    its study, factors, config and plan, and a way to run one taken trial."""
+
+    study: optuna.Study
+    factors: list[Factor]
+    cfg: SweepConfig
+    plan: Plan
+
+    def run_one(self, trial: optuna.Trial, callbacks: SweepCallbacks) -> TrialResult | None: ...
+
+
 class Prober:
     """Runs probe trials within their phase's budget; replays those already recorded.
 
@@ -204,13 +218,11 @@ class Prober:
 
     def __init__(
         self,
-        search: Search,
+        search: ProbeHost,
         budgets: Plan,
         callbacks: SweepCallbacks | None = None,
         stop: Stop | None = None,
     ):
-        from nansearch.search.study import SweepCallbacks, recorded
-
         self.search, self.stop = search, stop
         self.callbacks = callbacks or SweepCallbacks()
         self.earlier: dict[tuple[str, int], list[TrialResult]] = {}
@@ -248,11 +260,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def probe_trial(search: Search, params: dict[str, Any], phase: str, origin: int) -> optuna.Trial:
+def probe_trial(search: ProbeHost, params: dict[str, Any], phase: str, origin: int) -> optuna.Trial:
     """A running trial with the probe's values, created in the study: no worker can take
     it, unlike a queued one, and its number gives it a fresh seed."""
-    from nansearch.search import queue as trial_queue
-
     dists = {f.name: f.distribution() for f in search.factors}
     template = FrozenTrial(
         number=-1,
@@ -262,16 +272,12 @@ def probe_trial(search: Search, params: dict[str, Any], phase: str, origin: int)
         datetime_complete=None,
         params={k: _in_range(v, dists[k]) for k, v in params.items()},
         distributions={k: dists[k] for k in params},
-        user_attrs={PHASE_ATTR: phase, ORIGIN_ATTR: origin, OWNER_ATTR: trial_queue.owner()},
+        user_attrs={PHASE_ATTR: phase, ORIGIN_ATTR: origin, OWNER_ATTR: owner()},
         system_attrs={},
         intermediate_values={},
         trial_id=-1,
     )
-    study = search.study
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    if trial_queue.heartbeat_interval(study._storage) is not None:
-        study._storage.record_heartbeat(trial_id)
-    return optuna.Trial(study, trial_id)
+    return create_running(search.study, template)
 
 
 def _in_range(value: Any, dist: Any) -> Any:
@@ -359,14 +365,12 @@ def alternatives(
 
 
 def run_probes(
-    search: Search,
+    search: ProbeHost,
     callbacks: SweepCallbacks | None = None,
     stop: Stop | None = None,
     budgets: Plan | None = None,
 ) -> Probes:
     """Confirm the top failing configurations, then isolate the minimal cause of each."""
-    from nansearch.search.study import recorded
-
     budgets = budgets or search.plan
     out = Probes()
     if not budgets.confirm and not budgets.isolate:

@@ -214,6 +214,20 @@ def fail(study: optuna.Study, trials: Iterable[FrozenTrial]) -> int:
     return count
 
 
+def fail_taken(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail and requeue a trial this process took (its run was interrupted)."""
+    fail(study, [study._storage.get_trial(trial._trial_id)])
+
+
+def create_running(study: optuna.Study, template: FrozenTrial) -> optuna.Trial:
+    """A running trial made from ``template`` in the study, owned by this process: no
+    worker can take it, as it could a queued one."""
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    if heartbeat_interval(study._storage) is not None:
+        study._storage.record_heartbeat(trial_id)
+    return optuna.Trial(study, trial_id)
+
+
 def recover(study: optuna.Study) -> None:
     """When a sweep resumes: fail and requeue what stopped processes left running.
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -43,8 +41,17 @@ from nansearch.config import (
 from nansearch.factors import Factor
 from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
-from nansearch.search.queue import FINISHED, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.queue import ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
 from nansearch.search.reconnect import RetryingRDBStorage
+from nansearch.search.records import (  # noqa: F401  (re-exported: the sweep's records)
+    Stop,
+    SweepCallbacks,
+    append_trial,
+    read_trials,
+    recorded,
+    trial_line,
+    write_trials,
+)
 from nansearch.search.set_aside import SetAsideSampler
 from nansearch.trial.runner import TrialResult, TrialRunner
 
@@ -196,45 +203,6 @@ def make_sampler(
     return inner if factors is None else SetAsideSampler(inner, factors, seed)
 
 
-def recorded(study: optuna.Study) -> list[TrialResult]:
-    """Every trial that finished with a result, in trial order."""
-    results = []
-    for trial in study.get_trials(deepcopy=False):
-        data = trial.user_attrs.get(RESULT_ATTR)
-        if data is not None and trial.state in FINISHED:
-            results.append(TrialResult.from_json(data))
-    return sorted(results, key=lambda r: r.number)
-
-
-@dataclass
-class SweepCallbacks:
-    """What the outside world hears from a sweep; tracking and progress plug in here."""
-
-    on_start: list[Callable[[int, int], None]] = field(default_factory=list)  # (done, budget)
-    on_trial: list[Callable[[TrialResult], None]] = field(default_factory=list)
-
-    def start(self, done: int, budget: int) -> None:
-        for callback in self.on_start:
-            try:
-                callback(done, budget)
-            except Exception:
-                log.exception("a start callback failed; the sweep goes on")
-
-    def trial(self, result: TrialResult) -> None:
-        for callback in self.on_trial:
-            try:
-                callback(result)
-            except Exception:  # an observer must never stop the search
-                log.exception("a trial callback failed; the sweep goes on")
-
-    def __add__(self, other: SweepCallbacks) -> SweepCallbacks:
-        return SweepCallbacks(self.on_start + other.on_start, self.on_trial + other.on_trial)
-
-
-class Stop(Protocol):
-    def is_set(self) -> bool: ...
-
-
 class Search:
     """One study: its storage, its factors, and the loop that takes its queued trials.
 
@@ -381,7 +349,7 @@ class Search:
             with trial_queue.heartbeat(self.study, trial._trial_id):
                 result = self.runner.run(trial.params, seed)
         except KeyboardInterrupt:
-            trial_queue.fail(self.study, [self.study._storage.get_trial(trial._trial_id)])
+            trial_queue.fail_taken(self.study, trial)
             raise
         result.number, result.phase = trial.number, phase
         result.origin = trial.user_attrs.get(ORIGIN_ATTR)
@@ -406,27 +374,3 @@ class Search:
         append_trial(result, self.dir / "trials.jsonl")
         callbacks.trial(result)
         return result
-
-
-def append_trial(result: TrialResult, path: Path) -> None:
-    """Append the trial's line (see :mod:`nansearch.jsonl`)."""
-    jsonl.append(path, [trial_line(result)])
-
-
-def write_trials(results: list[TrialResult], path: Path) -> None:
-    """Rewrite ``trials.jsonl`` from the study, which holds every worker's trials."""
-    jsonl.write(path, (trial_line(r) for r in results))
-
-
-def trial_line(result: TrialResult) -> dict[str, Any]:
-    data = result.to_json()
-    head = {k: data.pop(k) for k in ("number", "params", "outcome", "first_bad_step", "score")}
-    return {**head, **data}
-
-
-def read_trials(path: Path) -> list[TrialResult]:
-    results = {}
-    for line in jsonl.read(path):
-        result = TrialResult.from_json(line)
-        results[result.number] = result
-    return [results[n] for n in sorted(results)]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +16,13 @@ from nansearch.analysis.ranking import rank
 from nansearch.analysis.warning import at_risk, horizon_of
 from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
-from nansearch.factors import Factor, build_factors
+from nansearch.factors import Factor
 from nansearch.report.page import write_report
 from nansearch.search.fixes import verify_fixes
 from nansearch.search.interrupt import stop_on_interrupt
 from nansearch.search.lease import study_lease
 from nansearch.search.phases import QUEUED, Probes, run_probes
+from nansearch.search.prepare import prepare, trial_callbacks
 from nansearch.search.study import (
     Search,
     SweepCallbacks,
@@ -34,7 +32,6 @@ from nansearch.search.study import (
     write_trials,
 )
 from nansearch.search.workers import run_workers
-from nansearch.targets import build_target
 from nansearch.tracking.tracker import Tracker, in_background, make_tracker
 from nansearch.trial.runner import TrialResult, TrialRunner, cpu_threads
 
@@ -66,32 +63,6 @@ class SweepOutcome:
         return not self.interrupted and (
             self.settled is not None or self.queued_done >= self.budget
         )
-
-
-def import_plugins(plugins: list[str]) -> None:
-    """Import the modules or files that register factors and levels."""
-    for plugin in plugins:
-        if plugin.endswith(".py"):
-            path = Path(plugin)
-            if not path.is_file():
-                raise NansearchError(f"plugins: no such file {plugin}")
-            name = f"nansearch_plugin_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path.resolve())
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            try:
-                importlib.import_module(plugin)
-            except ImportError as exc:
-                raise NansearchError(f"plugins: cannot import {plugin!r}: {exc}") from None
-
-
-def prepare(cfg: SweepConfig) -> tuple[list[Factor], TrialRunner]:
-    import_plugins(cfg.plugins)
-    factors = build_factors(cfg)
-    runner = TrialRunner(cfg, factors, build_target(cfg.target))
-    return factors, runner
 
 
 def write_ranking(
@@ -165,15 +136,6 @@ def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) ->
     for finding in audit.findings:
         log.debug("%s %s [%s]: %s", finding.severity, finding.check, finding.subject, finding.found)
     return audit
-
-
-def trial_callbacks(cfg: SweepConfig) -> SweepCallbacks:
-    """What runs beside each trial in the process that ran it, built from the config.
-
-    Every worker process builds its own (nothing here is pickled across processes);
-    tracking that logs each trial as it finishes belongs here.
-    """
-    return SweepCallbacks()
 
 
 def catch_up(tracker: Tracker, results: list[TrialResult]) -> None:

@@ -151,8 +151,7 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
     quiet_libraries(spec.log_level)
     import torch
 
-    # the sweep module starts workers, so it is imported here, in the worker
-    from nansearch.search.sweep import prepare, trial_callbacks
+    from nansearch.search.prepare import prepare, trial_callbacks
 
     torch.set_num_threads(spec.threads)
     try:
