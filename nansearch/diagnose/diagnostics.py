@@ -36,278 +36,39 @@ import re
 import warnings
 from collections import deque
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 
+from nansearch.diagnose.findings import (
+    MAX_LISTED,
+    ROOT,
+    BackwardFinding,
+    GradFinding,
+    InputFinding,
+    LossFinding,
+    ModuleFinding,
+    OpFinding,
+    OptimizerFinding,
+)
+from nansearch.diagnose.opwatch import (
+    OpWatch,
+    absmax,
+    floats,
+    is_finite,
+    peak_of,
+    summary,
+)
 from nansearch.trial.runner import StepObserver
 
-ROOT = "<model>"  # how the outermost module is named in findings
-MAX_LISTED = 32  # parameter names or batch rows kept in one finding
 _ANOMALY = re.compile(
     r"Error detected in (\S+?)\.? Traceback of forward call that caused the error:"
 )
 _ANOMALY_ERROR = re.compile(r"Function '(\w+)' returned nan values in its (\d+)\w* output")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s+(.*)')
-
-
-@dataclass
-class ModuleFinding:
-    """A module whose output was non-finite: where a value was born, or first received."""
-
-    step: int
-    module: str
-    cls: str
-    dtype: str
-    born: bool  # True: its inputs were finite; False: it received non-finite inputs
-    input_absmax: float  # largest finite |input|
-    weight_absmax: float  # largest finite |weight| among its parameters
-    weight_nonfinite: int
-    output_absmax: float  # largest finite |output|
-    output_nan: int
-    output_inf: int
-    rows: list[int] = field(default_factory=list)  # batch rows whose output is non-finite
-    weight_peak: str | None = None  # the parameter that holds weight_absmax, e.g. "bias"
-    weight_channel: int | None = None  # and the channel (its first dimension) that holds it
-
-
-@dataclass
-class OpFinding:
-    """The first torch function that made a NaN or an Inf its inputs did not hold."""
-
-    step: int
-    op: str  # e.g. "softmax", "matmul", "linear"
-    module: str  # the innermost module it ran in
-    dtype: str
-    made: str  # "nan" or "inf"
-    input_absmax: float  # largest finite |input|
-    input_neginf: bool  # its inputs held -inf (masked scores)
-    # each tensor operand: name (input, weight, bias, other, ...), absmax, channel, shape
-    operands: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class InputFinding:
-    """A float input of the batch that holds non-finite values."""
-
-    key: str
-    nan: int
-    inf: int
-    total: int
-
-
-@dataclass
-class LossFinding:
-    step: int
-    logit_absmax: float
-    labels_counted: int | None  # labels that are not -100
-    labels_total: int | None
-
-
-@dataclass
-class GradFinding:
-    """Parameters whose gradients were non-finite before the update."""
-
-    step: int
-    params: list[str]
-    count: int
-    nan: bool
-
-
-@dataclass
-class BackwardFinding:
-    """The operation that anomaly mode caught, and the forward code that made it."""
-
-    step: int
-    op: str
-    frames: list[dict[str, Any]] = field(default_factory=list)  # file, line, function, code
-
-
-@dataclass
-class OptimizerFinding:
-    """Parameters that became non-finite in the update, and the state that did it."""
-
-    step: int
-    optimizer: str
-    params: list[str]
-    count: int
-    dtype: str
-    lr: float
-    eps: float | None
-    eps_in_dtype: float | None  # eps as the optimizer state's dtype holds it
-    nonfinite_values: int
-    nan_values: int
-    zero_second_moment: int  # of the values that went non-finite, where exp_avg_sq == 0
-    nonfinite_grad: bool  # a non-finite gradient reached the update
-
-
-def _floats(value: Any, depth: int = 0) -> list[torch.Tensor]:
-    """The non-empty float tensors in a module's inputs or output."""
-    if torch.is_tensor(value):
-        return [value] if value.is_floating_point() and value.numel() else []
-    if depth > 4:
-        return []
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _floats(item, depth + 1)]
-    return []
-
-
-def _absmax(tensors: list[torch.Tensor]) -> list[float]:
-    """max |t| of each tensor in one host read; NaN or Inf when the tensor holds one."""
-    device = tensors[0].device
-    values = [t.detach().abs().amax().float().to(device) for t in tensors]
-    return torch.stack(values).tolist()
-
-
-def _summary(tensors: list[torch.Tensor]) -> tuple[float, int, int]:
-    """(largest finite |value|, NaN count, Inf count) over ``tensors``, in one read."""
-    if not tensors:
-        return 0.0, 0, 0
-    device = tensors[0].device
-    rows = []
-    for t in tensors:
-        t = t.detach()
-        finite = t.isfinite()
-        rows.append(
-            torch.stack(
-                [
-                    torch.where(finite, t.abs(), 0).amax().double(),
-                    t.isnan().sum().double(),
-                    t.isinf().sum().double(),
-                ]
-            ).to(device)
-        )
-    peak, nan, inf = zip(*torch.stack(rows).tolist(), strict=True)
-    return max(peak), int(sum(nan)), int(sum(inf))
-
-
-def _is_finite(values: list[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
-def _has_nan_inf(tensors: list[torch.Tensor]) -> tuple[bool, bool]:
-    if not tensors:
-        return False, False
-    device = tensors[0].device
-    flags = [torch.stack([t.isnan().any(), t.isinf().any()]).to(device) for t in tensors]
-    nan, inf = torch.stack(flags).any(0).tolist()
-    return nan, inf
-
-
-# The names of a function's positional arguments where they are not input, other, ...
-# (None: not a tensor). The channel of a weight or bias is its first dimension (the
-# output feature); of any other operand, its last.
-OPERAND_NAMES = {
-    "linear": ("input", "weight", "bias"),
-    "conv1d": ("input", "weight", "bias"),
-    "conv2d": ("input", "weight", "bias"),
-    "conv3d": ("input", "weight", "bias"),
-    "addmm": ("bias", "input", "weight"),
-    "baddbmm": ("bias", "input", "other"),
-    "embedding": ("input", "weight"),
-    "layer_norm": ("input", None, "weight", "bias"),
-    "group_norm": ("input", None, "weight", "bias"),
-}
-PER_OUTPUT = ("weight", "bias")
-
-
-def _operand_name(op: str, index: int) -> str:
-    names = OPERAND_NAMES.get(op, ())
-    if index < len(names) and names[index]:
-        return names[index]
-    return ("input", "other")[index] if index < 2 else f"operand {index + 1}"
-
-
-def _peak(tensor: torch.Tensor, dim: int) -> tuple[float, int | None]:
-    """(largest finite |value|, its index along ``dim``) of one tensor."""
-    t = tensor.detach()
-    magnitude = torch.where(t.isfinite(), t.abs(), 0).float()
-    flat = int(magnitude.flatten().argmax())
-    peak = float(magnitude.flatten()[flat])
-    if t.dim() == 0:
-        return peak, None
-    index = torch.unravel_index(torch.tensor(flat), t.shape)
-    return peak, int(index[dim])
-
-
-def operands(op: str, args: tuple, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each float tensor operand of a call: its name, largest |value|, channel and shape."""
-    named: list[tuple[str, torch.Tensor]] = []
-    for i, arg in enumerate(args):
-        name = _operand_name(op, i)
-        tensors = [arg] if torch.is_tensor(arg) else _floats(arg)
-        for j, t in enumerate(tensors):
-            named.append((name if len(tensors) == 1 else f"{name}[{j}]", t))
-    named += [(k, v) for k, v in kwargs.items() if torch.is_tensor(v)]
-    found = []
-    for name, t in named:
-        if not (t.is_floating_point() and t.numel()):
-            continue
-        absmax, channel = _peak(t, 0 if name in PER_OUTPUT else -1)
-        found.append({"name": name, "absmax": absmax, "channel": channel, "shape": list(t.shape)})
-    return found
-
-
-def _in_place(name: str) -> bool:
-    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
-
-
-class _OpWatch(TorchFunctionMode):
-    """Checks every torch function of a forward pass; records the first to make NaN or Inf.
-
-    A -inf passed as a scalar (``masked_fill(mask, -inf)``) is intended, not an overflow:
-    only the NaN it can lead to counts.
-    """
-
-    def __init__(self, owner: Diagnostics):
-        super().__init__()
-        self.owner = owner
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        owner = self.owner
-        if owner.op is not None or owner._reading:
-            return func(*args, **kwargs)
-        name = getattr(func, "__name__", str(func))
-        leaves = tree_leaves((args, kwargs))
-        inputs = [x for x in leaves if torch.is_tensor(x) and x.is_floating_point() and x.numel()]
-        before = _has_nan_inf(inputs) if _in_place(name) else None
-        out = func(*args, **kwargs)
-        outputs = [
-            x
-            for x in tree_leaves(out)
-            if torch.is_tensor(x) and x.is_floating_point() and x.numel()
-        ]
-        if not outputs:
-            return out
-        in_nan, in_inf = before or _has_nan_inf(inputs)
-        out_nan, out_inf = _has_nan_inf(outputs)
-        scalar_inf = any(isinstance(x, float) and math.isinf(x) for x in leaves)
-        made = "nan" if out_nan and not in_nan else None
-        if made is None and out_inf and not in_inf and not scalar_inf:
-            made = "inf"
-        if made:
-            in_max, _, _ = _summary(inputs)
-            neginf = any(bool((t == -math.inf).any()) for t in inputs)
-            op = name.strip("_")
-            owner.op = OpFinding(
-                step=owner.step,
-                op=op,
-                module=owner._stack[-1] if owner._stack else ROOT,
-                dtype=str(outputs[0].dtype).removeprefix("torch."),
-                made=made,
-                input_absmax=in_max,
-                input_neginf=neginf,
-                operands=operands(op, tuple(args), kwargs),
-            )
-        return out
 
 
 class Diagnostics(StepObserver):
@@ -448,7 +209,7 @@ class Diagnostics(StepObserver):
         self.forward = self.received = self.grads = None
         self._stack.clear()
         if step == self.op_step and self._handles:
-            self._op_watch.enter_context(_OpWatch(self))
+            self._op_watch.enter_context(OpWatch(self))
         if self.anomaly_step is not None and step >= self.anomaly_step and not self._anomalous:
             self._anomalous = True
             self._warnings = self._anomaly.enter_context(warnings.catch_warnings(record=True))
@@ -457,7 +218,7 @@ class Diagnostics(StepObserver):
 
     def after_forward(self, step: int, logits: torch.Tensor, loss: torch.Tensor) -> None:
         self._op_watch.close()
-        logit_absmax, loss_value = _absmax([logits, loss.reshape(1)])
+        logit_absmax, loss_value = absmax([logits, loss.reshape(1)])
         if math.isfinite(logit_absmax) and not math.isfinite(loss_value):
             counted, total = self._labels or (None, None)
             self.loss = LossFinding(step, logit_absmax, counted, total)
@@ -505,21 +266,21 @@ class Diagnostics(StepObserver):
             self._stack.pop()
         if self.forward is not None:
             return  # this step's birthplace is known: no more host reads
-        outputs = _floats(output)
+        outputs = floats(output)
         if not outputs:
             return
         self._reading = True
         try:
-            self._check_module(path, module, _floats((args, kwargs)), outputs)
+            self._check_module(path, module, floats((args, kwargs)), outputs)
         finally:
             self._reading = False
 
     def _check_module(
         self, path: str, module: nn.Module, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
     ) -> None:
-        values = _absmax(inputs + outputs)
-        inputs_finite = _is_finite(values[: len(inputs)])
-        if _is_finite(values[len(inputs) :]):
+        values = absmax(inputs + outputs)
+        inputs_finite = is_finite(values[: len(inputs)])
+        if is_finite(values[len(inputs) :]):
             if inputs_finite:
                 self.trail.append({"module": path, "absmax": max(values[len(inputs) :])})
             return
@@ -536,14 +297,14 @@ class Diagnostics(StepObserver):
         outputs: list[torch.Tensor],
         born: bool,
     ) -> ModuleFinding:
-        out_max, nan, inf = _summary(outputs)
-        in_max, _, _ = _summary(inputs)
+        out_max, nan, inf = summary(outputs)
+        in_max, _, _ = summary(inputs)
         named = list(module.named_parameters())
         weights = [w for _, w in named]
-        w_max, w_nan, w_inf = _summary(weights)
+        w_max, w_nan, w_inf = summary(weights)
         peak = channel = None
         if named:
-            peaks = [(*_peak(w, 0), n) for n, w in named if w.is_floating_point() and w.numel()]
+            peaks = [(*peak_of(w, 0), n) for n, w in named if w.is_floating_point() and w.numel()]
             if peaks:
                 _, channel, peak = max(peaks, key=lambda item: item[0])
         bad = next(t for t in outputs if not t.isfinite().all())
@@ -572,7 +333,7 @@ class Diagnostics(StepObserver):
         self._batch_size = first.shape[0] if first.dim() else None
         for key, value in batch.items():
             if value.is_floating_point() and value.numel():
-                _, nan, inf = _summary([value])
+                _, nan, inf = summary([value])
                 if nan or inf:
                     self.inputs.append(InputFinding(key, nan, inf, value.numel()))
         mask = batch.get("attention_mask")

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from nansearch.diagnose.diagnostics import ROOT, Diagnostics, ModuleFinding, OpFinding
+from nansearch.diagnose.diagnostics import Diagnostics
+from nansearch.diagnose.findings import ROOT, ModuleFinding, OpFinding
 from nansearch.trial.runner import TrialResult
 
 STAGES = {
