@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from nansearch.config import ConfigError, NansearchError, SweepConfig, load_config
     from nansearch.factors import Factor, TrialSetup, register_factor, register_level
     from nansearch.targets import Target
-    from nansearch.trial.api import NonFinite, StepsDone, Trial
+    from nansearch.trial.api import Trial
+    from nansearch.trial.checks import NonFinite, StepsDone
     from nansearch.trial.runner import TrialResult, TrialRunner
 
 _HOMES = {
@@ -28,8 +29,8 @@ _HOMES = {
     "TrialRunner": "nansearch.trial.runner",
     "Target": "nansearch.targets",
     "Trial": "nansearch.trial.api",
-    "NonFinite": "nansearch.trial.api",
-    "StepsDone": "nansearch.trial.api",
+    "NonFinite": "nansearch.trial.checks",
+    "StepsDone": "nansearch.trial.checks",
 }
 
 __all__ = [
