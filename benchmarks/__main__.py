@@ -32,16 +32,6 @@ SUITES: list[str] = [
 ]
 
 
-def quiet_libraries() -> None:
-    """The libraries' load reports and progress bars, as the command line keeps them."""
-    import optuna
-    import transformers
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)}")
@@ -61,6 +51,8 @@ def main(argv: list[str]) -> int:
         os.environ[QUICK_ENV] = "1"
     os.environ[THREADS_ENV] = str(args.threads)
     torch.set_num_threads(args.threads)
+    from nansearch.startup import quiet_libraries
+
     quiet_libraries()
     for name in args.suites or SUITES:
         module = importlib.import_module(f"benchmarks.{name}")

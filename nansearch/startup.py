@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +51,17 @@ def quick_exit() -> None:
     if not _exit_registered:
         atexit.register(gc.freeze)
         _exit_registered = True
+
+
+def quiet_libraries(level: int | None = None) -> None:
+    """The libraries' load reports and progress bars off, as every nansearch process keeps
+    them; with ``level``, nansearch's own log lines go to stderr at that level."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if level is not None:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import fisher_exact, hypergeom
 
+from nansearch.analysis.stats import fisher_greater, fisher_greater_each, wilson_low
 from nansearch.search.isolate import fmt
 from nansearch.trial.runner import TrialResult
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from nansearch.search.isolate import Isolation
 
 ALPHA = 0.05
-Z95 = 1.959963984540054
 MIN_NAN = 3
 ABOVE, BELOW, EQUALS = ">=", "<=", "="
 
@@ -214,21 +213,6 @@ def candidates(ev: Evidence, residual: np.ndarray) -> list[tuple[tuple[Condition
     return rules
 
 
-def wilson_low(hits: np.ndarray, inside: np.ndarray, z: float = Z95) -> np.ndarray:
-    """The lower end of the Wilson 95% interval, element by element (0 where empty)."""
-    n = np.maximum(inside, 1)
-    p = hits / n
-    centre = p + z * z / (2 * n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return np.where(inside > 0, (centre - half) / (1 + z * z / n), 0.0)
-
-
-def _sf(hits, inside, other_hits, other_inside) -> np.ndarray:
-    """One-sided Fisher p-values, element by element: runs inside vs the other runs."""
-    size, nan = inside + other_inside, hits + other_hits
-    return np.where(inside > 0, hypergeom.sf(hits - 1, size, nan, inside), 1.0)
-
-
 def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[tuple[Condition, ...], int]]):
     """The purest admissible rule on the runs in ``residual`` (highest Wilson lower bound).
 
@@ -257,7 +241,7 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[tuple[Condition,
             alone = np.array([len(rule) == 1 and rule[0].op != EQUALS for rule, _ in rules])
             part = np.where(alone[:, None], residual[None, :], part)
         only = part & ~masks
-        p = _sf(hits, inside, (only & ev.nan).sum(axis=1), only.sum(axis=1))
+        p = fisher_greater_each(hits, inside, (only & ev.nan).sum(axis=1), only.sum(axis=1))
         has = np.array([k < len(rule) for rule, _ in rules])
         worst = np.maximum(worst, np.where(has, p, 0.0))
     tried = np.array([m for _, m in rules])
@@ -266,12 +250,6 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[tuple[Condition,
     low = np.where(admissible, wilson_low(hits, inside), -1.0)
     best = min(range(size), key=lambda i: (-low[i], len(rules[i][0]), -hits[i], i))
     return rules[best][0], int(hits[best]), int(inside[best]), int((inside > 0).sum())
-
-
-def p_greater(a_nan: int, a_total: int, b_nan: int, b_total: int) -> float:
-    """One-sided Fisher exact p-value that runs in a are NaN more often than runs in b."""
-    size, nan = a_total + b_total, a_nan + b_nan
-    return float(hypergeom.sf(a_nan - 1, size, nan, a_total)) if a_total else 1.0
 
 
 def find_causes(
@@ -310,7 +288,7 @@ def find_causes(
         background = ~explained(ev, found)
         bg = _counts(ev, background)
         for cause in found:
-            cause.p_value = p_greater(cause.nan, cause.total, bg["nan"], bg["total"])
+            cause.p_value = fisher_greater(cause.nan, cause.total, bg["nan"], bg["total"])
             cause.p_adjusted = min(1.0, cause.p_value * cause.tried)
         worst = max(found, key=lambda c: c.p_adjusted)
         if worst.p_adjusted < alpha:
@@ -460,12 +438,6 @@ class Interaction:
         }
 
 
-def _greater(a: dict[str, int], b: dict[str, int]) -> float:
-    """One-sided Fisher p-value that runs in ``a`` are NaN more often than runs in ``b``."""
-    table = [[a["nan"], a["total"] - a["nan"]], [b["nan"], b["total"] - b["nan"]]]
-    return float(fisher_exact(table, alternative="greater").pvalue)
-
-
 def find_interactions(
     results: Iterable[TrialResult],
     factors: Sequence[str],
@@ -515,7 +487,10 @@ def find_interactions(
         rate = joint["nan"] / joint["total"]
         if rate <= max(alone_a["nan"] / alone_a["total"], alone_b["nan"] / alone_b["total"]):
             continue
-        p = max(_greater(joint, alone_a), _greater(joint, alone_b))
+        p = max(
+            fisher_greater(joint["nan"], joint["total"], alone_a["nan"], alone_a["total"]),
+            fisher_greater(joint["nan"], joint["total"], alone_b["nan"], alone_b["total"]),
+        )
         found.append(Interaction(a, b, joint, alone_a, alone_b, p, p))
     for item in found:
         item.p_adjusted = min(1.0, item.p_value * max(tried, 1))

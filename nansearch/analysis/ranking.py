@@ -25,34 +25,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy.stats import fisher_exact
-
 from nansearch.analysis.causes import Cause, find_causes, find_interactions, with_causes
-from nansearch.trial.runner import TrialResult
+from nansearch.analysis.stats import fisher_two_sided, wilson
+from nansearch.trial.runner import PHASES, QUEUED, TrialResult
 
 log = logging.getLogger(__name__)
-
-SEARCH_PHASES = ("cover", "focus", "search")  # trials no failure chose ("search": older studies)
-PHASE_ORDER = ("cover", "focus", "search", "confirm", "isolate")
 
 
 def _phase_order(item: tuple[str, int]) -> tuple[int, str]:
     phase = item[0]
-    return (PHASE_ORDER.index(phase) if phase in PHASE_ORDER else len(PHASE_ORDER), phase)
-
-
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for k successes in n trials (0, 1 when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (PHASES.index(phase) if phase in PHASES else len(PHASES), phase)
 
 
 @dataclass(frozen=True)
@@ -97,16 +79,6 @@ def _empty() -> dict[str, int]:
     return {"nan": 0, "total": 0, "errors": 0}
 
 
-def _fisher(a_nan: int, a_total: int, b_nan: int, b_total: int) -> tuple[float | None, float]:
-    """Odds ratio and two-sided Fisher exact p-value of a level against the other levels."""
-    if not a_total or not b_total:
-        return None, 1.0
-    table = [[a_nan, a_total - a_nan], [b_nan, b_total - b_nan]]
-    result = fisher_exact(table)
-    ratio = float(result.statistic)
-    return (ratio if math.isfinite(ratio) else None), float(result.pvalue)
-
-
 def factor_table(
     results: list[TrialResult], name: str, levels: list[Any] | Bins, causes: Sequence[Cause]
 ) -> dict[str, Any]:
@@ -137,7 +109,7 @@ def factor_table(
         rest_nan, rest_total = nan_all - a["nan"], total_all - a["total"]
         rate = a["nan"] / a["total"] if a["total"] else None
         rest = rest_nan / rest_total if rest_total else None
-        ratio, p = _fisher(a["nan"], a["total"], rest_nan, rest_total)
+        ratio, p = fisher_two_sided(a["nan"], a["total"], rest_nan, rest_total)
         low, high = wilson(c["nan"], c["total"])
         rows.append(
             {
@@ -214,7 +186,7 @@ def rank(
     from nansearch.analysis.conclusions import conclude
 
     results = list(results)
-    searched = [r for r in results if r.phase in SEARCH_PHASES]
+    searched = [r for r in results if r.phase in QUEUED]
     names, continuous = axes_kinds(factors)
     causes = find_causes(results, names, continuous)
     interactions = with_causes(find_interactions(results, names, continuous, causes), causes)

@@ -34,18 +34,13 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from nansearch.dtypes import LIMITS
 from nansearch.trial.runner import TrialResult
 
 MIN_POINTS = 6  # fewer finite points than this fit nothing
 MIN_T = 4.0  # the slope's t statistic a trend needs to count
 MIN_GROWTH = 1.25  # the fitted value over the window grows by at least this factor
 MIN_DROPS = 2  # loss-scale drops in the window that make a trend
-LIMITS = {
-    "float16": 65504.0,
-    "bfloat16": 3.3895313892515355e38,
-    "float32": 3.4028234663852886e38,
-    "float64": 1.7976931348623157e308,
-}
 SIGNALS = {
     "logit_absmax": "max |logit|",
     "loss": "loss",

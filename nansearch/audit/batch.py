@@ -26,12 +26,12 @@ import torch
 
 from nansearch.audit._base import Finding
 from nansearch.config import NansearchError, SweepConfig
+from nansearch.dtypes import FP16_MAX
 from nansearch.factors import Factor, LevelNotApplicable, TrialSetup
 from nansearch.targets._base import Loaded
 from nansearch.trial.runner import TrialRunner
 
 IGNORE = -100
-FP16_MAX = torch.finfo(torch.float16).max
 
 
 @dataclass

@@ -15,12 +15,12 @@ import torch
 
 from nansearch.audit._base import Finding
 from nansearch.config import SweepConfig
+from nansearch.dtypes import FP16_MAX
 
 ADAM_FAMILY = ("adam", "adamw")
 # the learning rates each optimizer is usually run with, from fine-tuning to pre-training
 USUAL_LR = {"adam": (1e-6, 1e-2), "adamw": (1e-6, 1e-2), "sgd": (1e-4, 1.0)}
 FAR = 10.0  # "far outside": more than this factor beyond the usual range
-FP16_MAX = torch.finfo(torch.float16).max
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from nansearch.config import NansearchError
 from nansearch.jsonl import DISK_ERRNOS, disk_error
-from nansearch.startup import quick_exit, uncollected_imports
+from nansearch.startup import quick_exit, quiet_libraries, uncollected_imports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,24 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-    import transformers
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     quick_exit()
     with uncollected_imports():
         parser = build_parser()
         args = parser.parse_args(argv)
-        _quiet_libraries(args.verbose)
+        quiet_libraries(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except NansearchError as exc:

@@ -52,7 +52,7 @@ from nansearch.search.queue import (
     queued,
 )
 from nansearch.search.records import Stop, SweepCallbacks, recorded
-from nansearch.trial.runner import TrialResult
+from nansearch.trial.runner import PROBES, TrialResult
 
 if TYPE_CHECKING:
     from nansearch.config import SweepConfig
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROBES = ("confirm", "isolate")
 SMALL = 20  # below this many trials, the budget holds no confirm or isolate share
 
 

@@ -34,13 +34,14 @@ from optuna.distributions import (
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from nansearch.trial.runner import QUEUED
+
 log = logging.getLogger(__name__)
 
 RESULT_ATTR = "result"  # the TrialResult, written just before the trial is told
 PHASE_ATTR = "phase"  # cover | focus, queued; confirm | isolate, probes (nansearch.search.phases)
 ORIGIN_ATTR = "probes"  # a probe's failing trial: the one it reruns or varies
 SKIPPED_ATTR = "skipped"  # a queued trial the search ended before: why
-QUEUED = ("cover", "focus", "search")  # "search": the focus phase of older studies
 OWNER_ATTR = "worker"  # {"host": ..., "pid": ...} of the process running the trial
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 

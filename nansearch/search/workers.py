@@ -29,7 +29,7 @@ from nansearch.search import queue as trial_queue
 from nansearch.search.interrupt import stop_on_interrupt
 from nansearch.search.queue import RESULT_ATTR
 from nansearch.search.study import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
-from nansearch.startup import quick_exit
+from nansearch.startup import quick_exit, quiet_libraries
 from nansearch.trial.runner import TrialResult, pick_device
 
 log = logging.getLogger(__name__)
@@ -167,16 +167,6 @@ def work(spec: WorkerSpec, stop: Stop) -> None:
             raise
         log.error("worker %d: %s", spec.index, disk_error(exc))
         raise SystemExit(EXIT_USER_ERROR) from None
-
-
-def quiet_libraries(level: int) -> None:
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-    import transformers
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def prebuild(cfg: SweepConfig) -> None:

@@ -34,6 +34,11 @@ OUTCOMES = (
     "error",
 )
 NONFINITE = OUTCOMES[1:5]
+# The phase a trial ran in, in the order a sweep runs them: the queue's trials, then the
+# probes of a failing one. "search" is the focus phase of studies from older versions.
+QUEUED = ("cover", "focus", "search")
+PROBES = ("confirm", "isolate")
+PHASES = (*QUEUED, *PROBES)
 
 
 @dataclass

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nansearch.dtypes import FP16_MAX
 from nansearch.targets._base import Loaded
 from nansearch.targets.loading import (
     StoredTensor,
 )
 
 FP16_LEVELS = ("fp16", "amp-fp16")
-FP16_MAX = torch.finfo(torch.float16).max
 NEAR_FP16 = FP16_MAX / 16  # one product with an activation of 16 away from inf
 PREFIX_DEPTH = 3  # wrapper prefixes tried: up to three dotted parts, e.g. "a.b.c."
 NESTED_CONFIGS = ("text_config", "language_config", "llm_config", "decoder")

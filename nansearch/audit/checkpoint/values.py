@@ -8,12 +8,12 @@ import torch
 
 from nansearch.audit._base import Finding
 from nansearch.audit.checkpoint._loaded import (
-    FP16_MAX,
     NEAR_FP16,
     Checkpoint,
     _sample,
     _tensors,
 )
+from nansearch.dtypes import FP16_MAX
 
 
 def _values(ckpt: Checkpoint, fp16_levels: list[str]) -> list[Finding]:
