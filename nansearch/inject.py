@@ -35,7 +35,7 @@ class Injected:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from nansearch.trial.api import StepCheck
+        from nansearch.trial.checks import StepCheck
         from nansearch.trial.runner import TrialResult
 
         self.torch = torch
@@ -123,7 +123,7 @@ class Injected:
         if not (reinit or rebatch or cfg.factors.extra):
             return
         if cfg.plugins:
-            from nansearch.search.prepare import import_plugins
+            from nansearch.plugins import import_plugins
 
             import_plugins(cfg.plugins)
         from transformers import PreTrainedModel
@@ -186,7 +186,7 @@ class Injected:
             self._see_output(output)
 
     def _see_output(self, output) -> None:
-        from nansearch.trial.api import logits_and_loss
+        from nansearch.trial.checks import logits_and_loss
 
         logits, loss = logits_and_loss(output)
         if logits is not None:
@@ -223,7 +223,7 @@ class Injected:
         if self.params is None:
             return
         device = self.params[0].device if self.params else self.torch.device("cpu")
-        from nansearch.trial.api import TrialEnded
+        from nansearch.trial.checks import TrialEnded
 
         try:
             self.check.finish(self.params, device)
@@ -270,7 +270,7 @@ class Injected:
 
     def end(self, ended: BaseException | None) -> None:
         """Write the last line and end the process now."""
-        from nansearch.trial.api import NonFinite
+        from nansearch.trial.checks import NonFinite
 
         last: dict[str, Any] = {"end": "steps" if ended is not None else "exit"}
         if isinstance(ended, NonFinite):
