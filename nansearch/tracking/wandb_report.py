@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nansearch.analysis.ranking import SEARCH_PHASES
+from nansearch.trial.runner import QUEUED
 
 
 def _require():
@@ -42,7 +42,7 @@ def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]
 
     # the ranking's tables rest on the cover and focus trials: confirm and isolate probes
     # rerun and vary failures on purpose and would inflate every level they share
-    searched = expr.Config("phase").isin(list(SEARCH_PHASES))
+    searched = expr.Config("phase").isin(list(QUEUED))
 
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(name)) for name in names]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("score")))
