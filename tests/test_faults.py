@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from nansearch import jsonl
@@ -365,3 +366,59 @@ def test_a_dropped_database_connection_is_retried_and_loses_nothing(tmp_path, da
     lost = {t.number for t in study.get_trials() if RESULT_ATTR not in t.user_attrs}
     assert len(lost) <= 1  # a claim whose commit the drop hid: failed and queued again
     assert_accounted(study, tmp_path / "runs" / "steady", budget=6, lost=lost)
+
+
+PAYLOAD = "open('ran', 'w').write('code from the config ran')"
+
+
+@pytest.mark.parametrize("fn", ["builtins:exec", "os:system", "subprocess:getoutput"])
+def test_a_config_cannot_name_the_standard_library_as_its_code(tmp_path, fn):
+    sweep_file = tmp_path / "hostile.yaml"
+    sweep_file.write_text(
+        f"""
+study: hostile
+tracking: {{wandb: "off"}}
+target: {{kind: custom, fn: "{fn}"}}
+factors:
+  checkpoint: {{levels: {{payload: "{PAYLOAD}"}}}}
+  dtype: {{levels: [fp32]}}
+  batch: {{levels: [clean]}}
+"""
+    )
+    for command in ("audit", "sweep"):
+        done = cli(command, str(sweep_file), cwd=tmp_path, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"target.fn={fn!r}: " in done.stderr
+        assert "part of Python's standard library" in done.stderr
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_plugin_that_fails_as_it_loads_is_named_in_one_line(tmp_path):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("raise ValueError('a bad value in the plugin')\n")
+    done = cli("audit", DEMO, f"plugins=[{plugin}]", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"running {plugin} raised ValueError: a bad value in the plugin" in done.stderr
+    done = cli("audit", DEMO, "plugins=[os]", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "plugins='os': os is part of Python's standard library" in (
+        done.stderr
+    )
+
+
+def test_a_worker_refuses_a_stored_config_edited_to_run_library_code(tmp_path, database):  # noqa: F811
+    from nansearch.cli.worker import worker
+    from nansearch.config import NansearchError
+    from nansearch.search.study import CONFIG_ATTR
+
+    assert sweep(DEMO, demo_overrides(trials=2, storage=database)).complete
+    storage = open_storage(database, tmp_path)
+    study_id = storage.get_study_id_from_name("t")
+    stored = storage.get_study_user_attrs(study_id)[CONFIG_ATTR]
+    edited = yaml.safe_load(stored)
+    edited["target"].update(kind="custom", fn="builtins:exec")
+    storage.set_study_user_attr(study_id, CONFIG_ATTR, yaml.safe_dump(edited))
+    with pytest.raises(NansearchError, match="part of Python's standard library"):
+        worker("t", database, out=str(tmp_path / "w"))
+    assert not (tmp_path / "ran").exists()

@@ -7,6 +7,7 @@ storage URL and the study's name. Its trials come out of the study's shared budg
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from nansearch.cli.sweep import exit_code, print_outcome
 from nansearch.search.study import SweepCallbacks, open_storage, shown, stored_config
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +72,12 @@ def worker(
         overrides.append(f"threads={threads}")
     cfg = stored_config(open_storage(storage, Path(out)), study, where, overrides)
     cfg.storage = storage  # as this machine reaches it; the study's heartbeat settings stay
+    # the stored config names code this machine imports: say which, before it does
+    code = [f"target.kind={cfg.target.kind}"]
+    if cfg.target.fn:
+        code.append(f"target.fn={cfg.target.fn}")
+    code += [f"plugin {plugin}" for plugin in cfg.plugins]
+    log.info("study %r in %s runs %s", study, where, ", ".join(code))
     return run_sweep(cfg, callbacks=callbacks, join=True)
 
 

@@ -21,6 +21,47 @@ from nansearch.config import NansearchError, TargetConfig
 from nansearch.targets._base import Loaded, Target
 
 
+def refuse_standard_library(module_name: str, what: str, spec: str) -> None:
+    """A code reference must name the user's own code: a function of Python's standard
+    library (``builtins:exec``, ``os:system``, ``subprocess:run``) would run whatever the
+    config's other values hold, so a config, or a database a stored config comes from,
+    could run code that no file of the user's names."""
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise NansearchError(
+            f"{what}={spec!r}: {module_name} is part of Python's standard library; name a "
+            "module or .py file of your own (package.module:function or path/to/file.py:function)"
+        )
+
+
+def import_module_safely(module_name: str, what: str, spec: str):
+    """Import ``module_name``; any error it raises as it loads becomes one line."""
+    refuse_standard_library(module_name, what, spec)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NansearchError(f"{what}={spec!r}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:
+        raise NansearchError(
+            f"{what}={spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def exec_file(path: Path, name: str, what: str, spec: str):
+    """Load the ``.py`` file at ``path`` as module ``name``; its errors become one line."""
+    loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise NansearchError(
+            f"{what}={spec!r}: running {path} raised {type(exc).__name__}: {exc}"
+        ) from None
+    return module
+
+
 def import_callable(spec: str, what: str):
     """Resolve ``package.module:name`` or ``path/to/file.py:name``."""
     module_name, sep, attr = spec.rpartition(":")
@@ -35,15 +76,9 @@ def import_callable(spec: str, what: str):
         name = f"nansearch_user_{path.stem}"
         module = sys.modules.get(name)
         if module is None or getattr(module, "__file__", None) != str(path.resolve()):
-            loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module
-            loader_spec.loader.exec_module(module)
+            module = exec_file(path, name, what, spec)
     else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise NansearchError(f"{what}={spec!r}: cannot import {module_name}: {exc}") from None
+        module = import_module_safely(module_name, what, spec)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise NansearchError(f"{what}={spec!r}: {module_name} has no function {attr!r}")
