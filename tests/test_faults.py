@@ -422,3 +422,19 @@ def test_a_worker_refuses_a_stored_config_edited_to_run_library_code(tmp_path, d
     with pytest.raises(NansearchError, match="part of Python's standard library"):
         worker("t", database, out=str(tmp_path / "w"))
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_resume_refuses_changed_trial_settings_and_takes_a_new_budget(tmp_path):
+    from nansearch.config import NansearchError
+
+    assert sweep(DEMO, demo_overrides(trials=3, steps=4)).complete
+    config = (tmp_path / "runs" / "t" / "config.yaml").read_text()
+    changed = demo_overrides(trials=3, steps=10, **{"factors.dtype.levels": "[fp32]"})
+    with pytest.raises(NansearchError, match="other trial settings") as caught:
+        sweep(DEMO, changed, resume=True)
+    assert "steps: 4 -> 10" in str(caught.value)
+    assert "factors.dtype.levels: " in str(caught.value)
+    assert (tmp_path / "runs" / "t" / "config.yaml").read_text() == config  # left as it was
+
+    outcome = sweep(DEMO, demo_overrides(trials=4, steps=4), resume=True)  # the budget may grow
+    assert outcome.complete and len([r for r in outcome.results if r.phase != "confirm"]) >= 4

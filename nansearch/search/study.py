@@ -129,6 +129,44 @@ class JournalFile(JournalFileBackend):
             raise jsonl.disk_error(exc, self._file_path) from None
 
 
+TRIAL_KEYS = ("steps", "seed", "target", "factors", "optimizer", "plugins")  # what a trial is
+
+
+def refuse_changed_trials(study: str, stored: str | None, cfg: SweepConfig) -> None:
+    """A resumed study's trials must mean what its recorded ones meant: refuse a change of
+    what defines a trial (steps, seed, target, factors, optimizer, plugins), listing each.
+    The budget, the phases' shares, workers and tracking may change."""
+    if not stored:
+        return
+    from omegaconf import OmegaConf
+
+    before = OmegaConf.to_container(OmegaConf.create(stored))
+    now = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    changes: list[str] = []
+    for key in TRIAL_KEYS:
+        if key in before and key in now:
+            differences(key, before[key], now[key], changes)
+    if changes:
+        listed = "; ".join(changes)
+        raise NansearchError(
+            f"study {study!r} was run with other trial settings ({listed}): resumed, its "
+            "ranking would mix both. Put them back to resume it, or start a new study "
+            f"with study={study}-2 (or any new name)"
+        )
+
+
+def differences(key: str, before: Any, now: Any, out: list[str]) -> None:
+    if isinstance(before, dict) and isinstance(now, dict):
+        for sub in sorted(set(before) & set(now)):
+            differences(f"{key}.{sub}", before[sub], now[sub], out)
+        if key.startswith("factors."):  # a level added or removed; elsewhere a key
+            # missing on one side is a setting a newer nansearch added, at its default
+            out.extend(f"{key}.{sub} added" for sub in sorted(set(now) - set(before)))
+            out.extend(f"{key}.{sub} removed" for sub in sorted(set(before) - set(now)))
+    elif before != now:
+        out.append(f"{key}: {before!r} -> {now!r}")
+
+
 def with_installed_driver(url: str) -> str:
     """A ``postgresql://`` URL names no driver, and SQLAlchemy then wants psycopg 3; use
     psycopg2 when only that one is installed (``pip install nansearch[postgres]``)."""
@@ -250,6 +288,8 @@ class Search:
             sampler=self.sampler,
             load_if_exists=True,
         )
+        if exists:
+            refuse_changed_trials(name, study.user_attrs.get(CONFIG_ATTR), self.cfg)
         study.set_user_attr(CONFIG_ATTR, to_yaml(self.cfg))
         study.set_user_attr(BUDGET_ATTR, self.plan.queued)
         study.set_user_attr(PLAN_ATTR, self.plan.to_json())
