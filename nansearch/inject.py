@@ -254,6 +254,31 @@ class Injected:
         self.diagnostics.attach(module, None, None)
         self.diagnostics.before_forward(0)
 
+    def read_batches(self) -> None:
+        """In a rerun: each step's batch as a loaded model receives it (its labels, masks and
+        float inputs), hooked where the script calls ``from_pretrained``."""
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:
+            return
+        torch, injected = self.torch, self
+        loader = PreTrainedModel.from_pretrained.__func__
+
+        def read_batch(module, args, kwargs):
+            batch = {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
+            diagnostics = injected.diagnostics
+            if batch and diagnostics is not None:
+                diagnostics.inputs.clear()
+                diagnostics._read_batch(batch)
+
+        def from_pretrained(cls, *args, **kwargs):
+            loaded = loader(cls, *args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            model.register_forward_pre_hook(read_batch, with_kwargs=True)
+            return loaded
+
+        PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
     # -- reporting --------------------------------------------------------------------------
 
     def _write_step(self, result, step: int) -> None:
@@ -308,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     injected = Injected(settings)
     injected.apply_levels(settings)
+    if injected.diagnose:
+        injected.read_batches()
     injected.install()
     sys.argv = argv
     sys.path.insert(0, str(Path(script).resolve().parent))

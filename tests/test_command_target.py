@@ -82,6 +82,10 @@ def test_a_rerun_of_a_script_trial_names_the_module_in_the_scripts_model(example
     assert result.outcome == "nonfinite-logits"
     assert diag.forward is not None and diag.forward.born and diag.forward.step == 0
     assert diag.forward.module.startswith("model.decoder")
+    with Diagnostics() as diag:
+        result = example.run({**BASE, "batch": "labels-all-ignored"}, seed=0, observer=diag)
+    assert result.outcome == "nonfinite-loss"
+    assert diag.loss is not None and diag.loss.labels_counted == 0 and diag.loss.labels_total > 0
 
 
 def test_a_child_that_segfaults_is_an_error_and_the_next_trial_runs(tmp_path):
