@@ -255,6 +255,13 @@ def _check_values(cfg: SweepConfig) -> list[str]:
                 f"factors.dtype.levels: {level!r} is not a dtype level; "
                 f"valid levels are {', '.join(DTYPES)}"
             )
+    if not cfg.factors.dtype.levels:
+        problems.append(f"factors.dtype.levels: empty; name at least one of {', '.join(DTYPES)}")
+    if not cfg.factors.batch.levels and not cfg.factors.batch.files:
+        problems.append(
+            "factors.batch.levels: empty; name at least one level (clean, for the target's "
+            "own batch) or a file under factors.batch.files"
+        )
     lr = cfg.factors.lr
     if not 0 < lr.low <= lr.high:
         problems.append(f"factors.lr: need 0 < low <= high, got low={lr.low}, high={lr.high}")

@@ -438,3 +438,23 @@ def test_a_resume_refuses_changed_trial_settings_and_takes_a_new_budget(tmp_path
 
     outcome = sweep(DEMO, demo_overrides(trials=4, steps=4), resume=True)  # the budget may grow
     assert outcome.complete and len([r for r in outcome.results if r.phase != "confirm"]) >= 4
+
+
+@pytest.mark.parametrize("key", ["factors.dtype.levels", "factors.batch.levels"])
+def test_an_empty_list_of_levels_is_named_by_the_sweep_and_the_audit(tmp_path, key):
+    for command in ("audit", "sweep"):
+        done = cli(command, DEMO, *demo_overrides(), f"{key}=[]", cwd=tmp_path, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"{key}: empty; name at least one" in done.stderr
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///stuyd.db", "journal:runs/t/optuna-journl.log"])
+def test_a_mistyped_storage_file_given_to_a_worker_is_named_and_not_created(tmp_path, url):
+    done = cli("worker", "t", "--storage", url, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no such file" in done.stderr
+    path = url.partition(":///")[2] or url.removeprefix("journal:")
+    assert not (tmp_path / path).exists()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from nansearch.cli.sweep import exit_code, print_outcome
+from nansearch.config import NansearchError
 from nansearch.search.study import SweepCallbacks, open_storage, shown, stored_config
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult
@@ -57,6 +58,22 @@ def trial_line(result: TrialResult) -> None:
     )
 
 
+def must_exist(storage: str) -> None:
+    """A worker joins a study that exists: a file storage it names must be there already,
+    or opening it would create an empty one under a mistyped name."""
+    if storage.startswith("sqlite:///"):
+        path = storage.removeprefix("sqlite:///")
+    elif storage.startswith("journal:") or storage.endswith((".log", ".jsonl")):
+        path = storage.removeprefix("journal:")
+    else:
+        return
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise NansearchError(
+            f"--storage {storage}: no such file {path}; a worker joins a study that "
+            "nansearch sweep started, so give the storage that sweep used"
+        )
+
+
 def worker(
     study: str,
     storage: str,
@@ -67,6 +84,7 @@ def worker(
 ) -> SweepOutcome:
     """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome."""
     where = shown(storage)
+    must_exist(storage)
     overrides = [f"out={out}", f"workers={workers}"]
     if threads is not None:
         overrides.append(f"threads={threads}")
