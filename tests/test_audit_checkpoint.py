@@ -122,8 +122,12 @@ def test_nan_weights_left_by_a_pure_fp16_adam_step_are_found(tmp_path):
 
 
 def test_weights_past_and_near_the_fp16_range_matter_only_when_the_sweep_runs_fp16(tmp_path):
-    past, result = trained(tmp_path, "sgd-1e6", "sgd", 1e6)
-    near, _ = trained(tmp_path, "sgd-1e5", "sgd", 1e5)
+    # One SGD step moves a weight by lr x its gradient; the demo's largest gradients are
+    # 0.05 to 0.08 (depending on the CPU's kernels, which build the demo), so lr 1e7 puts
+    # the largest weights 8x past 65504 and others near it, and lr 2e5 puts the largest
+    # 2.5x above "near" (65504 / 16) and 4x below 65504.
+    past, result = trained(tmp_path, "sgd-1e7", "sgd", 1e7)
+    near, _ = trained(tmp_path, "sgd-2e5", "sgd", 2e5)
     assert result.outcome == "finite"  # in fp32 the weights are large but finite
     found = audit({"past": past, "near": near})
     assert found["past", "checkpoint.fp16-range"].severity == "error"

@@ -238,8 +238,11 @@ def test_nan_pixels_are_traced_to_the_vision_models_first_module(tmp_path):
 
 
 def test_a_diverging_learning_rate_names_the_op_that_overflowed_fp16(demo):
-    # one AdamW step at lr 3 grows the projections ~100x; fp16 autocast overflows next step
-    record = rerun(demo, {**OPT, "dtype": "amp-fp16", "lr": 3.0}, steps=2)
+    # One AdamW step at lr 6 grows the projections ~100x; fp16 autocast overflows in the
+    # next step's attention scores. The edge is near lr 2.5 (finite there on some CPUs'
+    # kernels); the scores grow as lr**4, so at 6 they are 30x past it. The projections
+    # themselves stay 15x under fp16's maximum, so the scores are the first to overflow.
+    record = rerun(demo, {**OPT, "dtype": "amp-fp16", "lr": 6.0}, steps=2)
     assert (record["stage"], record["outcome"], record["first_bad_step"]) == (
         "forward",
         "nonfinite-logits",
@@ -251,10 +254,11 @@ def test_a_diverging_learning_rate_names_the_op_that_overflowed_fp16(demo):
         "step 1: first non-finite output in model.decoder.layers.0.self_attn (OPTAttention): "
         "matmul overflowed float16 (max 65504) on inputs up to "
     )
-    # the trail shows the projections' outputs grown far beyond the trained model's ~20
+    # the trail shows the projections' outputs grown far beyond the layer norm's
     trail = {t["module"]: t["absmax"] for t in record["trail"]}
-    assert trail["model.decoder.layers.0.self_attn_layer_norm"] < 20
-    assert all(trail[f"model.decoder.layers.0.self_attn.{p}_proj"] > 300 for p in "qkv")
+    norm = trail["model.decoder.layers.0.self_attn_layer_norm"]
+    assert norm < 40
+    assert all(trail[f"model.decoder.layers.0.self_attn.{p}_proj"] > 30 * norm for p in "qkv")
 
 
 def test_a_nan_gradient_is_named_by_anomaly_mode(tmp_path):

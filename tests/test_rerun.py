@@ -15,7 +15,8 @@ from nansearch.diagnose.rerun import fresh_seeds, rerun_study, select, served
 from nansearch.trial.runner import TrialResult
 from tests.conftest import REPO
 
-# Pure fp16 fails in its first update; fp16 autocast at lr 2..4 overflows one step later.
+# Pure fp16 fails in its first update; fp16 autocast at lr 6..8 overflows one step later
+# (the edge is near lr 2.5, where some CPUs' kernels stay finite).
 SWEEP = f"""
 include: [{REPO}/configs/opt-target.yaml]
 study: t
@@ -25,7 +26,7 @@ tracking: {{wandb: "off"}}
 factors:
   checkpoint: {{levels: {{opt-lm: "demo:opt-lm"}}}}
   dtype: {{levels: [fp16, amp-fp16]}}
-  lr: {{low: 2.0, high: 4.0}}
+  lr: {{low: 6.0, high: 8.0}}
 """
 RECORD_KEYS = {
     "trial",
