@@ -25,6 +25,7 @@ SUITES: list[str] = [
     "sweep_floor",
     "memory",
     "workers",
+    "threads",
     "strategies",
     "warning",
     "own_code",
