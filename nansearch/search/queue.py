@@ -34,6 +34,7 @@ from optuna.distributions import (
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from nansearch.search import optuna_internals as private
 from nansearch.trial.runner import QUEUED
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,12 @@ def claimed(study: optuna.Study) -> Iterator[FrozenTrial]:
     Each is taken with the storage's compare-and-set from WAITING to RUNNING; one that
     another worker took first is passed over.
     """
-    storage = study._storage
+    storage = private.storage(study)
     for frozen in storage.get_all_trials(
-        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+        private.study_id(study), deepcopy=False, states=(TrialState.WAITING,)
     ):
         try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+            if storage.set_trial_state_values(private.trial_id(frozen), state=TrialState.RUNNING):
                 yield frozen
         except UpdateFinishedTrialError:
             continue
@@ -120,11 +121,11 @@ def claimed(study: optuna.Study) -> Iterator[FrozenTrial]:
 
 def take(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.Trial | None:
     """Take one queued trial and give it its values, or None when the queue is empty."""
-    storage = study._storage
+    storage = private.storage(study)
     for frozen in claimed(study):
         if heartbeat_interval(storage) is not None:
-            storage.record_heartbeat(frozen._trial_id)
-        trial = optuna.Trial(study, frozen._trial_id)
+            storage.record_heartbeat(private.trial_id(frozen))
+        trial = optuna.Trial(study, private.trial_id(frozen))
         trial.set_user_attr(OWNER_ATTR, owner())
         for name, distribution in distributions.items():
             suggest(trial, name, distribution)
@@ -137,10 +138,10 @@ def cancel(study: optuna.Study, reason: str) -> int:
 
     Taken the way a worker takes one, so a trial a worker took meanwhile runs on.
     """
-    storage, count = study._storage, 0
+    storage, count = private.storage(study), 0
     for frozen in claimed(study):
-        storage.set_trial_user_attr(frozen._trial_id, SKIPPED_ATTR, reason)
-        storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(private.trial_id(frozen), SKIPPED_ATTR, reason)
+        storage.set_trial_state_values(private.trial_id(frozen), state=TrialState.FAIL)
         count += 1
     return count
 
@@ -206,26 +207,30 @@ def fail(study: optuna.Study, trials: Iterable[FrozenTrial]) -> int:
     requeue, count = Requeue(), 0
     for trial in trials:
         try:
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            if not private.storage(study).set_trial_state_values(
+                private.trial_id(trial), state=TrialState.FAIL
+            ):
                 continue
         except UpdateFinishedTrialError:
             continue
-        requeue(study, study._storage.get_trial(trial._trial_id))
+        requeue(study, private.storage(study).get_trial(private.trial_id(trial)))
         count += 1
     return count
 
 
 def fail_taken(study: optuna.Study, trial: optuna.Trial) -> None:
     """Fail and requeue a trial this process took (its run was interrupted)."""
-    fail(study, [study._storage.get_trial(trial._trial_id)])
+    fail(study, [private.storage(study).get_trial(private.trial_id(trial))])
 
 
 def create_running(study: optuna.Study, template: FrozenTrial) -> optuna.Trial:
     """A running trial made from ``template`` in the study, owned by this process: no
     worker can take it, as it could a queued one."""
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    if heartbeat_interval(study._storage) is not None:
-        study._storage.record_heartbeat(trial_id)
+    trial_id = private.storage(study).create_new_trial(
+        private.study_id(study), template_trial=template
+    )
+    if heartbeat_interval(private.storage(study)) is not None:
+        private.storage(study).record_heartbeat(trial_id)
     return optuna.Trial(study, trial_id)
 
 
@@ -235,7 +240,7 @@ def recover(study: optuna.Study) -> None:
     Without heartbeats (the journal file, one machine), the sweep starts alone, so every
     running trial is a dead process's; with them, those whose heartbeat stopped.
     """
-    if heartbeat_interval(study._storage) is not None:
+    if heartbeat_interval(private.storage(study)) is not None:
         reap(study)
     else:
         fail(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -268,7 +273,7 @@ def heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
 @contextmanager
 def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval while it runs (RDB storages only)."""
-    storage = study._storage
+    storage = private.storage(study)
     interval = heartbeat_interval(storage)
     if interval is None:
         yield

@@ -41,6 +41,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, MIN_NAN, Cause, find_causes
+from nansearch.search import optuna_internals as private
 from nansearch.search import pairwise
 from nansearch.trial.runner import TrialResult
 
@@ -178,7 +179,7 @@ class SetAsideSampler(BaseSampler):
     def _finished(self, study: optuna.Study) -> list[FrozenTrial]:
         return [
             t
-            for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in private.trials_inside_sampler(study, (TrialState.COMPLETE,))
             if "outcome" in t.user_attrs
         ]
 
@@ -341,7 +342,7 @@ class SetAsideSampler(BaseSampler):
         storage.create_new_study([StudyDirection.MAXIMIZE], "set-aside")
         view = optuna.Study("set-aside", storage, sampler=self.inner)
         trials = []
-        for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in private.trials_inside_sampler(study, (TrialState.COMPLETE,)):
             value = 0.0 if any(c.holds(t.params) for c in causes) else t.value
             trials.append(
                 optuna.trial.create_trial(
@@ -349,7 +350,7 @@ class SetAsideSampler(BaseSampler):
                 )
             )
         view.add_trials(trials)
-        asking = storage.create_new_trial(view._study_id)
+        asking = storage.create_new_trial(private.study_id(view))
         return view, storage.get_trial(asking)
 
     def _draw(

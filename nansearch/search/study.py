@@ -24,10 +24,7 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
 
-from nansearch import jsonl
 from nansearch.analysis.ranking import Bins
 from nansearch.analysis.warning import at_risk_score, horizon_of
 from nansearch.config import (
@@ -41,6 +38,7 @@ from nansearch.config import (
 from nansearch.factors import Factor
 from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
+from nansearch.search.optuna_internals import JournalFile, trial_id
 from nansearch.search.queue import ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
 from nansearch.search.reconnect import RetryingRDBStorage
 from nansearch.search.records import (  # noqa: F401  (re-exported: the sweep's records)
@@ -111,22 +109,6 @@ def open_storage(
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NansearchError(f"storage={shown(url)!r}: cannot open it: {first}") from None
-
-
-class JournalFile(JournalFileBackend):
-    """Optuna's journal file, its records appended by :mod:`nansearch.jsonl`.
-
-    Optuna reads past a torn last record but appends straight after it, which makes
-    the journal unreadable from then on; here a failed write is cut back, and a torn
-    tail left by a killed process is cut off (a copy kept) before anything is appended.
-    """
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        try:
-            with get_lock_file(self._lock):
-                jsonl.append(self._file_path, logs, sync=True, compact=True)
-        except OSError as exc:  # the lock file itself, on a full or read-only disk
-            raise jsonl.disk_error(exc, self._file_path) from None
 
 
 TRIAL_KEYS = ("steps", "seed", "target", "factors", "optimizer", "plugins")  # what a trial is
@@ -386,7 +368,7 @@ class Search:
         phase = trial.user_attrs.get(PHASE_ATTR, "focus")
         seed = self.cfg.seed * 100_003 + trial.number
         try:
-            with trial_queue.heartbeat(self.study, trial._trial_id):
+            with trial_queue.heartbeat(self.study, trial_id(trial)):
                 result = self.runner.run(trial.params, seed)
         except KeyboardInterrupt:
             trial_queue.fail_taken(self.study, trial)
