@@ -90,8 +90,9 @@ PER_OUTPUT = ("weight", "bias")
 
 def _operand_name(op: str, index: int) -> str:
     names = OPERAND_NAMES.get(op, ())
-    if index < len(names) and names[index]:
-        return names[index]
+    name = names[index] if index < len(names) else None
+    if name:
+        return name
     return ("input", "other")[index] if index < 2 else f"operand {index + 1}"
 
 

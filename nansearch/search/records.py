@@ -29,7 +29,7 @@ def recorded(study: optuna.Study) -> list[TrialResult]:
         data = trial.user_attrs.get(RESULT_ATTR)
         if data is not None and trial.state in FINISHED:
             results.append(TrialResult.from_json(data))
-    return sorted(results, key=lambda r: r.number)
+    return sorted(results, key=lambda r: r.number or 0)  # a recorded trial has its number
 
 
 @dataclass
@@ -78,8 +78,8 @@ def trial_line(result: TrialResult) -> dict[str, Any]:
 
 
 def read_trials(path: Path) -> list[TrialResult]:
-    results = {}
+    results: dict[int, TrialResult] = {}
     for line in jsonl.read(path):
         result = TrialResult.from_json(line)
-        results[result.number] = result
+        results[result.number or 0] = result
     return [results[n] for n in sorted(results)]
