@@ -6,7 +6,7 @@ import pytest
 
 from nansearch.config import load_config
 from nansearch.factors import build_factors
-from nansearch.targets import build_target
+from nansearch.targets import CheckpointCache, build_target
 from nansearch.trial.runner import TrialRunner, instability_score
 from tests.conftest import DEMO
 
@@ -55,13 +55,24 @@ def test_same_seed_same_trial_on_cpu(runner):
     assert a.loss == b.loss and a.grad_norm == b.grad_norm and a.score == b.score
 
 
-def test_checkpoint_is_read_once_and_copied(runner):
+def test_checkpoint_is_read_once_and_copied(runner, monkeypatch):
+    target = runner.cache.target
+    reads: list[str] = []
+    load = target.load
+
+    def counted(checkpoint: str):
+        reads.append(checkpoint)
+        return load(checkpoint)
+
+    monkeypatch.setattr(target, "load", counted)
+    monkeypatch.setattr(runner, "cache", CheckpointCache(target))
+    path = runner.factors[0].paths["opt-lm"]
     runner.run(BASE, seed=0)
-    loaded = dict(runner.cache._loaded)
-    first = runner.cache.get(loaded and runner.factors[0].paths["opt-lm"])
-    second = runner.cache.get(runner.factors[0].paths["opt-lm"])
+    runner.run({**BASE, "lr": 0.05}, seed=1)
+    first, second = runner.cache.get(path), runner.cache.get(path)
+    assert reads == [path]  # two trials and two copies, one read from disk
     assert first.model is not second.model
-    assert runner.cache._loaded.keys() == loaded.keys()
+    assert first.model is not runner.cache.peek(path).model
 
 
 def test_score_orders_failures_before_finite_runs(runner):
