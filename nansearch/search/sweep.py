@@ -115,6 +115,7 @@ def add_fixes(
     study_dir: Path,
     tracker: Tracker | None = None,
     stop=None,
+    audit: Audit | None = None,
 ) -> None:
     """Verify a fix for each conclusion over the longer run and add them to ``ranking.json``."""
 
@@ -122,7 +123,7 @@ def add_fixes(
         if tracker is not None:
             tracker.log_fix(fix.to_json())
 
-    fixes = verify_fixes(cfg, factors, runner, ranking, results, read_audit(study_dir), heard, stop)
+    fixes = verify_fixes(cfg, factors, runner, ranking, results, _json(audit), heard, stop)
     ranking["fixes"] = [fix.to_json() for fix in fixes]
     path = study_dir / "ranking.json"
     path.write_text(json.dumps(ranking, indent=2) + "\n")
@@ -159,9 +160,9 @@ def write_report_safely(study_dir: Path) -> Path | None:
         return None
 
 
-def read_audit(study_dir: Path) -> dict[str, Any] | None:
-    path = study_dir / "audit.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _json(audit: Audit | None) -> dict[str, Any] | None:
+    """The audit as ``audit.json`` holds it, from memory."""
+    return None if audit is None else audit.to_json()
 
 
 def run_sweep(
@@ -243,11 +244,11 @@ def _run_sweep(
         ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
         if not join and not interrupted:
             with stop_on_interrupt() as stop:
-                add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop)
+                add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop, audit)
             interrupted = stop.signum
         report = write_report_safely(search.dir)
         if not join:
-            tracking = tracker.finish_study(ranking, results, search.dir, read_audit(search.dir))
+            tracking = tracker.finish_study(ranking, results, search.dir, _json(audit))
     finally:
         tracker.close()
     files = {
