@@ -151,3 +151,25 @@ def test_make_style_cli_run_prints_the_ranking(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "rank factor" in proc.stdout and "ranking" in proc.stdout
     assert "4/4" in proc.stderr  # the progress bar reached the budget
+
+
+def test_a_sweep_whose_every_trial_errors_exits_1_and_names_the_first_error(tmp_path):
+    # every batch holds an id past the vocabulary: the embedding raises IndexError in each trial
+    overrides = demo_overrides(
+        trials=3, steps=2, **{"factors.batch.levels": "[out-of-range-ids]", "search.cover": 3}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "nansearch", "sweep", DEMO, *overrides],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "every one of the 3 trials" in line]
+    assert len(said) == 1
+    assert "trial 0: IndexError" in said[0] and "runs/t/trials.jsonl" in said[0]
+    assert "No cause found" not in proc.stdout
+    ranking = json.loads((tmp_path / "runs/t/ranking.json").read_text())
+    assert [c["kind"] for c in ranking["conclusions"]] == ["all-errors"]
+    assert ranking["conclusions"][0]["error"].startswith("IndexError")

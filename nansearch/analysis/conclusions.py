@@ -158,6 +158,18 @@ def highest_instability(results: Sequence[TrialResult]) -> dict[str, Any] | None
     }
 
 
+def error_line(result: TrialResult) -> str:
+    """The one line that says what a trial's error was: the first line of its record."""
+    lines = (result.error or "").strip().splitlines()
+    return lines[0] if lines else "an error with no message"
+
+
+def first_error(results: Sequence[TrialResult]) -> TrialResult:
+    """The earliest trial that ended in an error (by trial number when it has one)."""
+    errors = [r for r in results if r.outcome == "error"]
+    return min(errors, key=lambda r: -1 if r.number is None else r.number)
+
+
 def _evidence(iso: Isolation | None, confirmed: dict) -> list[str]:
     """What named a conclusion: the counts, the isolation, the confirmation."""
     out = ["counts"]
@@ -235,6 +247,21 @@ def conclude(
         )
     scored = [r for r in results if r.outcome != "error"]
     nan = [r for r in scored if r.is_nan]
+    if results and not scored:
+        first = first_error(results)
+        out.append(
+            {
+                "text": f"Every one of the {len(results)} runs ended in an error, so the sweep "
+                f"says nothing about NaN; the first, trial {first.number}: "
+                f"{error_line(first)}",
+                "kind": "all-errors",
+                "nan": 0,
+                "total": len(results),
+                "trial": first.number,
+                "error": error_line(first),
+            }
+        )
+        return out
     if not nan:
         steps = max((r.steps for r in results), default=0)
         item = {

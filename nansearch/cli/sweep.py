@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 
+from nansearch.analysis.conclusions import error_line, first_error
 from nansearch.analysis.ranking import format_table
 from nansearch.analysis.warning import format_at_risk
 from nansearch.audit import format_findings
@@ -132,12 +133,28 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"{outcome.queued_done} of {outcome.budget} queued trials recorded; to go on: {again}"
         )
+    if all_errored(outcome):
+        first = first_error(outcome.results)
+        print(
+            f"nansearch: every one of the {len(outcome.results)} trials ended in an error, so the "
+            f"sweep found nothing about NaN; the first, trial {first.number}: "
+            f"{error_line(first)}; each trial's error is in "
+            f"{outcome.files.get('trials', outcome.study_dir / 'trials.jsonl')}",
+            file=sys.stderr,
+        )
     return exit_code(outcome)
 
 
+def all_errored(outcome: SweepOutcome) -> bool:
+    return bool(outcome.results) and all(r.outcome == "error" for r in outcome.results)
+
+
 def exit_code(outcome: SweepOutcome) -> int:
-    """0 when it ran to its end; 128 + the signal when one stopped it (130 for Ctrl-C)."""
-    return 128 + outcome.interrupted if outcome.interrupted else 0
+    """0 when it ran to its end; 128 + the signal when one stopped it (130 for Ctrl-C); 1 when
+    every trial ended in an error."""
+    if outcome.interrupted:
+        return 128 + outcome.interrupted
+    return 1 if all_errored(outcome) else 0
 
 
 def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
