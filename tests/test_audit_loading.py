@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from nansearch.cli.sweep import sweep
 from nansearch.config import load_config
@@ -14,7 +14,7 @@ from nansearch.factors import build_factors
 from nansearch.targets import CheckpointError, build_target
 from nansearch.targets.loading import read_header
 from nansearch.trial.runner import TrialRunner
-from tests.conftest import DEMO, demo_overrides
+from tests.conftest import CUSTOM, DEMO, REPO, demo_overrides
 
 
 def truncated_copy(tmp_path):
@@ -135,3 +135,42 @@ def test_a_sweep_records_the_broken_level_as_error_trials_and_goes_on(tmp_path):
     assert [f["check"] for f in reported] == ["checkpoint.unreadable"]
     assert "truncated" in reported[0]["found"]
     assert not [f for f in audit["findings"] if f["subject"] == "checkpoint=opt-lm"]
+
+
+def test_a_custom_target_whose_build_raises_is_reported_as_a_failed_build(tmp_path):
+    # a weight file of another shape than the example's TinyGPT: its build's load_state_dict
+    # raises, which is the target's own code failing, not an unreadable checkpoint
+    other = tmp_path / "other.safetensors"
+    save_file({"tok.weight": torch.zeros(7, 5)}, str(other))
+    outcome = sweep(
+        CUSTOM,
+        [
+            "out=runs",
+            "study=t",
+            "trials=4",
+            "steps=1",
+            "tracking.wandb=off",
+            "factors.dtype.levels=[fp32]",
+            "factors.batch.levels=[clean]",
+            f"factors.checkpoint.levels.other={other}",
+            "search.cover=4",
+            f"target.fn={REPO}/sweeps/custom_target.py:build",
+        ],
+    )
+    audit = json.loads((tmp_path / "runs/t/audit.json").read_text())
+    reported = [f for f in audit["findings"] if f["subject"] == "checkpoint=other"]
+    assert [f["check"] for f in reported] == ["target.build-failed"]
+    found = reported[0]["found"]
+    assert "sweeps/custom_target.py" in found and "build()" in found
+    assert "raised RuntimeError: Error(s) in loading state_dict for TinyGPT" in found
+    assert "\n" not in found
+    assert not [f for f in audit["findings"] if f["subject"] == "checkpoint=fresh"]
+    broken = [r for r in outcome.results if r.params["checkpoint"] == "other"]
+    assert broken and all(r.outcome == "error" for r in broken)
+    # each trial names the failed build and the line of the user's file it passed through
+    assert all(
+        "TargetBuildError" in r.error
+        and "RuntimeError" in r.error
+        and "custom_target.py:" in r.error
+        for r in broken
+    ), [r.error for r in broken]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -85,6 +86,29 @@ def import_callable(spec: str, what: str):
     return fn
 
 
+class TargetBuildError(Exception):
+    """The user's target function raised as it built the model and batch for a checkpoint.
+
+    Its message is one line: the function, the exception and the line of the user's file it
+    passed through last. Not a :class:`NansearchError`, so a trial records its traceback too.
+    """
+
+    def __init__(self, spec: str, checkpoint: str, exc: Exception, code_file: str | None = None):
+        self.spec, self.checkpoint = spec, checkpoint
+        self.file, _, self.function = spec.rpartition(":")
+        # the last line of the user's own file that the error passed through
+        own = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == code_file]
+        self.line = f"{own[-1].filename}:{own[-1].lineno}" if own else None
+        text = " ".join(str(exc).split())  # one line, however many the message had
+        if len(text) > 240:
+            text = text[:240] + "..."
+        self.message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        super().__init__(
+            f"target.fn={spec!r}: {self.function}() in {self.file} raised {self.message} "
+            f"as it built checkpoint {checkpoint!r}" + (f" (at {self.line})" if self.line else "")
+        )
+
+
 class CustomTarget(Target):
     name = "custom"
 
@@ -93,7 +117,12 @@ class CustomTarget(Target):
         self.fn = import_callable(cfg.fn, "target.fn")
 
     def load(self, checkpoint: str) -> Loaded:
-        built = self.fn(checkpoint, dict(self.cfg.options))
+        try:
+            built = self.fn(checkpoint, dict(self.cfg.options))
+        except Exception as exc:
+            code = getattr(self.fn, "__code__", None)
+            where = code.co_filename if code is not None else None
+            raise TargetBuildError(self.cfg.fn, checkpoint, exc, where) from exc
         if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
             raise NansearchError(
                 f"target.fn={self.cfg.fn!r} must return (model, batch), got {type(built).__name__}"

@@ -16,6 +16,7 @@ and dtypes from the weight files' headers, and ``config.json``) to say why.
 | `checkpoint.fp16-range`     | weights past (error) or near (warning) fp16's maximum, when the sweep runs fp16 |
 | `checkpoint.stored-dtype`   | bf16-stored weights that the sweep runs in fp16                |
 | `checkpoint.untied`         | weights the config ties that are separate tensors              |
+| `target.build-failed`       | a custom target's function raised as it built a level          |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nansearch.audit.checkpoint._loaded import FP16_LEVELS, Checkpoint
 from nansearch.audit.checkpoint.keys import _foreign, _headless, _keys
 from nansearch.audit.checkpoint.values import _stored_dtype, _ties, _values
 from nansearch.config import SweepConfig
+from nansearch.targets.custom import TargetBuildError
 from nansearch.targets.loading import (
     CheckpointError,
     resolve_checkpoint,
@@ -77,6 +79,22 @@ def _unreadable(level: str, exc: Exception) -> Finding:
             fix=(
                 "Load the checkpoint with the config it was saved with (vocabulary size, "
                 "hidden size), or resize the model first (resize_token_embeddings)."
+            ),
+        )
+    if isinstance(exc, TargetBuildError):
+        return Finding(
+            severity="error",
+            check="target.build-failed",
+            subject=f"checkpoint={level}",
+            found=f"factors.checkpoint.levels.{level}: {exc}",
+            why=(
+                "The target's own function failed before any training: every trial of this "
+                "level ends as an error before its first step, so the sweep learns nothing "
+                "about it; the other levels go on."
+            ),
+            fix=(
+                f"Call {exc.function}({exc.checkpoint!r}, options) from {exc.file} yourself and "
+                "fix what raises; each trial of the level records the traceback in trials.jsonl."
             ),
         )
     message = str(exc) or type(exc).__name__
