@@ -68,9 +68,30 @@ def test_the_unmodified_example_script_meets_each_demo_cause(example, params, ou
         assert result.first_bad_step == 0 and result.score == 2.0 and len(result.loss) == 1
 
 
+def test_a_trial_forked_after_the_parent_ran_on_several_threads_finishes(demo_cache):
+    """The parent's OpenMP pool is gone in the forked copy; the copy must not wait on it."""
+    runner = runner_for(["target.timeout=120"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(256, 1024)
+        assert torch.isfinite(torch.nn.functional.layer_norm(x @ x.T, (256,))).all()
+        result = runner.run(BASE, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.outcome == "finite", result.error
+    assert len(result.loss) == 4
+
+
 def test_the_same_trial_started_fresh_gives_the_same_trail(example):
-    forked = example.run({**BASE, "lr": 0.05}, seed=1)
-    fresh = runner_for(["target.start=spawn"]).run({**BASE, "lr": 0.05}, seed=1)
+    """A forked copy runs on one thread; a fresh one takes the sweep's threads, here one too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        forked = example.run({**BASE, "lr": 0.05}, seed=1)
+        fresh = runner_for(["target.start=spawn"]).run({**BASE, "lr": 0.05}, seed=1)
+    finally:
+        torch.set_num_threads(threads)
     assert forked.outcome == fresh.outcome == "finite"
     assert forked.loss == fresh.loss and forked.grad_norm == fresh.grad_norm
 

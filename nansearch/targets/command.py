@@ -179,7 +179,10 @@ class CommandTarget(CausalLMTarget):
 
     def _spawn(self, argv: list[str], extra: dict[str, str], output: Path) -> tuple[int, bool]:
         """A fresh interpreter: it imports torch and transformers itself."""
-        env = {**os.environ, **extra}
+        import torch
+
+        # the sweep's threads setting, unless target.env says otherwise
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         with output.open("wb") as sink:
             process = subprocess.Popen(
@@ -212,6 +215,11 @@ class CommandTarget(CausalLMTarget):
             status = 1
             try:
                 os.setsid()
+                import torch
+
+                # The parent's OpenMP threads do not survive fork: a parallel region in the
+                # copy would wait forever for them. On one thread torch never enters one.
+                torch.set_num_threads(1)
                 sink = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(sink, 1)
                 os.dup2(sink, 2)
