@@ -20,6 +20,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nansearch import jsonl
 
+# The private methods Optuna's cache in front of a database storage (``_CachedStorage``)
+# calls on it instead of the public ones: a wrapper of the database storage's calls
+# must wrap these too.
+CACHED_STORAGE_BACKEND_CALLS = (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+)
+
 
 def storage(study: optuna.Study) -> BaseStorage:
     """The study's storage (``Study._storage``)."""

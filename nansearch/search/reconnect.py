@@ -25,6 +25,7 @@ import optuna
 from optuna.exceptions import StorageInternalError
 
 from nansearch.config import NansearchError
+from nansearch.search import optuna_internals as private
 
 log = logging.getLogger(__name__)
 
@@ -94,4 +95,7 @@ def retried(name: str):
 
 for _name in dir(optuna.storages.RDBStorage):
     if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name)):
+        setattr(RetryingRDBStorage, _name, retried(_name))
+for _name in private.CACHED_STORAGE_BACKEND_CALLS:  # Optuna's cache calls these instead
+    if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(RetryingRDBStorage, _name, retried(_name))
