@@ -281,6 +281,9 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
     assert states[trial.number] == TrialState.COMPLETE  # the running trial was recorded
     assert TrialState.RUNNING not in states.values()
     assert sum(s == TrialState.COMPLETE for s in states.values()) < 6
+    deadline = time.monotonic() + 30  # a worker ends on its own after its parent's exit
+    while any(alive(pid) for pid in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not any(alive(pid) for pid in kids)
 
 
