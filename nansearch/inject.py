@@ -307,9 +307,29 @@ class Injected:
             last["diagnostics"] = self.diagnostics.to_json()
         self._file.write(json.dumps(last, default=str) + "\n")
         self._file.close()
+        self._finish_wandb(last)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+    @staticmethod
+    def _finish_wandb(last: dict[str, Any]) -> None:
+        """Finish the run the script started with ``wandb.init``, if any: the process ends
+        with ``os._exit``, which skips the exit hook W&B finishes its run in, and the steps
+        logged last would be lost. The run's summary says how nansearch ended it."""
+        wandb = sys.modules.get("wandb")
+        run = getattr(wandb, "run", None)
+        if run is None:
+            return
+        try:
+            run.summary["nansearch/end"] = last.get("outcome", last["end"])
+            if "step" in last:
+                run.summary["nansearch/first_bad_step"] = last["step"]
+            run.finish(exit_code=1 if last["end"] == "nonfinite" else 0)
+        except Exception as exc:  # the trial's report is written: W&B must not change it
+            print(
+                f"nansearch.inject: could not finish the script's W&B run: {exc}", file=sys.stderr
+            )
 
     def _compute_dtype(self) -> str | None:
         for module in self.tops.values():

@@ -1,7 +1,10 @@
 """``target.kind: command``: an unmodified script as the trial, watched from inside its process."""
 
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +208,81 @@ def test_the_audit_warns_of_a_searched_factor_the_script_never_receives(tmp_path
     assert "checkpoint" not in found and "batch" not in found and "init" not in found
     full = load_config(SCRIPT_SWEEP, EXAMPLE)
     assert not [f for f in audit_config(full, torch.device("cpu")) if f.check.endswith("unused")]
+
+
+WANDB_SCRIPT = """
+import sys
+import torch
+import wandb
+
+wandb.init(config={"width": 8})
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+if sys.argv[1] == "labels-all-ignored":
+    y[:] = -100  # cross-entropy's mean over no counted label is 0/0
+for step in range(100):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    wandb.log({"loss": loss.item()})
+    optimizer.step()
+"""
+
+
+def wandb_runs(folder: Path) -> list[dict]:
+    """Each offline run under ``folder``, read back from its .wandb file."""
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    runs = []
+    for run_dir in sorted(folder.glob("offline-run-*")):
+        lines = subprocess.run(
+            [wandb_cli, "leet", "inspect", "--json", str(run_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        summary = subprocess.run(
+            [wandb_cli, "leet", "inspect", "--summary", "--json", str(run_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        run = json.loads(summary.stdout)
+        run["run"] = next(r["run"] for r in records if r["type"] == "run")
+        run["history"] = [r["history"]["item"]["loss"] for r in records if r["type"] == "history"]
+        runs.append(run)
+    return runs
+
+
+def test_a_script_that_calls_wandb_init_joins_the_studys_runs(tmp_path, monkeypatch):
+    """W&B's own variables put the script's run in the study's group, job type, project and
+    folder, in the study's mode: with no WANDB_MODE and no credentials W&B would otherwise
+    stop the script at its login."""
+    monkeypatch.delenv("WANDB_MODE")
+    study = ["tracking.wandb=offline", "study=s", "target.args=${batch}"]
+    forked = script(tmp_path, WANDB_SCRIPT, study)
+    finite = forked.run(BASE, seed=0)
+    nan = forked.run({**BASE, "batch": "labels-all-ignored"}, seed=0)
+    fresh = script(tmp_path, WANDB_SCRIPT, [*study, "target.start=spawn"]).run(BASE, seed=0)
+    assert finite.outcome == fresh.outcome == "finite", finite.error or fresh.error
+    assert (nan.outcome, nan.first_bad_step) == ("nonfinite-loss", 0), nan.error
+
+    runs = wandb_runs(tmp_path / "runs" / "s" / "wandb")
+    assert len(runs) == 3
+    for run in runs:
+        assert (run["run"]["run_group"], run["run"]["job_type"]) == ("s", "trial")
+        assert run["project"] == "nansearch" and run["config"] == {"width": 8}
+    by_end = sorted(runs, key=lambda run: run["summary"]["nansearch/end"])
+    steps_done = [run for run in by_end if run["summary"]["nansearch/end"] == "steps"]
+    (failed,) = [run for run in by_end if run["summary"]["nansearch/end"] == "nonfinite-loss"]
+    # finished before the process ended: every step it logged is in its history
+    assert [run["history"] for run in steps_done] == [finite.loss, fresh.loss]
+    assert [run["state"] for run in steps_done] == ["finished", "finished"]
+    assert failed["state"] == "failed" and failed["summary"]["nansearch/first_bad_step"] == 0
+    assert failed["history"] == ["NaN"]  # the step the trial ended at, logged before its end
+
+    off = script(tmp_path, WANDB_SCRIPT, ["tracking.wandb=off", "study=q", "target.args=${batch}"])
+    assert off.run(BASE, seed=0).outcome == "finite"
+    assert len(list(tmp_path.rglob("*.wandb"))) == 3  # tracking off: the script's run is disabled

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nansearch.config import NansearchError, TargetConfig, to_yaml
+from nansearch.config import NansearchError, SweepConfig, TargetConfig, to_yaml
 from nansearch.targets.causal_lm import CausalLMTarget
 
 if TYPE_CHECKING:
@@ -154,11 +154,9 @@ class CommandTarget(CausalLMTarget):
         except (KeyError, ValueError) as exc:
             raise NansearchError(f"target.args/target.env: cannot fill in {exc}") from None
         extra = {
+            **wandb_env(runner.cfg),
             **env_values,
             "NANSEARCH_INJECT": json.dumps(settings),
-            # a script that calls wandb.init itself joins the study's group as a trial
-            "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", runner.cfg.study),
-            "WANDB_JOB_TYPE": os.environ.get("WANDB_JOB_TYPE", "trial"),
         }
         output = Path(settings["report"]).with_name("output.log")
         if self._can_fork():
@@ -314,6 +312,30 @@ class CommandTarget(CausalLMTarget):
                 "can report NaN through target.nan_pattern or target.nan_exit_codes. "
                 f"Its output ended with:\n{tail}"
             )
+
+
+def wandb_env(cfg: SweepConfig) -> dict[str, str]:
+    """W&B's own variables for a script that calls ``wandb.init`` itself: its run joins the
+    study's runs (the group, job type ``trial``, the project and entity, the study's folder)
+    in the study's mode, instead of starting a run of its own elsewhere or, with no
+    credentials, stopping at W&B's login. With tracking off its runs are disabled."""
+    from nansearch.tracking.tracker import has_credentials, resolve_mode
+
+    mode = resolve_mode(cfg.tracking.wandb)
+    if mode == "online" and not has_credentials():
+        mode = "offline"  # as the study's own runs do
+    env = {
+        "WANDB_MODE": "disabled" if mode == "off" else mode,
+        "WANDB_RUN_GROUP": cfg.study,
+        "WANDB_JOB_TYPE": "trial",
+        "WANDB_PROJECT": cfg.tracking.project,
+    }
+    if mode != "off":
+        cfg.study_dir.mkdir(parents=True, exist_ok=True)
+        env["WANDB_DIR"] = str(cfg.study_dir.resolve())
+    if cfg.tracking.entity:
+        env["WANDB_ENTITY"] = cfg.tracking.entity
+    return env
 
 
 def _tail(output: str) -> str:
