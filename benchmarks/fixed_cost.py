@@ -2,7 +2,7 @@
 
 What every trial pays besides its steps: the checkpoint copy and the factors that shape
 it (``TrialRunner.prepare``), the optimizer, and its W&B run, offline. A sweep hands
-the run to the tracker's own thread (``nansearch.tracking.tracker.Background``), which writes
+the run to the tracker's own thread (``nansearch.tracking.background.Background``), which writes
 it while the next trial trains: the trial pays the hand-over, and the target applies
 to these. A second row writes the run in line instead (started, its 50 steps of history
 logged, finished, as ``WandbTracker.log_trial`` does), which is what the trial would

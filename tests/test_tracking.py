@@ -151,7 +151,7 @@ def test_unreachable_wandb_online_never_stops_the_sweep(tmp_path, monkeypatch, c
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
-    with caplog.at_level(logging.WARNING, logger="nansearch.tracking.tracker"):
+    with caplog.at_level(logging.WARNING, logger="nansearch.tracking.wandb_tracker"):
         outcome = sweep(DEMO, demo_overrides(trials=4, steps=2, **{"tracking.wandb": "online"}))
     study = tmp_path / "runs" / "t"
     lines = (study / "trials.jsonl").read_text().splitlines()
@@ -387,7 +387,7 @@ def test_a_report_that_cannot_be_saved_is_a_warning(wandb_server, tmp_path, capl
     cfg = load_config(DEMO, ["study=t", "tracking.entity=alice"])
     tracker = WandbTracker("online", tmp_path)
     tracker.start(cfg)
-    with caplog.at_level(logging.WARNING, logger="nansearch.tracking.tracker"):
+    with caplog.at_level(logging.WARNING, logger="nansearch.tracking.wandb_tracker"):
         assert tracker.publish_report(RANKING) is None
     assert "report could not be saved" in caplog.text and "permission denied" in caplog.text
     assert tracker.failures == 1
@@ -432,7 +432,7 @@ def test_background_runs_never_hold_up_the_search_and_all_land_in_order(tmp_path
         tracker.log_trial(result)  # returns while W&B is still held
     assert inner.logged == []
     inner.go.set()
-    with caplog.at_level(logging.ERROR, logger="nansearch.tracking.tracker"):
+    with caplog.at_level(logging.ERROR, logger="nansearch.tracking.background"):
         info = tracker.finish_study({}, [], tmp_path, None)
     assert info == {"logged_before_analysis": [0, 2, 3]}  # a failed run stops nothing
     assert "trial 1 could not be logged" in caplog.text

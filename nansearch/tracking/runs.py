@@ -66,7 +66,7 @@ def trial_forecast(result: TrialResult, cfg: SweepConfig) -> dict[str, Any]:
     found = forecast(result, horizon, cfg.optimizer.min_loss_scale)
     if found is None:
         return {}
-    summary = {"at_risk": int(found.at_risk), "horizon": horizon}
+    summary: dict[str, Any] = {"at_risk": int(found.at_risk), "horizon": horizon}
     if found.predicted_step is not None:
         summary.update(
             predicted_step=found.predicted_step, trend=found.trend, trend_signal=found.signal
