@@ -20,10 +20,11 @@ import jinja2
 
 from nansearch import jsonl
 from nansearch.config import NansearchError
-from nansearch.report.actions import at_risk_section, conclusions_section
 from nansearch.report.sections import (
     STEP_KEYS,
+    at_risk_section,
     audit_section,
+    conclusions_section,
     config_section,
     curves_section,
     first_bad_step_section,

@@ -3,13 +3,15 @@ at risk of a later NaN."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from nansearch.report.sections import Section, fmt, rerun_card
+from nansearch.report.sections._base import Section, fmt
+from nansearch.report.sections.reruns import rerun_card
 
 
 def conclusions_section(
-    ranking: dict[str, Any], reruns: list[dict[str, Any]] = ()
+    ranking: dict[str, Any], reruns: Sequence[dict[str, Any]] = ()
 ) -> Section | None:
     items = ranking.get("conclusions") or []
     if not items:

@@ -1,0 +1,148 @@
+"""The ranking and what it rests on: the factors' table, the NaN rate per level, the
+importances, the interactions and the minimal causes isolation found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from markupsafe import Markup
+
+from nansearch.report import charts
+from nansearch.report.sections._base import Section, fmt, fmt_p, fmt_rate
+
+
+def ranking_section(ranking: dict[str, Any]) -> Section | None:
+    importance = ranking.get("importance") or {}
+    rows = []
+    for rank, factor in enumerate(ranking.get("factors", []), 1):
+        levels = sorted(factor["levels"], key=lambda r: -(r["rate"] or 0))
+        for j, row in enumerate(levels):
+            alone = row.get("alone") or {}
+            rows.append(
+                {
+                    "first": j == 0,
+                    "rank": rank,
+                    "factor": factor["name"],
+                    "factor_effect": f"{factor['effect']:.2f}",
+                    "importance": fmt(importance.get(factor["name"])),
+                    "level": str(row["value"]),
+                    "counts": f"{row['nan']} / {row['total']}",
+                    "rate": fmt_rate(row["rate"]),
+                    "interval": f"{row['ci_low']:.2f}–{row['ci_high']:.2f}"
+                    if row["total"]
+                    else "–",
+                    "alone": f"{alone.get('nan', 0)} / {alone.get('total', 0)}",
+                    "effect": "–" if row.get("effect") is None else f"{row['effect']:+.2f}",
+                    "p": fmt_p(row.get("p_value")),
+                    "errors": str(row.get("errors", 0) or ""),
+                }
+            )
+    note = (
+        f"{ranking.get('basis', '')}. Factors in order of effect. 'alone' counts a level's "
+        "runs that no cause involving another factor explains; the level's effect (its NaN "
+        "rate alone minus the other levels' alone) and p (Fisher's exact test) rest on "
+        "them. The tables count cover and focus trials only, while the conclusions count "
+        "every run, probes included, so one level can show fewer runs here than in a "
+        "conclusion. Trials that ended in an error count apart, never as NaN or as finite."
+    )
+    return Section(
+        "ranking", "Ranking", "ranking", rows, note.lstrip(". "), {"importance": bool(importance)}
+    )
+
+
+def rates_section(ranking: dict[str, Any]) -> Section | None:
+    figures = [
+        Markup(charts.rate_bars(f["levels"], "NaN rate per " + f["name"] + " level"))
+        for f in ranking.get("factors", [])
+    ]
+    note = (
+        "Bars: the share of the finished cover and focus trials that went non-finite; "
+        "whiskers: the Wilson 95% interval."
+    )
+    return Section("rates", "NaN rate per level", "figures", figures, note)
+
+
+def importance_section(ranking: dict[str, Any]) -> Section | None:
+    importance = ranking.get("importance") or {}
+    if not importance:
+        return None
+    rows = sorted(((str(k), float(v)) for k, v in importance.items()), key=lambda r: -r[1])
+    chart = Markup(charts.value_bars(rows, "fANOVA importance for the instability score"))
+    return Section("importance", "Importance", "figures", [chart])
+
+
+def interactions_section(ranking: dict[str, Any]) -> Section | None:
+    items = ranking.get("interactions") or []
+    if not items:
+        return None
+    shown = [
+        {
+            "text": str(item.get("text", "")),
+            "p": fmt_p(item.get("p_value")),
+            "p_adjusted": fmt_p(item.get("p_adjusted")),
+        }
+        for item in items
+    ]
+    note = (
+        "Pairs of values whose runs together are NaN more often than either gives alone; "
+        "p is one-sided Fisher's exact test, adjusted for the pairs tried."
+    )
+    return Section("interactions", "Interactions", "interactions", shown, note)
+
+
+def _role(name: str, iso: dict[str, Any]) -> str:
+    if name in (iso.get("needed_alone") or []):
+        return "needed: flipping it back alone fixes the failure"
+    if name in (iso.get("needed_shared") or []):
+        return "needed: shared with the passing run, and changing it fixes the failure"
+    if name in (iso.get("minimal") or {}):
+        return "needed, together with the others"
+    return "not needed"
+
+
+def minimal_causes_section(ranking: dict[str, Any]) -> Section | None:
+    """What isolation found, one item per failing trial: a sentence and a small table."""
+    items = ranking.get("minimal_causes") or []
+    if not items:
+        return None
+    shown = []
+    for iso in items:
+        failing, reference = iso.get("failing") or {}, iso.get("reference") or {}
+        names = list(iso.get("differences") or [])
+        names += [n for n in iso.get("needed_shared") or [] if n not in names]
+        ranges = iso.get("ranges") or {}
+        rows = [
+            {
+                "factor": name,
+                "failing": fmt(failing.get(name)),
+                "passing": fmt(reference.get(name)),
+                "role": _role(name, iso),
+                "range": (
+                    f"fails from {fmt(ranges[name]['fails'])}, passes at "
+                    f"{fmt(ranges[name]['passes'])}"
+                    if name in ranges
+                    else ""
+                ),
+            }
+            for name in names
+        ]
+        confirmation = iso.get("confirmation") or {}
+        shown.append(
+            {
+                "trial": iso.get("trial"),
+                "reference": iso.get("reference_trial"),
+                "probes": len(iso.get("probes") or []),
+                "text": str(iso.get("text") or "nothing smaller than the whole configuration"),
+                "complete": bool(iso.get("complete")),
+                "rows": rows,
+                "confirmation": str(confirmation.get("text") or ""),
+            }
+        )
+    note = (
+        "Delta debugging from a failing trial against the nearest passing one: each "
+        "differing value flipped back, then groups of them, then each shared value changed."
+    )
+    return Section("minimal-causes", "Minimal causes", "minimal_causes", shown, note)
+
+
+# -- charts over the trials --------------------------------------------------------------
