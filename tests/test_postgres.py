@@ -7,6 +7,7 @@ NANSEARCH_TEST_POSTGRES names the server, when they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from nansearch.config import NansearchError, load_config
 from nansearch.factors import build_factors
 from nansearch.search.queue import OWNER_ATTR, retried_from
 from nansearch.search.study import Search, open_storage
-from tests.conftest import DEMO, demo_overrides
+from tests.conftest import DEMO, REPO, demo_overrides
 from tests.test_workers import (
     assert_accounted,
     load,
@@ -137,3 +138,29 @@ def test_the_study_keeps_the_configuration_workers_rebuild(database, tmp_path):
     assert study.user_attrs["trials"] == 4
     assert "steps: 7" in study.user_attrs["config"]
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 4
+
+
+def test_a_worker_joins_a_postgres_study_of_a_script(tmp_path, database):
+    """A worker started elsewhere with the URL alone runs the study's script as its trials."""
+    cfg = load_config(
+        str(REPO / "sweeps" / "script.yaml"),
+        [
+            *demo_overrides(study="script", trials=4, steps=3),
+            f"target.program={REPO}/examples/train.py",
+            f"target.config={REPO}/examples/train.yaml",
+            f"storage={database}",
+        ],
+    )
+    Search(cfg, build_factors(cfg), None)  # what the sweep does before its first trial
+    machine = tmp_path / "b"
+    machine.mkdir()
+    proc = nansearch("worker", "script", "--storage", database, cwd=machine)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "the study has 4 of 4" in out
+    folder = machine / "runs" / "script"
+    done = assert_accounted(load(open_storage(database, tmp_path), "script"), folder, budget=4)
+    assert {t.user_attrs[OWNER_ATTR]["pid"] for t in done} == {proc.pid}
+    lines = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    assert not [line["error"] for line in lines if line["outcome"] == "error"]
+    assert "kind: command" in (folder / "config.yaml").read_text()  # rebuilt from the study

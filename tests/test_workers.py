@@ -20,7 +20,7 @@ from nansearch.config import ConfigError, load_config
 from nansearch.search.queue import OWNER_ATTR, RESULT_ATTR, retried_from
 from nansearch.search.study import open_storage
 from nansearch.search.workers import plan
-from tests.conftest import DEMO, REPO
+from tests.conftest import DEMO, REPO, demo_overrides
 
 FACTORS = 5  # checkpoint, init, batch, dtype, lr
 
@@ -135,6 +135,35 @@ def test_two_workers_on_one_machine_share_the_journal_budget(tmp_path):
     owners = {t.user_attrs[OWNER_ATTR]["pid"] for t in done}
     assert len(owners) == 2 and os.getpid() not in owners  # both workers, not the parent
     assert outcome.ran_here == 8 and outcome.complete and not outcome.interrupted
+
+
+OWN_CODE = {
+    "command": (
+        str(REPO / "sweeps" / "script.yaml"),
+        [f"target.program={REPO}/examples/train.py", f"target.config={REPO}/examples/train.yaml"],
+    ),
+    "function": (
+        str(REPO / "sweeps" / "own_loop.yaml"),
+        [f"target.fn={REPO}/examples/own_loop.py:train"],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OWN_CODE))
+def test_two_workers_share_the_budget_of_the_users_own_code(tmp_path, kind):
+    """Each worker process runs the user's script (forked from the worker) or function."""
+    sweep_file, paths = OWN_CODE[kind]
+    outcome = sweep(
+        sweep_file, [*demo_overrides(study="own", trials=8, steps=3), *paths], workers=2
+    )
+    folder = tmp_path / "runs" / "own"
+    done = assert_accounted(load(open_storage(None, folder), "own"), folder, budget=8)
+    owners = {t.user_attrs[OWNER_ATTR]["pid"] for t in done}
+    assert len(owners) == 2 and os.getpid() not in owners
+    lines = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    assert not [line["error"] for line in lines if line["outcome"] == "error"]
+    assert any(line["outcome"].startswith("nonfinite") for line in lines)
+    assert outcome.complete and outcome.ran_here == 8
 
 
 def test_a_worker_killed_mid_trial_loses_nothing(tmp_path):
