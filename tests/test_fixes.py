@@ -11,6 +11,7 @@ from nansearch.search.fixes import (
     Verifier,
     audit_changes,
     format_conclusions,
+    long_run_lr,
     plan_fixes,
     smallest_change,
     verify_fixes,
@@ -161,3 +162,84 @@ def test_each_fix_is_a_wandb_run_with_job_type_fix(tmp_path):
     assert run["summary"]["verdict"] == "not sufficient"
     assert run["summary"]["finite_seeds"] == 1 and run["summary"]["seeds_run"] == 2
     assert "not-sufficient" in run["tags"]
+
+
+def test_a_learning_rate_fix_goes_below_the_edge_by_the_longer_run_and_the_usual_range():
+    """The edge of a 20-step trial is not the edge of a 200-step run: the rate goes down by
+    the ratio of the steps, and no higher than the optimizer's usual range."""
+    assert long_run_lr(0.46, 20, 200, "adamw") == 0.01  # 0.046, above AdamW's usual 1e-2
+    assert long_run_lr(0.004, 20, 200, "adamw") == 0.0004
+    assert long_run_lr(0.5, 20, 200, "sgd") == 0.05
+    assert long_run_lr(0.004, 0, 0, "adamw") == 0.004  # no lengths given: as it passed
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    factors, _ = prepare(cfg)
+    failing = {"checkpoint": "opt-lm", "init": "pretrained", "batch": "padded-row",
+               "dtype": "amp-fp16", "lr": 0.73}  # fmt: skip
+    item = {"kind": "cause", "rule": "lr above 0.47",
+            "conditions": [{"factor": "lr", "op": ">=", "value": 0.47}],
+            "boundary": {"lr": [0.46, 0.48]}}  # fmt: skip
+    change = smallest_change(item, failing, None, factors, [item], 20, 200, "adamw")
+    assert change == {"lr": 0.01}
+    # the audit's config.lr-range fix is the same rate here: planned once
+    audit = {"findings": [{"check": "config.lr-range", "subject": "lr"}]}
+    assert audit_changes(item, audit, failing, "adamw") == [{"lr": 0.01}]
+    assert audit_changes(item, audit, {**failing, "lr": 0.005}, "adamw") == []
+
+
+def test_a_fix_starts_from_a_failing_run_no_other_conclusion_explains():
+    """A run above the learning-rate edge that also has every label ignored fails at step
+    0 whatever its rate; the fix for the rate starts from a run only the rate explains."""
+    from nansearch.trial.runner import TrialResult
+
+    base = {"checkpoint": "opt-lm", "init": "pretrained", "dtype": "amp-fp16"}
+    both = TrialResult({**base, "batch": "labels-all-ignored", "lr": 0.53}, 8, 20,
+                       outcome="nonfinite-loss", first_bad_step=0, score=2.0, number=8)  # fmt: skip
+    rate = TrialResult({**base, "batch": "clean", "lr": 0.73}, 38, 20,
+                       outcome="nonfinite-logits", first_bad_step=6, score=1.7, number=38)  # fmt: skip
+    passing = TrialResult({**base, "batch": "clean", "lr": 0.002}, 3, 20, score=0.1, number=3)
+    labels = {"kind": "cause", "conditions": [
+        {"factor": "batch", "op": "=", "value": "labels-all-ignored"}]}  # fmt: skip
+    high = {"kind": "cause", "rule": "lr above 0.47", "boundary": {"lr": [0.46, 0.48]},
+            "conditions": [{"factor": "lr", "op": ">=", "value": 0.47}]}  # fmt: skip
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    factors, _ = prepare(cfg)
+    ranking = {"conclusions": [labels, high]}
+    (fix,) = [f for f in plan_fixes(ranking, [both, rate, passing], factors, None, 200, 2, 20)
+              if f.conclusion == 1]  # fmt: skip
+    assert fix.failing["batch"] == "clean" and fix.seeds == [38, 39]
+    assert fix.change == {"lr": 0.01}
+    # held against the reference's rate, lower than the fix's
+    assert fix.reference == {**fix.failing, "lr": 0.002}
+
+
+def test_the_high_rate_under_amp_fp16_holds_below_the_usual_range_and_not_below_its_edge():
+    """The demo's fourth cause for real: AdamW at a rate past the usual range grows the
+    activations past fp16's range within tens of steps. A rate just below the 20-step edge
+    goes NaN over the longer run; the rate the fix proposes stays finite and learns."""
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    factors, runner = prepare(cfg)
+    failing = {"checkpoint": "opt-lm", "init": "pretrained", "batch": "clean",
+               "dtype": "amp-fp16", "lr": 0.73}  # fmt: skip
+    verifier = Verifier(cfg, factors, runner, steps=60)
+    edge = Fix(0, "lr above 0.47", "isolation", {"lr": 0.46}, failing, None, 60, [30])
+    verifier.verify(edge)
+    assert edge.verdict == "not sufficient"
+    assert edge.runs[0]["outcome"] == "nonfinite-logits" and edge.runs[0]["first_bad_step"] < 40
+    usual = Fix(0, "lr above 0.47", "isolation", {"lr": 0.01}, failing, None, 60, [30])
+    verifier.verify(usual)
+    assert usual.verdict == "verified", usual.why
+    assert usual.runs[0]["trend"] < 0.5  # it learns: the loss falls by more than half
+    assert "no clean reference to compare" in usual.why
+
+
+def test_a_conclusion_no_fix_held_for_says_so_with_what_was_tried():
+    fixes = [
+        Fix(0, "lr above 0.47", "isolation", {"lr": 0.046}, {"lr": 0.7}, None, 200, [1],
+            verdict="not sufficient", why="1 of 1 seeds failed").to_json(),
+        Fix(0, "lr above 0.47", "isolation", {"dtype": "amp-bf16"}, {"lr": 0.7}, None, 200, [1],
+            verdict="not sufficient", why="loss grew").to_json(),
+    ]  # fmt: skip
+    ranking = {"conclusions": [{"text": "lr above 0.47 raises the NaN rate."}], "fixes": fixes}
+    assert format_conclusions(ranking).splitlines()[-1] == (
+        "   -> no fix held: tried lr=0.046, dtype=amp-bf16; the cause stands unfixed"
+    )

@@ -49,9 +49,26 @@ _DTYPE = {
     "amp-fp16": ("fp16", "fp32"),
     "amp-bf16": ("bf16", "fp32"),
 }
-# the audit's concrete fixes: check id -> the overrides that apply it
-AUDIT_FIXES: dict[str, dict[str, Any]] = {
-    "config.fp16-adam-eps": {"optimizer.eps": 1e-4},
+
+
+def _larger_eps(finding: dict[str, Any], failing: dict[str, Any], optimizer: str) -> dict | None:
+    return {"optimizer.eps": 1e-4}
+
+
+def _usual_lr(finding: dict[str, Any], failing: dict[str, Any], optimizer: str) -> dict | None:
+    """The top of the optimizer's usual range, for a failing rate above it."""
+    from nansearch.audit.config import USUAL_LR
+
+    high = USUAL_LR.get(optimizer, USUAL_LR["adamw"])[1]
+    lr = failing.get("lr")
+    return {"lr": high} if isinstance(lr, float) and lr > high else None
+
+
+# the audit's concrete fixes: check id -> the overrides that apply it to a failing
+# configuration (None where it does not apply to that one)
+AUDIT_FIXES: dict[str, Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any] | None]] = {
+    "config.fp16-adam-eps": _larger_eps,
+    "config.lr-range": _usual_lr,
 }
 
 
@@ -160,8 +177,14 @@ def judge(fix: Fix) -> None:
         return
     loss = f"loss x{ours:.2g} from the first tenth of the steps to the last"
     if theirs is None:
-        fix.verdict = "verified"
-        fix.why = f"every seed finite, {loss} (no clean reference to compare)"
+        # with nothing to compare, a loss that grew over the run is no fix
+        failed = fix.reference_runs and all(r["outcome"] != "finite" for r in fix.reference_runs)
+        note = "the clean reference failed too" if failed else "no clean reference to compare"
+        if ours <= 1 + TOLERANCE:
+            fix.verdict, fix.why = "verified", f"every seed finite, {loss} ({note})"
+        else:
+            fix.verdict = "not sufficient"
+            fix.why = f"every seed finite, but {loss}: it grew ({note})"
     elif ours <= theirs + TOLERANCE:
         fix.verdict = "verified"
         fix.why = f"every seed finite, {loss} (clean reference x{theirs:.2g})"
@@ -225,14 +248,34 @@ def _named_elsewhere(params: dict[str, Any], conclusions: list[dict[str, Any]]) 
     return False
 
 
+def long_run_lr(passing: float, steps: int, verify_steps: int, optimizer: str) -> float:
+    """A learning rate that should hold over ``verify_steps`` where ``passing`` held over a
+    trial's ``steps``: lower by the ratio of the two, since the optimizer moves each weight
+    by about lr per step (Adam) or lr times its gradient (SGD), so a run ten times longer
+    drifts as far at a tenth of the rate; and no higher than the top of the optimizer's
+    usual range (the audit's ``config.lr-range``). Two significant digits, as printed."""
+    from nansearch.audit.config import USUAL_LR
+
+    value = passing * min(1.0, steps / verify_steps) if steps and verify_steps else passing
+    value = min(value, USUAL_LR.get(optimizer, USUAL_LR["adamw"])[1])
+    return float(f"{value:.2g}")
+
+
 def smallest_change(
     item: dict[str, Any],
     failing: dict[str, Any],
     reference: dict[str, Any] | None,
     factors: Sequence[Factor],
     conclusions: list[dict[str, Any]],
+    steps: int = 0,
+    verify_steps: int = 0,
+    optimizer: str = "adamw",
 ) -> dict[str, Any] | None:
-    """The one flip, closest to the failing configuration, that the evidence says fixes it."""
+    """The one flip, closest to the failing configuration, that the evidence says fixes it.
+
+    A learning rate too high goes below the passing side of its edge by the ratio of the
+    trial's ``steps`` to the fix's ``verify_steps`` (:func:`long_run_lr`): the edge of a
+    20-step trial is not the edge of a run ten times longer."""
     iso = item.get("isolation") or {}
     continuous = continuous_names(factors)
     ranges = {k: v["passes"] for k, v in (iso.get("ranges") or {}).items()}
@@ -253,9 +296,12 @@ def smallest_change(
     for order, name in enumerate(names):
         value = failing.get(name)
         if name in continuous:
-            new = ranges.get(name) or boundary.get(name) or (reference or {}).get(name)
+            edge = ranges.get(name) or boundary.get(name)
+            new = edge or (reference or {}).get(name)
             if new is None or value is None or new <= 0 or value <= 0:
                 continue
+            if edge and name == "lr" and new < value:
+                new = long_run_lr(new, steps, verify_steps, optimizer)
             candidates.append((abs(math.log10(new / value)), order, name, new))
             continue
         for level in _levels(factors, name):
@@ -275,20 +321,38 @@ def smallest_change(
     return {name: value}
 
 
-def audit_changes(item: dict[str, Any], audit: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The audit's concrete fixes for the values this conclusion names."""
-    subjects = {f"{c['factor']}={c['value']}" for c in item.get("conditions") or []}
+def audit_changes(
+    item: dict[str, Any],
+    audit: dict[str, Any] | None,
+    failing: dict[str, Any] | None = None,
+    optimizer: str = "adamw",
+) -> list[dict[str, Any]]:
+    """The audit's concrete fixes for the values this conclusion names: a finding about
+    ``dtype=fp16`` for a conclusion that needs it, one about ``lr`` for a learning-rate
+    range; each as it applies to the ``failing`` configuration."""
+    conditions = item.get("conditions") or []
+    subjects = {f"{c['factor']}={c['value']}" for c in conditions}
+    subjects |= {c["factor"] for c in conditions if c.get("op") != "="}
     iso = item.get("isolation") or {}
     subjects |= {f"{k}={v}" for k, v in (iso.get("minimal") or {}).items()}
     out = []
     for finding in (audit or {}).get("findings") or []:
-        change = AUDIT_FIXES.get(finding.get("check"))
-        if change and finding.get("subject") in subjects and change not in out:
-            out.append(dict(change))
+        make = AUDIT_FIXES.get(finding.get("check"))
+        if make is None or finding.get("subject") not in subjects:
+            continue
+        change = make(finding, failing or {}, optimizer)
+        if change and change not in out:
+            out.append(change)
     return out
 
 
-def _failing_run(item: dict[str, Any], results: Sequence[TrialResult]) -> TrialResult | None:
+def _failing_run(
+    item: dict[str, Any], results: Sequence[TrialResult], others: Sequence[dict[str, Any]] = ()
+) -> TrialResult | None:
+    """The run a conclusion's fixes start from: its isolation's, else its earliest-failing
+    NaN run that no other conclusion (``others``) explains too. A run that also holds
+    another cause fails for that one whatever the fix changes (``lr above 0.47`` met by a
+    run with every label ignored)."""
     from nansearch.analysis.causes import Condition
 
     iso = item.get("isolation") or {}
@@ -300,7 +364,11 @@ def _failing_run(item: dict[str, Any], results: Sequence[TrialResult]) -> TrialR
     if not conditions:
         return None
     nan = [r for r in results if r.is_nan and all(c.holds(r.params) for c in conditions)]
-    return min(nan, key=lambda r: (-(r.score or 0), r.number), default=None)
+    return min(
+        nan,
+        key=lambda r: (_named_elsewhere(r.params, list(others)), -(r.score or 0), r.number),
+        default=None,
+    )
 
 
 def _seeds(
@@ -314,10 +382,15 @@ def _seeds(
 
 
 def clean_reference(
-    item: dict[str, Any], failing: dict[str, Any], reference: dict[str, Any] | None
+    item: dict[str, Any],
+    failing: dict[str, Any],
+    reference: dict[str, Any] | None,
+    smallest: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The failing configuration with every value the failure needs set as the passing
-    reference had it, all else kept: what the fix's loss trend is held against."""
+    reference had it, all else kept: what the fix's loss trend is held against. A
+    learning rate goes no higher than the ``smallest`` change's: one that passed a trial
+    may still diverge over the longer run."""
     if reference is None:
         return None
     iso = item.get("isolation") or {}
@@ -327,6 +400,9 @@ def clean_reference(
     for name in names:
         if name in reference:
             clean[name] = ranges.get(name, reference[name])
+        lower = (smallest or {}).get(name)
+        if name == "lr" and isinstance(lower, float) and lower < clean.get(name, lower):
+            clean[name] = lower
     return clean
 
 
@@ -337,6 +413,8 @@ def plan_fixes(
     audit: dict[str, Any] | None,
     steps: int,
     seeds: int,
+    trial_steps: int = 0,
+    optimizer: str = "adamw",
 ) -> list[Fix]:
     """The fixes to verify: per conclusion, the smallest change and the audit's fixes."""
     conclusions = ranking.get("conclusions") or []
@@ -345,7 +423,8 @@ def plan_fixes(
     for index, item in enumerate(conclusions):
         if item.get("kind") not in ("cause", "isolated"):
             continue
-        failing = _failing_run(item, results)
+        others = [c for i, c in enumerate(conclusions) if i != index]
+        failing = _failing_run(item, results, others)
         if failing is None:
             continue
         iso = item.get("isolation") or {}
@@ -356,11 +435,17 @@ def plan_fixes(
         rule = item.get("rule") or iso.get("text") or ""
         run_seeds = _seeds(item, failing, results, seeds)
         changes = []
-        smallest = smallest_change(item, failing.params, reference, factors, conclusions)
+        smallest = smallest_change(
+            item, failing.params, reference, factors, conclusions, trial_steps, steps, optimizer
+        )
         if smallest:
             changes.append(("isolation", smallest))
-        changes += [("audit", change) for change in audit_changes(item, audit)]
-        clean = clean_reference(item, failing.params, reference)
+        changes += [
+            ("audit", change)
+            for change in audit_changes(item, audit, failing.params, optimizer)
+            if change != smallest
+        ]
+        clean = clean_reference(item, failing.params, reference, smallest)
         for source, change in changes:
             fixes.append(
                 Fix(index, rule, source, change, dict(failing.params), clean, steps, run_seeds)
@@ -381,7 +466,9 @@ def verify_fixes(
     """Plan and run every conclusion's fixes; ``on_fix`` hears each one as it is judged.
     Once ``stop`` is set (Ctrl-C) the fixes not yet run are left out."""
     steps = cfg.search.verify_steps if cfg.search.verify_steps > 0 else 10 * cfg.steps
-    fixes = plan_fixes(ranking, results, factors, audit, steps, cfg.search.seeds)
+    fixes = plan_fixes(
+        ranking, results, factors, audit, steps, cfg.search.seeds, cfg.steps, cfg.optimizer.name
+    )
     verifier = Verifier(cfg, factors, runner, steps)
     done = []
     for fix in fixes:
@@ -401,5 +488,14 @@ def format_conclusions(ranking: dict[str, Any]) -> str:
     lines = []
     for i, item in enumerate(ranking.get("conclusions") or [], 1):
         lines.append(f"{i}. {item['text']}")
-        lines += [f"   -> {fix['text']}" for fix in fixes if fix["conclusion"] == i - 1]
+        own = [fix for fix in fixes if fix["conclusion"] == i - 1]
+        lines += [f"   -> {fix['text']}" for fix in own]
+        if own and not any(fix.get("verified") for fix in own):
+            lines.append(f"   -> {none_held(own)}")
     return "\n".join(lines)
+
+
+def none_held(fixes: Sequence[dict[str, Any]]) -> str:
+    """The line for a conclusion none of whose fixes held, naming what was tried."""
+    tried = ", ".join(" ".join(fix["overrides"]) for fix in fixes)
+    return f"no fix held: tried {tried}; the cause stands unfixed"
