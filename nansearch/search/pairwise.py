@@ -10,7 +10,8 @@ The design is built greedily, one configuration at a time (the AETG way): among 
 candidates, each started from a pair not yet covered and completed factor by factor
 with the level that covers the most pairs still missing (the least used level on a
 tie), the one that covers the most is kept. Its size follows from the factors: at
-least the product of the two widest, usually a few more. A cover asked for more
+least the product of the two widest, usually a few more. Its rows are then ordered so
+that the first ones hold every level of every factor (:func:`levels_first`). A cover asked for more
 configurations than one design holds goes on with a second design, and so on.
 """
 
@@ -121,7 +122,26 @@ def design(cols: list[Column], rng: random.Random) -> list[list[int]]:
         for k, level in enumerate(best):
             used[k][level] += 1
         rows.append(best)
-    return rows
+    return levels_first(rows, cols)
+
+
+def levels_first(rows: list[list[int]], cols: Sequence[Column]) -> list[list[int]]:
+    """The design's rows reordered so that the first hold every level of every factor once:
+    the row that brings the most levels not yet seen goes next (the design's order on a
+    tie). The pairs the design covers do not change, only when each is first tried: a
+    level that fails only rarely (one bad batch file among many) fails for the first time
+    within as many rows as its factor has levels, not anywhere in the design."""
+    seen: list[set[int]] = [set() for _ in cols]
+    left, out = list(rows), []
+    while left:
+        best = max(left, key=lambda row: sum(row[k] not in seen[k] for k in range(len(cols))))
+        if not any(best[k] not in seen[k] for k in range(len(cols))):
+            break
+        left.remove(best)
+        out.append(best)
+        for k, level in enumerate(best):
+            seen[k].add(level)
+    return out + left
 
 
 def size(factors: Sequence[Any], seed: int) -> int:
