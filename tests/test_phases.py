@@ -15,10 +15,10 @@ from nansearch.search.isolate import isolate
 from nansearch.search.phases import Prober, StopRule, plan, run_probes
 from nansearch.search.queue import SKIPPED_ATTR
 from nansearch.search.set_aside import unexplored
-from nansearch.search.study import Search
-from nansearch.search.sweep import prepare
+from nansearch.search.study import Search, SweepCallbacks, recorded
+from nansearch.search.sweep import prepare, run_sweep
 from nansearch.trial.runner import TrialResult
-from tests.conftest import DEMO, demo_overrides
+from tests.conftest import DEMO, REPO, demo_overrides
 
 OPT = {"checkpoint": "opt-lm", "dtype": "fp32", "init": "pretrained", "batch": "clean"}
 
@@ -154,15 +154,17 @@ def test_probes_a_killed_sweep_left_unrecorded_run_again(tmp_path):
     cfg.search.patience = 0
     factors, runner = prepare(cfg)
     search = Search(cfg, factors, runner)
-    search.run()
-    stop = StopAfter(2)  # Ctrl-C after two probes
-    first = run_probes(search, stop.callbacks(), stop)
-    assert first.ran == 2
+    stop = StopAfter(2, phases=("confirm", "isolate"))  # Ctrl-C after two probes
+    search.run(stop.callbacks(), stop)
+    assert sum(r.phase in ("confirm", "isolate") for r in recorded(search.study)) == 2
     resumed = Search(cfg, factors, runner, resume=True)
+    heard = StopAfter(10**6, phases=("confirm", "isolate"))
+    resumed.run(heard.callbacks())
     rest = run_probes(resumed)
-    assert rest.ran > 0
+    more = 10**6 - heard.left + rest.ran
+    assert more > 0
     kept = Prober(resumed, resumed.plan)
-    assert sum(map(len, kept.earlier.values())) == 2 + rest.ran
+    assert sum(map(len, kept.earlier.values())) == 2 + more  # the two were not run again
     assert rest.isolations[0].values == {
         "checkpoint": "blip2-full",
         "init": "uninitialized-missing",
@@ -170,8 +172,10 @@ def test_probes_a_killed_sweep_left_unrecorded_run_again(tmp_path):
 
 
 class StopAfter:
-    def __init__(self, count):
-        self.left = count
+    """Set once ``count`` trials of ``phases`` (any phase by default) were heard of."""
+
+    def __init__(self, count, phases=None):
+        self.left, self.phases = count, phases
 
     def is_set(self):
         return self.left <= 0
@@ -180,7 +184,8 @@ class StopAfter:
         from nansearch.search.study import SweepCallbacks
 
         def heard(result):
-            self.left -= 1
+            if self.phases is None or result.phase in self.phases:
+                self.left -= 1
 
         return SweepCallbacks(on_trial=[heard])
 
@@ -235,3 +240,68 @@ def test_stop_rule_waits_while_enough_nan_runs_are_unexplained():
     assert settles(as_results([(params, True) for params in loose] + rows)) is None
     two = settles(as_results([(params, True) for params in loose[:2]] + rows))
     assert two is not None  # two loose runs are fewer than a cause needs
+
+
+def batch_files(folder, count, bad):
+    """``count`` batch files of the demo's corpus, as a user saves them; file ``bad`` has
+    every label -100 (mean cross-entropy over no token: 0/0)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nansearch.corpus import corpus_batch
+
+    out = {}
+    for i in range(count):
+        ids = corpus_batch(torch.Generator().manual_seed(1000 + i), 4, 16, 512)
+        labels = torch.full_like(ids, -100) if i == bad else ids.clone()
+        path = folder / f"batch-{i:02d}.safetensors"
+        tensors = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        save_file(tensors, str(path))
+        out[f"b{i:02d}"] = path
+    return out
+
+
+def test_a_rare_batch_file_is_isolated_from_its_first_failure_during_the_search(tmp_path):
+    # the demo's OPT and 8 batch files, one with every label ignored: it fails in 1 of 8
+    # configurations, too rarely for the counts to name it from the cover
+    files = batch_files(tmp_path, 8, bad=5)
+    listed = "".join(f"      {name}: {path}\n" for name, path in files.items())
+    sweep_file = tmp_path / "rare.yaml"
+    sweep_file.write_text(
+        f"include: [{REPO}/configs/opt-target.yaml]\n"
+        "study: t\ntrials: 24\nsteps: 2\nout: runs\ntracking: {wandb: 'off'}\n"
+        "search: {confirm: 2, seeds: 2, isolate: 6, patience: 0}\n"
+        "factors:\n"
+        "  checkpoint: {levels: {opt-lm: 'demo:opt-lm'}}\n"
+        "  dtype: {levels: [fp32, bf16]}\n"
+        "  lr: {low: 1.0e-4, high: 1.0e-3}\n"
+        "  init: {levels: {pretrained: {scheme: pretrained}}}\n"
+        f"  batch:\n    levels: [b00]\n    files:\n{listed}"
+    )
+    order = []
+    heard = SweepCallbacks(on_trial=[order.append])
+    outcome = run_sweep(load_config(sweep_file), callbacks=heard)
+    # every file is tried once before any is tried twice: the first 8 trials hold all 8
+    queued = [r for r in order if r.phase in ("cover", "focus")]
+    assert {r.params["batch"] for r in queued[:8]} == set(files)
+    first = next(r for r in order if r.is_nan)
+    assert first.params["batch"] == "b05" and first.phase == "cover"
+    # its probes ran at once, before the next queued trial
+    at = order.index(first)
+    probes = [r for r in order[at + 1 :] if r.phase in ("confirm", "isolate")]
+    after = order[at + 1 : at + 1 + len(probes)]
+    assert probes and after == probes and all(r.origin == first.number for r in probes)
+    assert [r.phase for r in probes][:2] == ["confirm", "confirm"]
+    # the conclusion names the file, and says what named it
+    (named,) = [
+        c for c in outcome.ranking["conclusions"] if c["kind"] in ("cause", "isolated-cause")
+    ]
+    assert "batch=b05" in named["text"]
+    assert {"isolation", "confirmation"} <= set(named["evidence"])
+    assert named["isolation"]["minimal"] == {"batch": "b05"}
+    assert named["isolation"]["trial"] == first.number
+    # a resumed sweep replays the probes from the study and concludes the same
+    again = run_sweep(load_config(sweep_file), resume=True)
+    assert again.ran_here == 0
+    assert again.ranking["minimal_causes"] == outcome.ranking["minimal_causes"]
+    assert again.ranking["conclusions"] == outcome.ranking["conclusions"]

@@ -15,13 +15,20 @@ Focus sets the causes found aside (:mod:`nansearch.search.set_aside`): it sugges
 configuration a known cause explains, and goes first where nothing has been tried
 outside them. The stopping rule: focus ends early once the causes found
 (:func:`nansearch.analysis.causes.find_causes`) have not changed for
-``search.patience`` trials, the cover being done and the space outside them covered.
+``search.patience`` trials, the cover being done and the space outside them covered
+(a NaN run that a completed isolation holds counts as explained there).
 What focus leaves unspent is not spent elsewhere: a settled search ends sooner.
 
-Confirm and isolate run in the process that owns the sweep, after its workers are
-done. Each probe is a trial of the study (phase ``confirm`` or ``isolate``, with the
-number of the trial it probes), so it is tracked and ranked like any other; a resumed
-sweep replays the probes it already recorded instead of running them again.
+Confirm and isolate do not wait for the search: the first NaN run of a kind that
+nothing found so far explains is confirmed and isolated at once, between two queued
+trials (:class:`Early`), so that a rare cause is named from its first failure, within
+the same confirm and isolate shares. What those shares have left once the queue is done
+goes to the top failing configurations no probe looked at yet. Probes run in the process
+that owns the sweep; with several workers, it runs the same probes once they are done.
+Each probe is a trial of the study (phase ``confirm`` or ``isolate``, with the number of
+the trial it probes), so it is tracked and ranked like any other; a resumed sweep makes
+the same choices again and replays the probes it already recorded instead of running
+them again.
 """
 
 from __future__ import annotations
@@ -148,8 +155,11 @@ class StopRule:
         self.leaders: tuple | None = None
         self.since = 0
 
-    def update(self, results: Sequence[TrialResult]) -> str | None:
-        """The settled causes as text once the rule holds, else None."""
+    def update(
+        self, results: Sequence[TrialResult], isolations: Sequence[Isolation] = ()
+    ) -> str | None:
+        """The settled causes as text once the rule holds, else None. A NaN run that a
+        completed isolation holds counts as explained, as one a cause holds does."""
         from nansearch.search.set_aside import settled_only, unexplored
 
         causes = find_causes(results, self.names, self.continuous)
@@ -163,7 +173,13 @@ class StopRule:
         since = self.since if causes else max(self.since, self.cover)
         if count < self.cover or count - since < self.patience:
             return None
-        loose = sum(r.is_nan and not any(c.holds(r.params) for c in causes) for r in results)
+        done = [i for i in isolations if i.complete]
+        loose = sum(
+            r.is_nan
+            and not any(c.holds(r.params) for c in causes)
+            and not any(i.holds(r.params) for i in done)
+            for r in results
+        )
         if loose >= MIN_NAN or unexplored(results, self.factors, settled_only(causes)):
             return None
         return "; ".join(cause.text for cause in causes) if causes else "no cause"
@@ -193,6 +209,7 @@ class Probes:
     confirmations: list[Confirmation] = field(default_factory=list)
     isolations: list[Isolation] = field(default_factory=list)
     ran: int = 0  # probe trials run now (not replayed)
+    early: list[int] = field(default_factory=list)  # failing trials probed during the search
 
 
 class ProbeHost(Protocol):
@@ -235,6 +252,12 @@ class Prober:
         }
         self.cursor: Counter[tuple[str, int]] = Counter()
         self.ran = 0
+
+    def can(self, phase: str, origin: int) -> bool:
+        """Whether a probe of ``phase`` for ``origin`` may be asked for: the phase has budget
+        left, or such probes were recorded before (a resumed sweep replays them)."""
+        key = (phase, origin)
+        return self.left[phase] > 0 or self.cursor[key] < len(self.earlier.get(key, []))
 
     def run(self, phase: str, origin: int, params: dict[str, Any]) -> TrialResult | None:
         """The probe's result; None when the phase's budget is spent or the sweep stops."""
@@ -363,13 +386,110 @@ def alternatives(
     return {name: c.most_common(1)[0][0] for name, c in counts.items()}
 
 
+class Early:
+    """Probes during the search: the first NaN run of a kind that nothing found so far
+    explains is confirmed and isolated at once, inside the confirm and isolate shares, so
+    that a rare cause (one bad batch file among many) is named from its first failure
+    rather than once the counts could name it.
+
+    After each queued trial (:meth:`step`), every NaN run not yet looked at is taken in
+    trial order. It is left alone when a completed isolation holds it, or a cause the
+    counts name with nearly all of its runs NaN (``set_aside.settled_only``) does; it
+    waits while no finite run exists to isolate it against. Otherwise it is confirmed
+    with fresh seeds and, when a fresh seed failed too (or the plan confirms nothing),
+    isolated against the nearest finite run seen so far.
+
+    Every choice rests on the queued trials numbered up to the one just finished: a
+    single process takes them in trial order, so :meth:`catch_up` makes the same choices
+    again from the study's record, and the probes come back from it (:class:`Prober`).
+    """
+
+    def __init__(self, search: ProbeHost, prober: Prober):
+        self.search, self.prober = search, prober
+        self.names = [f.name for f in search.factors]
+        self.continuous = continuous_names(search.factors)
+        self.seeds = max(1, search.cfg.search.seeds)
+        self.found = Probes()
+        self.searched: list[TrialResult] = []
+        self.looked: set[int] = set()  # NaN runs decided on: probed, or explained already
+        self.probed: list[int] = []  # the failing trials probed, in order
+
+    @property
+    def on(self) -> bool:
+        plan = self.search.plan
+        return bool(plan.confirm or plan.isolate)
+
+    def catch_up(self, searched: Sequence[TrialResult]) -> None:
+        """Make again, in trial order, the choices the search made over ``searched``."""
+        for result in sorted(searched, key=lambda r: r.number or 0):
+            if self.stopped:
+                return
+            self.step(result)
+
+    @property
+    def stopped(self) -> bool:
+        return self.prober.stop is not None and self.prober.stop.is_set()
+
+    def step(self, result: TrialResult) -> None:
+        """A queued trial finished: probe the NaN runs of a kind nothing explains yet."""
+        self.searched.append(result)
+        if not self.on:
+            return
+        pending = [r for r in self.searched if r.is_nan and r.number not in self.looked]
+        if not pending:
+            return
+        causes = None
+        for failing in pending:
+            if self.stopped:
+                return
+            if any(i.complete and i.holds(failing.params) for i in self.found.isolations):
+                self.looked.add(failing.number)
+                continue
+            if causes is None:
+                from nansearch.search.set_aside import settled_only
+
+                causes = settled_only(find_causes(self.searched, self.names, self.continuous))
+            if any(c.holds(failing.params) for c in causes):
+                self.looked.add(failing.number)
+                continue
+            if nearest_passing(failing, self.searched, self.continuous) is None:
+                continue  # nothing finite to isolate it against yet
+            self.looked.add(failing.number)
+            self.probe(failing)
+
+    def probe(self, failing: TrialResult) -> None:
+        origin, params = failing.number, failing.params
+        confirms = self.search.plan.confirm > 0
+        if confirms and not self.prober.can("confirm", origin):
+            return  # the confirm share is spent: the failure cannot be checked
+        self.probed.append(origin)
+
+        def rerun() -> TrialResult | None:
+            return self.prober.run("confirm", origin, params)
+
+        confirmed = confirm(origin, params, rerun, self.seeds if confirms else 0)
+        if confirmed.runs:
+            self.found.confirmations.append(confirmed)
+            log.info("confirm trial %d during the search: %s", origin, confirmed.text)
+        if confirms and not confirmed.reproduced:
+            return  # no fresh seed failed (or none ran): nothing steady enough to isolate
+        if not self.prober.can("isolate", origin):
+            return
+        isolation = _isolate(self.searched, self.prober, confirmed, self.continuous)
+        if isolation is not None:
+            self.found.isolations.append(isolation)
+            log.info("isolate trial %d during the search: %s", origin, isolation.text or "nothing")
+
+
 def run_probes(
     search: ProbeHost,
     callbacks: SweepCallbacks | None = None,
     stop: Stop | None = None,
     budgets: Plan | None = None,
 ) -> Probes:
-    """Confirm the top failing configurations, then isolate the minimal cause of each."""
+    """The probes of the whole sweep: those the search ran as it went (:class:`Early`),
+    replayed from the study, then what the confirm and isolate shares have left for the
+    top failing configurations no probe has looked at yet."""
     budgets = budgets or search.plan
     out = Probes()
     if not budgets.confirm and not budgets.isolate:
@@ -377,12 +497,24 @@ def run_probes(
     # the search's own runs: what is confirmed and, not the probes, what isolation
     # starts from, so that a resumed sweep picks the same configurations
     searched = [r for r in recorded(search.study) if r.phase in QUEUED]
+    prober = Prober(search, budgets, callbacks, stop)
+    early = Early(search, prober)
+    early.catch_up(searched)
+    out.confirmations = list(early.found.confirmations)
+    out.isolations = list(early.found.isolations)
+    out.early = list(early.probed)
+    if early.stopped:
+        out.ran = prober.ran
+        return out
     seeds = max(1, search.cfg.search.seeds)
     most = max(1, budgets.confirm // seeds) if budgets.confirm else max(1, budgets.isolate // 4)
-    failing = to_confirm(searched, search.factors, most)
-    if not failing:
-        return out
-    prober = Prober(search, budgets, callbacks, stop)
+    failing = [
+        r
+        for r in to_confirm(searched, search.factors, most)
+        if r.number not in early.probed
+        and not any(i.complete and i.holds(r.params) for i in out.isolations)
+    ]
+    later: list[Confirmation] = []
     for result in failing:
         params = result.params
 
@@ -390,10 +522,11 @@ def run_probes(
             return prober.run("confirm", origin, params)
 
         confirmed = confirm(result.number, params, rerun, seeds if budgets.confirm else 0)
+        later.append(confirmed)
         out.confirmations.append(confirmed)
         log.info("confirm trial %d: %s", result.number, confirmed.text)
     continuous = continuous_names(search.factors)
-    for confirmed in out.confirmations:
+    for confirmed in later:
         if confirmed.runs and not confirmed.reproduced:
             continue  # no fresh seed failed: nothing steady enough to isolate
         if any(i.complete and i.holds(confirmed.params) for i in out.isolations):

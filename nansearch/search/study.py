@@ -5,7 +5,9 @@ design, :mod:`nansearch.search.pairwise`, enqueued into the study), so every cau
 two values is tried and every rate rests on data; then Optuna's sampler steers
 toward instability by maximizing :func:`nansearch.trial.runner.instability_score` (focus),
 with the causes found so far set aside (:mod:`nansearch.search.set_aside`), until the
-budget is spent or the stopping rule holds. Confirm and isolate follow
+budget is spent or the stopping rule holds. The first NaN run of a kind nothing found
+so far explains is confirmed and isolated as soon as it appears, between two queued
+trials; what the confirm and isolate shares have left follows the queue
 (:mod:`nansearch.search.phases`).
 
 The cover and focus budget is a queue of waiting trials in the study itself
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from nansearch.config import (
 from nansearch.factors import Factor
 from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
+from nansearch.search.isolate import Isolation
 from nansearch.search.optuna_internals import JournalFile, trial_id
 from nansearch.search.queue import ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
 from nansearch.search.reconnect import RetryingRDBStorage
@@ -251,6 +255,7 @@ class Search:
         self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed, factors)
         patience = cfg.search.patience
         self.stop_rule = phases.StopRule(factors, self.plan.cover, patience) if patience else None
+        self.joined = join
         self.study = self._join() if join else self._open(resume)
 
     def _open(self, resume: bool) -> optuna.Study:
@@ -321,6 +326,7 @@ class Search:
         callbacks = callbacks or SweepCallbacks()
         dists = distributions(self.factors)
         callbacks.start(self.done, self.plan.total)
+        early = self.early(callbacks, stop)
         ran = 0
         while not (stop and stop.is_set()) and not self.settled:
             trial_queue.reap(self.study)
@@ -331,9 +337,12 @@ class Search:
             if now.done + now.running < budget:
                 trial = trial_queue.take(self.study, dists)
             if trial is not None:
-                if self.run_one(trial, callbacks) is not None:
+                result = self.run_one(trial, callbacks)
+                if result is not None:
                     ran += 1
-                    self.check_settled()
+                    if early is not None:
+                        early.step(result)
+                    self.check_settled(early.found.isolations if early is not None else ())
             elif trial_queue.tally(self.study).running == 0:
                 log.warning(
                     "nothing queued and nothing running, with %d of %d trials done",
@@ -343,15 +352,27 @@ class Search:
                 break
             else:
                 time.sleep(POLL_SECONDS)
-        return ran
+        return ran + (early.prober.ran if early is not None else 0)
 
-    def check_settled(self) -> None:
+    def early(self, callbacks: SweepCallbacks, stop: Stop | None) -> phases.Early | None:
+        """The probes this search runs as it goes (:class:`nansearch.search.phases.Early`),
+        caught up with what the study holds; only in the process that owns the sweep and
+        runs its trials itself (several workers leave the probes to the end)."""
+        if self.joined or self.runner is None:
+            return None
+        early = phases.Early(self, phases.Prober(self, self.plan, callbacks, stop))
+        if not early.on:
+            return None
+        early.catch_up([r for r in recorded(self.study) if r.phase in phases.QUEUED])
+        return early
+
+    def check_settled(self, isolations: Sequence[Isolation] = ()) -> None:
         """End the focus phase when the stopping rule holds: the queue's waiting trials
         are skipped, and every worker stops when it next looks."""
         if self.stop_rule is None:
             return
         results = phases.light_results(self.study.get_trials(deepcopy=False))
-        causes = self.stop_rule.update(results)
+        causes = self.stop_rule.update(results, isolations)
         if causes is None:
             return
         self.study.set_user_attr(SETTLED_ATTR, {"after": len(results), "causes": causes})
