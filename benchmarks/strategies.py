@@ -12,14 +12,27 @@ needs), searched among factors that do not matter:
   missing weights left uninitialized: ``checkpoint=blip2-full`` with
   ``init=uninitialized-missing``; neither alone.
 
-Three strategies, ranked by the same code (the first cause of
-:func:`nansearch.analysis.causes.find_causes`, which the ranking's first conclusion states):
+Three strategies, each judged by what the ranking's conclusions name after a given
+number of trials (:meth:`Run.named`), computed by the same analysis code:
 
 - ``nansearch``: the sweep's own phases with their defaults for the budget (cover,
-  focus with TPE, confirm, isolate, the stopping rule), run once per budget, since the
-  phases scale with it; a settled run stops short of its budget.
+  focus with TPE, the stopping rule, and the confirm and isolate probes, which run as
+  soon as a NaN run of a kind nothing explains appears and after the queue), run once
+  per budget, since the phases scale with it; a settled run stops short of its budget.
+  It is judged by its conclusions: the causes the counts name
+  (:func:`nansearch.analysis.causes.find_causes`, probes included, as the ranking counts
+  them) and those named by a complete isolation whose failure every fresh seed
+  reproduced (the ``isolated-cause`` conclusions). A confirmation or isolation counts
+  from the trial count at which its last probe ran, and every probe counts as a trial.
 - ``random``: Optuna's ``RandomSampler``.
 - ``tpe``: Optuna's ``TPESampler`` with its defaults, maximizing the same score.
+
+Random and TPE run no probes, so the same conclusions name for them exactly the causes
+the counts name: they are judged by the counts-based ranking. That is the fair
+comparison of what each strategy would tell its user: nansearch's probes are trials
+it chose to spend, and are paid for in the same trial count; a strategy without
+probes has only its counts to conclude from. A false cause counts against either,
+whatever named it.
 
 Each configuration's outcome is a real training run (the demo OPT, or the custom
 target's tiny GPT), run once at seed 0 the first time any strategy asks for it and
@@ -44,19 +57,22 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from benchmarks._common import REPO, RESULTS, demo_ready, describe, environment, quick
-from nansearch.analysis.causes import Cause, find_causes
+from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, Condition, find_causes
+from nansearch.analysis.conclusions import conclude
 from nansearch.config import SweepConfig, load_config
 from nansearch.factors import Factor
+from nansearch.search.confirm import Confirmation
+from nansearch.search.isolate import Isolation, midpoint
 from nansearch.search.phases import continuous_names, run_probes
 from nansearch.search.queue import suggest
-from nansearch.search.study import Search, distributions, recorded
+from nansearch.search.study import Search, SweepCallbacks, distributions
 from nansearch.search.sweep import prepare
 from nansearch.trial.runner import TrialResult
 
@@ -66,11 +82,11 @@ TARGET = 1 / 3  # nansearch's trials to the answer, over random search's
 SEEDS_ENV = "NANSEARCH_BENCH_SEEDS"  # seeds per scenario (default 10, 3 with --quick)
 SCENARIOS_ENV = "NANSEARCH_SCENARIOS"  # the scenarios to run, comma-separated
 
-Truth = Callable[[Cause], bool]
+Truth = Callable[["Named"], bool]
 
 
 def equals(**values: str) -> Truth:
-    def holds(cause: Cause) -> bool:
+    def holds(cause: Named) -> bool:
         got = {(c.factor, c.op, str(c.value)) for c in cause.conditions}
         return got == {(k, "=", v) for k, v in values.items()}
 
@@ -81,7 +97,7 @@ def above(factor: str, low: float, high: float, **values: str) -> Truth:
     """A range ``factor above x`` with its edge between ``low`` and ``high``, with the
     factor values ``values`` when it needs them too (``lr above 0.3 with dtype=amp-fp16``)."""
 
-    def holds(cause: Cause) -> bool:
+    def holds(cause: Named) -> bool:
         ranges = [c for c in cause.conditions if c.op != "="]
         fixed = {(c.factor, str(c.value)) for c in cause.conditions if c.op == "="}
         if len(ranges) != 1 or fixed != {(k, v) for k, v in values.items()}:
@@ -189,7 +205,7 @@ def batch_files(folder: Path) -> str:
     import torch
     from safetensors.torch import save_file
 
-    from nansearch.targets._base import corpus_batch
+    from nansearch.corpus import corpus_batch
 
     lines = []
     for i in range(16):
@@ -283,52 +299,128 @@ class Oracle:
         return replace(self.known[key], params=dict(params), seed=seed)
 
 
-def top_cause(results: list[TrialResult], factors: list[Factor]) -> Cause | None:
-    causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
-    return causes[0] if causes else None
+@dataclass(frozen=True)
+class Named:
+    """A cause as a conclusion names it: its conditions, and what named it."""
+
+    conditions: tuple[Condition, ...]
+    evidence: tuple[str, ...] = ("counts",)
+
+    @property
+    def text(self) -> str:
+        return " with ".join(c.text for c in self.conditions)
 
 
-def right_from(results: list[TrialResult], factors: list[Factor], truth: Truth) -> int | None:
+def as_named(isolation: Isolation) -> Named:
+    """The rule an isolation names, as conditions: a range by the side and edge it found."""
+    conditions = []
+    for name in isolation.minimal:
+        if name in isolation.ranges:
+            passing, failing = isolation.ranges[name]
+            op = ABOVE if failing > passing else BELOW
+            conditions.append(Condition(name, op, midpoint(passing, failing)))
+        else:
+            conditions.append(Condition(name, EQUALS, isolation.failing[name]))
+    return Named(tuple(conditions), ("isolation", "confirmation"))
+
+
+@dataclass
+class Run:
+    """One strategy's run: its trials in the order they ran and, for nansearch, the
+    confirmations and isolations its probes made, each known from the trial count at
+    which its last probe had run."""
+
+    results: list[TrialResult]
+    confirmations: list[tuple[int, Confirmation]] = field(default_factory=list)
+    isolations: list[tuple[int, Isolation]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def named(self, factors: list[Factor], count: int | None = None) -> list[Named]:
+        """The causes the conclusions name after ``count`` trials, in their order: those
+        of the counts (:func:`find_causes`), then those named by isolation and
+        confirmation (``isolated-cause``) from the probes done by then. A run with no
+        probes (random, TPE) is judged by the counts alone: the same code, nothing else."""
+        count = len(self.results) if count is None else count
+        results = self.results[:count]
+        causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
+        isolations = [i for done, i in self.isolations if done <= count]
+        confirmations = [c for done, c in self.confirmations if done <= count]
+        if not isolations:
+            return [Named(c.conditions) for c in causes]
+        out = []
+        for item in conclude(results, causes, isolations, confirmations):
+            if item["kind"] == "cause":
+                conditions = tuple(Condition(**c) for c in item["conditions"])
+                out.append(Named(conditions, tuple(item["evidence"])))
+            elif item["kind"] == "isolated-cause":
+                out.append(as_named(Isolation.from_json(item["isolation"])))
+        return out
+
+
+def top_cause(run: Run, factors: list[Factor], count: int | None = None) -> Named | None:
+    """The first cause the conclusions name."""
+    named = run.named(factors, count)
+    return named[0] if named else None
+
+
+def right_from(run: Run, factors: list[Factor], truth: Truth) -> int | None:
     """The trial count from which the top cause is the true one, to the end; None if never."""
     first = None
-    for count in range(1, len(results) + 1):
-        cause = top_cause(results[:count], factors)
+    for count in range(1, len(run) + 1):
+        cause = top_cause(run, factors, count)
         ok = cause is not None and truth(cause)
         first = (first or count) if ok else None
     return first
 
 
 def verdict(
-    results: list[TrialResult], factors: list[Factor], truths: tuple[Truth, ...]
+    run: Run, factors: list[Factor], truths: tuple[Truth, ...], count: int | None = None
 ) -> tuple[bool, int]:
     """Whether every planted cause is named and no false one is, and how many are false."""
-    causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
+    causes = run.named(factors, count)
     false = [c for c in causes if not any(truth(c) for truth in truths)]
     named = all(any(truth(c) for c in causes) for truth in truths)
     return named and not false, len(false)
 
 
-def named_from(
-    results: list[TrialResult], factors: list[Factor], truths: tuple[Truth, ...]
-) -> int | None:
+def named_from(run: Run, factors: list[Factor], truths: tuple[Truth, ...]) -> int | None:
     """The trial count from which every planted cause is named and no false one is, to the
     end; None if never."""
     first = None
-    for count in range(1, len(results) + 1):
-        ok = verdict(results[:count], factors, truths)[0]
+    for count in range(1, len(run) + 1):
+        ok = verdict(run, factors, truths, count)[0]
         first = (first or count) if ok else None
     return first
 
 
-def nansearch_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], folder: Path):
+def nansearch_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], folder: Path) -> Run:
+    """The sweep's search and probes, its trials in the order they ran (the probes it runs
+    during the search among them), each confirmation and isolation known from the count
+    at which its last probe had run."""
     cfg.out = str(folder)
     search = Search(cfg, factors, oracle, storage=optuna.storages.InMemoryStorage())
-    search.run()
-    run_probes(search)
-    return recorded(search.study)
+    order: list[TrialResult] = []
+    heard = SweepCallbacks(on_trial=[order.append])
+    search.run(heard)
+    probes = run_probes(search, heard)
+    at = {r.number: n for n, r in enumerate(order, start=1)}
+
+    def done(origin: int | None, phases: tuple[str, ...]) -> int:
+        own = [at[r.number] for r in order if r.phase in phases and r.origin == origin]
+        return max([at.get(origin, 0), *own])
+
+    return Run(
+        order,
+        [(done(c.trial, ("confirm",)), c) for c in probes.confirmations],
+        [(done(i.trial, ("confirm", "isolate")), i) for i in probes.isolations],
+    )
 
 
-def baseline_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], sampler, trials: int):
+def baseline_run(
+    cfg: SweepConfig, oracle: Oracle, factors: list[Factor], sampler, trials: int
+) -> Run:
     dists = distributions(factors)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     results: list[TrialResult] = []
@@ -343,7 +435,7 @@ def baseline_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], sample
         return result.score
 
     study.optimize(objective, n_trials=trials)
-    return results
+    return Run(results)
 
 
 def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any]:
@@ -355,11 +447,11 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
     truths = scenario.causes
     out: dict[str, Any] = {"answer": scenario.answer, "strategies": {}}
 
-    def judged(results: list[TrialResult]) -> bool:
+    def judged(run: Run, count: int | None = None) -> bool:
         if scenario.truth is not None:
-            cause = top_cause(results, factors)
+            cause = top_cause(run, factors, count)
             return cause is not None and scenario.truth(cause)
-        return verdict(results, factors, truths)[0]
+        return verdict(run, factors, truths, count)[0]
 
     for strategy in ("nansearch", "random", "tpe"):
         firsts, alls, false, right, used = [], [], [], {b: 0 for b in BUDGETS}, []
@@ -388,7 +480,7 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
                 )
                 full = baseline_run(base, oracle, factors, sampler, BUDGETS[-1])
                 for budget in BUDGETS:
-                    right[budget] += judged(full[:budget])
+                    right[budget] += judged(full, budget)
             if scenario.truth is not None:
                 firsts.append(right_from(full, factors, scenario.truth))
             alls.append(named_from(full, factors, truths))

@@ -1,6 +1,6 @@
 """The strategies benchmark's measures, on studies whose answers are known."""
 
-from benchmarks.strategies import above, equals, right_from
+from benchmarks.strategies import Run, above, equals, right_from
 from nansearch.config import load_config
 from nansearch.factors import build_factors
 from nansearch.trial.runner import TrialResult
@@ -21,10 +21,10 @@ def runs(dtypes):
 
 def test_right_from_is_the_count_from_which_the_answer_stays_first():
     results = runs(["fp32", "fp16", "bf16"] * 8)
-    first = right_from(results, FACTORS, equals(dtype="fp16"))
+    first = right_from(Run(results), FACTORS, equals(dtype="fp16"))
     assert first is not None and 6 <= first <= 24
-    assert right_from(results[: first - 1], FACTORS, equals(dtype="fp16")) is None
-    assert right_from(results, FACTORS, equals(dtype="bf16")) is None
+    assert right_from(Run(results[: first - 1]), FACTORS, equals(dtype="fp16")) is None
+    assert right_from(Run(results), FACTORS, equals(dtype="bf16")) is None
 
 
 def test_truths_match_only_their_cause():
@@ -65,12 +65,51 @@ def test_every_planted_cause_must_be_named_and_no_false_one():
             )
         )
     both = (equals(dtype="fp16"), equals(batch="labels-all-ignored"))
-    assert verdict(rows, FACTORS, both) == (True, 0)
-    first = named_from(rows, FACTORS, both)
+    run = Run(rows)
+    assert verdict(run, FACTORS, both) == (True, 0)
+    first = named_from(run, FACTORS, both)
     assert first is not None and 6 <= first <= 48
     # one planted cause alone: the other is named too, and counts as false
-    assert verdict(rows, FACTORS, both[:1]) == (False, 1)
-    assert named_from(rows, FACTORS, both[:1]) is None
+    assert verdict(run, FACTORS, both[:1]) == (False, 1)
+    assert named_from(run, FACTORS, both[:1]) is None
     # nothing planted and no NaN: nothing false from the first run on
-    clean = [r for r in rows if not r.is_nan]
+    clean = Run([r for r in rows if not r.is_nan])
     assert verdict(clean, FACTORS, ()) == (True, 0) and named_from(clean, FACTORS, ()) == 1
+
+
+def test_nansearch_is_judged_by_its_conclusions_from_the_count_its_probes_ended():
+    from benchmarks.strategies import named_from, verdict
+    from nansearch.search.confirm import Confirmation
+    from nansearch.search.isolate import isolate
+
+    # one batch file of 16 fails; its first failure (trial 3) is confirmed by 3 fresh
+    # seeds and isolated in the probes that follow it, then the cover goes on
+    files = [f"b{i:02d}" for i in range(16)]
+
+    def run(number, params, phase="cover", origin=None):
+        outcome = "nonfinite-loss" if params["batch"] == "b11" else "finite"
+        return TrialResult(params, 0, 0, outcome, number=number, phase=phase, origin=origin)
+
+    queued = [
+        run(i, {**BASE, "dtype": ["fp32", "bf16"][i % 2], "batch": files[(i + 8) % 16]})
+        for i in range(24)
+    ]
+    failing, passing = queued[3], queued[2]
+    assert failing.params["batch"] == "b11" and not passing.is_nan
+    confirms = [run(100 + k, failing.params, "confirm", 3) for k in range(3)]
+    asked = []
+    iso = isolate(failing.params, passing.params, lambda c: asked.append(c) or c["batch"] == "b11")
+    iso.trial, iso.reference_trial = 3, 2
+    assert iso.complete and iso.values == {"batch": "b11"}
+    probes = [run(103 + k, config, "isolate", 3) for k, config in enumerate(asked)]
+    order = queued[:4] + confirms + probes + queued[4:]
+    done = 4 + len(confirms) + len(probes)
+    check = Confirmation(3, failing.params, runs=[100, 101, 102], nan=3)
+    truth = (equals(batch="b11"),)
+    judged = Run(order, [(4 + len(confirms), check)], [(done, iso)])
+    assert named_from(judged, FACTORS, truth) == done
+    (named,) = judged.named(FACTORS, done)
+    assert named.evidence == ("isolation", "confirmation")
+    # the same trials without the probes' conclusions: the counts alone name nothing yet
+    counts = Run(order)
+    assert verdict(counts, FACTORS, truth, done) == (False, 0)
