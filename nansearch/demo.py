@@ -230,7 +230,7 @@ def verified(root: Path) -> bool:
 def demo_checkpoint(name: str) -> Path:
     """The folder of demo checkpoint ``name``, built on first use and checked on every use."""
     if name not in NAMES:
-        from nansearch.config import NansearchError
+        from nansearch.errors import NansearchError
 
         raise NansearchError(
             f"demo:{name}: no such demo checkpoint; valid: " + ", ".join(f"demo:{n}" for n in NAMES)

@@ -114,9 +114,9 @@ class Injected:
         params, sweep = settings.get("params"), settings.get("sweep")
         if not params or not sweep:
             return
-        from nansearch.config import config_from_yaml
+        from nansearch.config.merge import settings_from_yaml
 
-        cfg = config_from_yaml(sweep, ENV)
+        cfg = settings_from_yaml(sweep, ENV)  # the sweep checked its values
         scheme = cfg.factors.init.levels.get(params.get("init"))
         reinit = scheme is not None and scheme.scheme != "pretrained"
         rebatch = params.get("batch", "clean") != "clean"

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from nansearch.config import NansearchError
+from nansearch.errors import NansearchError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nansearch.config import NansearchError
+from nansearch.errors import NansearchError
 
 
 def import_plugins(plugins: list[str]) -> None:

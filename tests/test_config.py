@@ -76,3 +76,22 @@ def test_cli_reports_bad_values_without_a_traceback(tmp_path):
     assert "trials=0: must be at least 1" in proc.stderr
     assert "'fp64' is not a dtype level" in proc.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_valid_kinds_and_schemes_are_those_the_registries_hold():
+    from nansearch.factors.init import SCHEMES
+    from nansearch.targets import TARGETS, register_target
+
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, ["target.kind=mine", "factors.init.levels.zero.scheme=zeros"])
+    text = str(info.value)
+    assert f"target.kind='mine': valid values are {', '.join(TARGETS)}" in text
+    assert "command" in TARGETS and "command" in text
+    assert (
+        f"factors.init.levels.zero.scheme='zeros': valid schemes are {', '.join(SCHEMES)}" in text
+    )
+    register_target("mine", TARGETS["causal-lm"])
+    try:
+        assert load_config(DEMO, ["target.kind=mine"]).target.kind == "mine"
+    finally:
+        del TARGETS["mine"]

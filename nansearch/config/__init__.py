@@ -6,11 +6,11 @@ The settings (:mod:`~nansearch.config.schema`), what their values must be
 in one :class:`ConfigError` that names each bad key and what would be valid.
 """
 
-from nansearch.config.load import config_from_yaml, load_config, read_yaml
+from nansearch.config.load import config_from_yaml, load_config
+from nansearch.config.merge import read_yaml
 from nansearch.config.schema import (
     COMMAND_VALUES,
     DTYPES,
-    TARGET_KINDS,
     BatchFactor,
     CheckpointFactor,
     DtypeFactor,
@@ -32,7 +32,6 @@ from nansearch.errors import ConfigError, NansearchError
 __all__ = [
     "COMMAND_VALUES",
     "DTYPES",
-    "TARGET_KINDS",
     "BatchFactor",
     "CheckpointFactor",
     "ConfigError",

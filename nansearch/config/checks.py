@@ -4,17 +4,31 @@ message names the key, the value and what would be valid."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nansearch.config.schema import COMMAND_VALUES, DTYPES, TARGET_KINDS, SweepConfig
+from nansearch.config.schema import COMMAND_VALUES, FactorsConfig, SweepConfig
 
 _ABSENT = object()
 
 
 def check(cfg: SweepConfig) -> list[str]:
-    """Every problem with the values of ``cfg``, as messages naming the key."""
+    """Every problem with the values of ``cfg``, as messages naming the key, section by
+    section. Valid target kinds, dtype levels and init schemes are those their registries
+    hold (``nansearch.targets.TARGETS``, the dtype and init factors' tables)."""
+    return [
+        *_check_sweep(cfg),
+        *_check_target(cfg),
+        *_check_factors(cfg),
+        *_check_optimizer(cfg),
+        *_check_tracking(cfg),
+        *_check_search(cfg),
+    ]
+
+
+def _check_sweep(cfg: SweepConfig) -> list[str]:
     problems = []
     if cfg.trials < 1:
         problems.append(f"trials={cfg.trials}: must be at least 1")
@@ -35,10 +49,15 @@ def check(cfg: SweepConfig) -> list[str]:
         )
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device={cfg.device!r}: valid values are auto, cpu, cuda")
-    if cfg.target.kind not in TARGET_KINDS:
-        problems.append(
-            f"target.kind={cfg.target.kind!r}: valid values are {', '.join(TARGET_KINDS)}"
-        )
+    return problems
+
+
+def _check_target(cfg: SweepConfig) -> list[str]:
+    from nansearch.targets import TARGETS
+
+    problems = []
+    if cfg.target.kind not in TARGETS:
+        problems.append(f"target.kind={cfg.target.kind!r}: valid values are {', '.join(TARGETS)}")
     if cfg.target.kind in ("custom", "function") and not cfg.target.fn:
         problems.append(
             f"target.fn: a {cfg.target.kind} target needs 'package.module:function' or "
@@ -48,14 +67,22 @@ def check(cfg: SweepConfig) -> list[str]:
         problems += _check_command(cfg)
     if cfg.target.batch_size < 1 or cfg.target.seq_len < 2:
         problems.append("target.batch_size must be >= 1 and target.seq_len >= 2")
+    return problems
+
+
+def _check_factors(cfg: SweepConfig) -> list[str]:
+    from nansearch.factors.dtype import DTYPE_LEVELS
+    from nansearch.factors.init import SCHEMES
+
+    problems = []
+    dtypes = ", ".join(DTYPE_LEVELS)
     for level in cfg.factors.dtype.levels:
-        if level not in DTYPES:
+        if level not in DTYPE_LEVELS:
             problems.append(
-                f"factors.dtype.levels: {level!r} is not a dtype level; "
-                f"valid levels are {', '.join(DTYPES)}"
+                f"factors.dtype.levels: {level!r} is not a dtype level; valid levels are {dtypes}"
             )
     if not cfg.factors.dtype.levels:
-        problems.append(f"factors.dtype.levels: empty; name at least one of {', '.join(DTYPES)}")
+        problems.append(f"factors.dtype.levels: empty; name at least one of {dtypes}")
     if not cfg.factors.batch.levels and not cfg.factors.batch.files:
         problems.append(
             "factors.batch.levels: empty; name at least one level (clean, for the target's "
@@ -69,21 +96,31 @@ def check(cfg: SweepConfig) -> list[str]:
             "factors.checkpoint.levels: name at least one checkpoint (level name: folder or hub id)"
         )
     for name, scheme in cfg.factors.init.levels.items():
-        valid = ("pretrained", "normal", "uninitialized-missing")
-        if scheme.scheme not in valid:
+        if scheme.scheme not in SCHEMES:
             problems.append(
                 f"factors.init.levels.{name}.scheme={scheme.scheme!r}: "
-                f"valid schemes are {', '.join(valid)}"
+                f"valid schemes are {', '.join(SCHEMES)}"
             )
+    return problems
+
+
+def _check_optimizer(cfg: SweepConfig) -> list[str]:
     if cfg.optimizer.name not in ("adamw", "adam", "sgd"):
-        problems.append(f"optimizer.name={cfg.optimizer.name!r}: valid values are adamw, adam, sgd")
+        return [f"optimizer.name={cfg.optimizer.name!r}: valid values are adamw, adam, sgd"]
+    return []
+
+
+def _check_tracking(cfg: SweepConfig) -> list[str]:
     # YAML reads a bare `off` as false and `on` as true
     if cfg.tracking.wandb in ("False", "True"):
         cfg.tracking.wandb = "off" if cfg.tracking.wandb == "False" else "online"
     if cfg.tracking.wandb not in (None, "offline", "online", "off"):
-        problems.append(
-            f"tracking.wandb={cfg.tracking.wandb!r}: valid values are offline, online, off"
-        )
+        return [f"tracking.wandb={cfg.tracking.wandb!r}: valid values are offline, online, off"]
+    return []
+
+
+def _check_search(cfg: SweepConfig) -> list[str]:
+    problems = []
     if cfg.search.sampler not in ("tpe", "random"):
         problems.append(f"search.sampler={cfg.search.sampler!r}: valid values are tpe, random")
     for key in ("cover", "confirm", "isolate"):
@@ -119,7 +156,9 @@ def _check_command(cfg: SweepConfig) -> list[str]:
         problems.append("target.program: a command target needs the script to run (a .py file)")
     elif not Path(target.program).is_file():
         problems.append(f"target.program={target.program!r}: no such file")
-    factors = ["checkpoint", "dtype", "lr", "init", "batch", *cfg.factors.extra]
+    # the built-in factors are the sections of factors: beside extra
+    factors = [f.name for f in fields(FactorsConfig) if f.name != "extra"]
+    factors += list(cfg.factors.extra)
     names = [*factors, *COMMAND_VALUES]
     templates = {
         "target.args": target.args,

@@ -12,9 +12,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-TARGET_KINDS = ("causal-lm", "blip2", "custom", "function", "command")
 # what a command target's templates and config keys can name besides the factors
 COMMAND_VALUES = ("seed", "steps", "config", "checkpoint_level", "param_dtype", "autocast_dtype")
+# the dtype levels a sweep tries unless it names some: every level of the dtype factor
+# (nansearch.factors.dtype.DTYPE_LEVELS, which holds the valid ones)
 DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
 
 
@@ -22,7 +23,7 @@ DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
 class TargetConfig:
     """What is trained."""
 
-    kind: str = "causal-lm"  # causal-lm | blip2 | custom | function
+    kind: str = "causal-lm"  # a kind in nansearch.targets.TARGETS: causal-lm, command...
     # causal-lm: the class that loads every checkpoint, e.g. OPTForCausalLM, the way
     # the user's own code loads it. AutoModelForCausalLM follows each checkpoint's config.
     model_class: str = "AutoModelForCausalLM"
@@ -66,7 +67,7 @@ class LrFactor:
 
 @dataclass
 class InitScheme:
-    scheme: str = "pretrained"  # pretrained | normal | uninitialized-missing
+    scheme: str = "pretrained"  # nansearch.factors.init.SCHEMES: pretrained, normal...
     std: float = 0.02
     pattern: str = ".*"  # regular expression over parameter names (normal)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nansearch.config import ConfigError, SweepConfig
+from nansearch.config.schema import SweepConfig
+from nansearch.errors import ConfigError
 from nansearch.factors._base import (
     FACTORS,
     STAGES,

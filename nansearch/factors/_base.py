@@ -11,7 +11,7 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import nn
 
-from nansearch.config import NansearchError
+from nansearch.errors import NansearchError
 from nansearch.targets._base import CheckpointCache, Loaded, Target
 
 # Factors shape a trial in this order: a checkpoint must be loaded before it can be

@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from nansearch.config import BatchFactor as BatchConfig
-from nansearch.config import NansearchError
+from nansearch.config.schema import BatchFactor as BatchConfig
+from nansearch.errors import NansearchError
 from nansearch.factors._base import CategoricalFactor, LevelFn, LevelNotApplicable, TrialSetup
 
 

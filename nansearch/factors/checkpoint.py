@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optuna.distributions import CategoricalDistribution
 
-from nansearch.config import CheckpointFactor as CheckpointConfig
+from nansearch.config.schema import CheckpointFactor as CheckpointConfig
 from nansearch.factors._base import Factor, TrialSetup
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from optuna.distributions import CategoricalDistribution
 
-from nansearch.config import DTYPES
-from nansearch.config import DtypeFactor as DtypeConfig
+from nansearch.config.schema import DTYPES
+from nansearch.config.schema import DtypeFactor as DtypeConfig
 from nansearch.factors._base import Factor, TrialSetup
 
 # level -> (parameter dtype, autocast dtype, GradScaler)

@@ -20,8 +20,8 @@ import re
 import torch
 from optuna.distributions import CategoricalDistribution
 
-from nansearch.config import InitFactor as InitConfig
-from nansearch.config import InitScheme
+from nansearch.config.schema import InitFactor as InitConfig
+from nansearch.config.schema import InitScheme
 from nansearch.factors._base import Factor, TrialSetup
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

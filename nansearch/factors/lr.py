@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optuna.distributions import FloatDistribution
 
-from nansearch.config import LrFactor as LrConfig
+from nansearch.config.schema import LrFactor as LrConfig
 from nansearch.factors._base import Factor, TrialSetup
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nansearch.config import NansearchError, TargetConfig
+from nansearch.config.schema import TargetConfig
+from nansearch.errors import NansearchError
 from nansearch.targets._base import CheckpointCache, Loaded, Target
 from nansearch.targets.loading import CheckpointError
 

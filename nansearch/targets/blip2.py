@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import Blip2ForConditionalGeneration
 
-from nansearch.config import TargetConfig
+from nansearch.config.schema import TargetConfig
 from nansearch.corpus import corpus_batch
 from nansearch.targets._base import Loaded, Target
 from nansearch.targets.loading import from_pretrained

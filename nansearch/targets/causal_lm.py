@@ -6,8 +6,9 @@ import torch
 import transformers
 from torch import nn
 
-from nansearch.config import NansearchError, TargetConfig
+from nansearch.config.schema import TargetConfig
 from nansearch.corpus import corpus_batch
+from nansearch.errors import NansearchError
 from nansearch.targets._base import Loaded, Target
 from nansearch.targets.loading import from_pretrained
 

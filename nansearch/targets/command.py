@@ -28,7 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nansearch.config import NansearchError, SweepConfig, TargetConfig, to_yaml
+from nansearch.config.schema import SweepConfig, TargetConfig, to_yaml
+from nansearch.errors import NansearchError
 from nansearch.targets.causal_lm import CausalLMTarget
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nansearch.config import NansearchError, TargetConfig
+from nansearch.config.schema import TargetConfig
+from nansearch.errors import NansearchError
 from nansearch.targets._base import Loaded, Target
 
 

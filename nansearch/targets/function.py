@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nansearch.config import TargetConfig
+from nansearch.config.schema import TargetConfig
 from nansearch.targets.causal_lm import CausalLMTarget
 from nansearch.targets.custom import import_callable
 

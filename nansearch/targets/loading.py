@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nansearch.config import NansearchError
+from nansearch.errors import NansearchError
 
 DEMO_PREFIX = "demo:"
 

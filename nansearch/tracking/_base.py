@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nansearch.config import SweepConfig
+from nansearch.config.schema import SweepConfig
 from nansearch.trial.runner import TrialResult
 
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nansearch.config import SweepConfig
+from nansearch.config.schema import SweepConfig
 from nansearch.tracking._base import Tracker
 from nansearch.trial.runner import TrialResult
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nansearch.config import SweepConfig
+from nansearch.config.schema import SweepConfig
 from nansearch.trial.runner import TrialResult
 
 TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nansearch.config import SweepConfig
+from nansearch.config.schema import SweepConfig
 from nansearch.tracking._base import Tracker
 from nansearch.tracking.background import Background, in_background
 from nansearch.tracking.wandb_tracker import LEDGER, WandbTracker, end_session, read_ledger

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from nansearch import jsonl
-from nansearch.config import SweepConfig
+from nansearch.config.schema import SweepConfig
 from nansearch.tracking._base import Tracker
 from nansearch.tracking.runs import (
     finite_or_none,

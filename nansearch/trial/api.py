@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nansearch.config import NansearchError, OptimizerConfig
+from nansearch.config.schema import OptimizerConfig
+from nansearch.errors import NansearchError
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors.dtype import DTYPE_LEVELS
 from nansearch.targets._base import CheckpointCache, Loaded, Target

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nansearch.config import NansearchError, OptimizerConfig, SweepConfig
+from nansearch.config.schema import OptimizerConfig, SweepConfig
+from nansearch.errors import NansearchError
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors._base import STAGES
 from nansearch.targets._base import CheckpointCache, Target
