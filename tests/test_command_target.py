@@ -1,6 +1,7 @@
 """``target.kind: command``: an unmodified script as the trial, watched from inside its process."""
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -286,3 +287,40 @@ def test_a_script_that_calls_wandb_init_joins_the_studys_runs(tmp_path, monkeypa
     off = script(tmp_path, WANDB_SCRIPT, ["tracking.wandb=off", "study=q", "target.args=${batch}"])
     assert off.run(BASE, seed=0).outcome == "finite"
     assert len(list(tmp_path.rglob("*.wandb"))) == 3  # tracking off: the script's run is disabled
+
+
+def test_a_script_written_for_torchrun_runs_as_a_one_process_trial(tmp_path):
+    """What a launcher gives its process, target.env gives it: the script sets up its
+    process group from the variables and trains under DistributedDataParallel, watched."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    body = """
+    import sys
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")  # from RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    model = DistributedDataParallel(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    if sys.argv[1] == "labels-all-ignored":
+        y[:] = -100  # cross-entropy's mean over no counted label is 0/0
+    for step in range(100):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    """
+    launcher = (
+        f'target.env={{RANK: "0", LOCAL_RANK: "0", WORLD_SIZE: "1", '
+        f'MASTER_ADDR: 127.0.0.1, MASTER_PORT: "{port}"}}'
+    )
+    runner = script(tmp_path, body, [launcher, "target.args=${batch}"])
+    finite = runner.run(BASE, seed=0)
+    assert finite.outcome == "finite" and len(finite.loss) == 4, finite.error
+    nan = runner.run({**BASE, "batch": "labels-all-ignored"}, seed=0)
+    assert (nan.outcome, nan.first_bad_step) == ("nonfinite-loss", 0), nan.error
