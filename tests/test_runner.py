@@ -3,11 +3,12 @@
 import math
 
 import pytest
+import torch
 
 from nansearch.config import load_config
 from nansearch.factors import build_factors
 from nansearch.targets import CheckpointCache, build_target
-from nansearch.trial.runner import TrialRunner, instability_score
+from nansearch.trial.runner import TrialResult, TrialRunner, instability_score
 from tests.conftest import DEMO
 
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
@@ -79,3 +80,21 @@ def test_score_orders_failures_before_finite_runs(runner):
     early = runner.run({**BASE, "dtype": "fp16"}, seed=0)
     finite = runner.run(BASE, seed=0)
     assert instability_score(early) >= 1 > instability_score(finite)
+
+
+def test_a_huge_but_finite_gradient_and_weight_are_finite_steps():
+    """The step's norms are taken in float32, where 1e20 squared overflows to inf; such a
+    norm is taken again in float64 before the step is called non-finite."""
+    from nansearch.trial.checks import StepCheck
+
+    weight = torch.nn.Parameter(torch.ones(1000))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    result = TrialResult({}, seed=0, steps=2)
+    check = StepCheck(result, steps=2)
+    loss = (weight * 1e20).sum()  # every gradient 1e20, finite in float32
+    loss.backward()
+    check.see_loss(loss / 1e20)
+    optimizer.step()  # every weight 1 - 1e20: finite too
+    check.finish([weight], torch.device("cpu"))
+    assert result.outcome == "finite" and result.first_bad_step is None
+    assert result.grad_norm == [pytest.approx(1e20 * math.sqrt(1000), rel=1e-6)]

@@ -12,6 +12,7 @@ from nansearch.trial.runner import (
     TrialResult,
     _total_norm,
     judge_step,
+    read_step,
 )
 
 
@@ -107,7 +108,7 @@ class StepCheck:
         ]
         if self.scale is not None:
             checked.append(self.scale.double().to(device))
-        values = torch.stack(checked).tolist()  # the one host read of the step
+        values = read_step(checked, params, device)  # the one host read of the step
         step, self.step = self.step, self.step + 1
         self.logit_absmax = self.loss = self.grad_norm = self.scale = None
         bad = judge_step(

@@ -132,18 +132,42 @@ def make_optimizer(params, lr: float, cfg: OptimizerConfig) -> torch.optim.Optim
     return cls(params, lr=lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def _total_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The L2 norm of all ``tensors`` together, in float64, on ``device``.
+def _total_norm(
+    tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together, as a float64 scalar on ``device``.
 
-    Squares of large but finite float32 values (1e20 squared) overflow float32, which
-    would report a finite gradient as non-finite; float64 holds them. With no tensor
-    (no gradient reached the weights) the norm is a zero on the same device as the
-    step's other figures, which are stacked with it for the step's one read.
+    Each tensor's norm is taken in ``dtype``, float32 by default (half-precision tensors
+    widened to it, since their own range ends at 65504), and the norms are combined in
+    float64. Taking each in float64 would read a float64 copy of every weight: three times
+    as long, on every step. A float32 value above about 1.8e19 squares to inf, so a large
+    but finite tensor can read as inf: :func:`read_step` takes such a norm again in
+    float64 before calling it non-finite. With no tensor (no gradient reached the
+    weights) the norm is a zero on the same device as the step's other figures, which are
+    stacked with it for the step's one read.
     """
     if not tensors:
         return torch.zeros((), dtype=torch.float64, device=device)
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
-    return torch.linalg.vector_norm(torch.stack(norms))
+    norms = torch._foreach_norm(tensors, 2, dtype=dtype)
+    return torch.linalg.vector_norm(torch.stack(norms).double())
+
+
+def read_step(
+    checked: list[torch.Tensor], params: list[torch.Tensor], device: torch.device
+) -> list[float]:
+    """The step's figures (max |logit|, loss, gradient norm, parameter norm, maybe the
+    scale) read back to the host in one read. A norm of ``params``' gradients or of
+    ``params`` that reads inf is taken again in float64 (:func:`_total_norm`), so only a
+    step with an inf or a float32 overflow in its norms pays a second read; a NaN is a
+    NaN in any precision."""
+    values = torch.stack(checked).tolist()
+    if values[2] == math.inf:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            values[2] = _total_norm(grads, device, torch.float64).item()
+    if values[3] == math.inf:
+        values[3] = _total_norm([p.detach() for p in params], device, torch.float64).item()
+    return values
 
 
 class StepObserver:
@@ -324,7 +348,7 @@ def train(
         if scaler:
             checked.append(scale.double())
         # the one host read of the step
-        values = torch.stack(checked).tolist()
+        values = read_step(checked, params, logits.device)
         if judge_step(result, values, step, opt_cfg.min_loss_scale if scaler else None):
             return
 
