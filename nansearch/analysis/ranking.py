@@ -84,7 +84,7 @@ def factor_table(
 ) -> dict[str, Any]:
     """One factor's levels: raw counts, Wilson interval, and counts with other causes absent."""
     bins = levels if isinstance(levels, Bins) else None
-    names = bins.labels() if bins else [str(v) for v in levels]
+    names = levels.labels() if isinstance(levels, Bins) else [str(v) for v in levels]
     counts = {level: _empty() for level in names}
     alone = {level: _empty() for level in names}
     others = [c for c in causes if all(x.factor != name for x in c.conditions)]
@@ -103,7 +103,7 @@ def factor_table(
                 slot["nan"] += int(result.is_nan)
     nan_all = sum(a["nan"] for a in alone.values())
     total_all = sum(a["total"] for a in alone.values())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for level, c in counts.items():
         a = alone.get(level, _empty())
         rest_nan, rest_total = nan_all - a["nan"], total_all - a["total"]

@@ -103,7 +103,7 @@ class Forecast:
     def text(self) -> str:
         if self.predicted_step is None:
             return f"trial {self.trial}: no growing trend"
-        name = SIGNALS.get(self.signal, self.signal)
+        name = SIGNALS.get(self.signal or "", self.signal)
         if self.signal == "loss_scale":
             how = (
                 f"the loss scale drops {self.rate} (now {self.last:.3g}); it would reach "
@@ -273,6 +273,6 @@ def at_risk_score(
     if result.outcome != "finite" or score is None:
         return score
     found = forecast(result, horizon, min_loss_scale)
-    if found is None or not found.at_risk:
+    if found is None or not found.at_risk or found.predicted_step is None:
         return score
     return max(score, min(0.999, 0.9 + 0.099 * (1 - found.predicted_step / horizon)))

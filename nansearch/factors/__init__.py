@@ -20,7 +20,7 @@ from nansearch.factors.dtype import DtypeFactor
 from nansearch.factors.init import InitFactor
 from nansearch.factors.lr import LrFactor
 
-BUILTIN = {
+BUILTIN: dict[str, type[Factor]] = {
     "checkpoint": CheckpointFactor,
     "dtype": DtypeFactor,
     "lr": LrFactor,

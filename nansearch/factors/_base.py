@@ -55,6 +55,9 @@ class Factor(ABC):
     name: ClassVar[str]
     stage: ClassVar[str]
 
+    def __init__(self, settings: Any) -> None:  # noqa: B027 (each factor reads its own)
+        """``settings``: the factor's section of the sweep, or a registered factor's levels."""
+
     @abstractmethod
     def distribution(self) -> BaseDistribution:
         """The Optuna distribution this factor's value is drawn from."""

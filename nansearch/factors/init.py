@@ -46,7 +46,7 @@ def _normal(setup: TrialSetup, scheme: InitScheme) -> None:
 
 
 def _uninitialized_missing(setup: TrialSetup, scheme: InitScheme) -> None:
-    missing = set(setup.loaded.missing_keys)
+    missing = set(setup.loaded.missing_keys) if setup.loaded is not None else set()
     for name, param in setup.model.named_parameters(remove_duplicate=False):
         if name in missing:
             random_bits_(param.data, setup.generator)

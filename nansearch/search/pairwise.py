@@ -109,7 +109,7 @@ def _candidate(cols: list[Column], missing: set, used: list[Counter], rng: rando
 def design(cols: list[Column], rng: random.Random) -> list[list[int]]:
     """One pairwise covering design: rows of level indices, one per column."""
     missing = pairs(cols)
-    used = [Counter() for _ in cols]
+    used: list[Counter[int]] = [Counter() for _ in cols]
     rows: list[list[int]] = []
     if len(cols) == 1:
         return [[level] for level in range(len(cols[0].levels))]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nansearch.config.schema import TargetConfig
 from nansearch.targets.loading import CheckpointError
 
 
@@ -46,6 +47,9 @@ class Target(ABC):
     # True for a target whose own code runs each trial's loop (``run_trial``) instead of
     # nansearch's: the user's function or script is the trial.
     owns_loop: bool = False
+
+    def __init__(self, cfg: TargetConfig) -> None:
+        self.cfg = cfg
 
     @abstractmethod
     def load(self, checkpoint: str) -> Loaded:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import transformers
 from torch import nn
@@ -31,7 +33,7 @@ class CausalLMTarget(Target):
         self.cls = model_class(cfg.model_class)
 
     def load(self, checkpoint: str) -> Loaded:
-        kwargs = {"dtype": torch.float32}
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
         if self.cfg.trust_remote_code:
             kwargs["trust_remote_code"] = True
         if self.cfg.attn_implementation:

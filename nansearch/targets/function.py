@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nansearch.config.schema import TargetConfig
+from nansearch.errors import NansearchError
 from nansearch.targets.causal_lm import CausalLMTarget
 from nansearch.targets.custom import import_callable
 
@@ -28,7 +29,13 @@ class FunctionTarget(CausalLMTarget):
 
     def __init__(self, cfg: TargetConfig):
         super().__init__(cfg)
-        self.fn = import_callable(cfg.fn, "target.fn")
+        if not cfg.fn:
+            raise NansearchError(
+                "target.fn: a function target needs 'package.module:function' or "
+                "'path/to/file.py:function'"
+            )
+        self.spec = cfg.fn
+        self.fn = import_callable(self.spec, "target.fn")
 
     def run_trial(
         self,
@@ -55,4 +62,4 @@ class FunctionTarget(CausalLMTarget):
             options=self.cfg.options,
             observer=observer,
         )
-        run_function(self.fn, trial, self.cfg.fn)
+        run_function(self.fn, trial, self.spec)

@@ -88,9 +88,10 @@ class StepCheck:
         self.loss = loss if scale is None else loss / scale.double()
         self.seen["loss"] = True
 
-    def see_grads(self, params: list[torch.Tensor], device: torch.device) -> None:
+    def see_grads(self, params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         grads = [p.grad for p in params if p.grad is not None]
         self.grad_norm = _total_norm(grads, device)
+        return self.grad_norm
 
     def finish(self, params: list[torch.Tensor], device: torch.device) -> None:
         """The step is done: read its figures back once, record them, end on a bad one."""
@@ -98,12 +99,11 @@ class StepCheck:
             raise self.ended
         self.seen["update"] = True
         zero = torch.zeros((), dtype=torch.float64, device=device)
-        if self.grad_norm is None:
-            self.see_grads(params, device)
+        grad_norm = self.grad_norm if self.grad_norm is not None else self.see_grads(params, device)
         checked = [
             _on(self.logit_absmax, device, zero),
             _on(self.loss, device, zero),
-            self.grad_norm.to(device),
+            grad_norm.to(device),
             _total_norm([p.detach() for p in params], device),
         ]
         if self.scale is not None:
