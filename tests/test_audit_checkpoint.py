@@ -5,7 +5,6 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
-    BertConfig,
     BertLMHeadModel,
     BertModel,
     GPT2Config,
@@ -20,6 +19,7 @@ from nansearch.factors import build_factors
 from nansearch.targets import build_target
 from nansearch.trial.runner import TrialResult, TrialRunner, train
 from tests.conftest import DEMO
+from tests.small_models import small_bert_config
 
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
 
@@ -81,14 +81,7 @@ def test_a_checkpoint_of_another_architecture_is_foreign(tmp_path):
 
 
 def test_an_encoder_without_an_lm_head_loaded_as_a_causal_lm_is_foreign(tmp_path):
-    config = BertConfig(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    config = small_bert_config()
     BertModel(config).save_pretrained(tmp_path / "bert")
     cfg = load_config(
         DEMO, ["factors.dtype.levels=[fp32]", "target.model_class=AutoModelForCausalLM"]
@@ -105,9 +98,7 @@ def test_an_encoder_without_an_lm_head_loaded_as_a_causal_lm_is_foreign(tmp_path
     ) in finding.found
     assert "load this one with its own class BertModel" in finding.fix
     # the same checkpoint saved with its LM head is not foreign
-    BertLMHeadModel(BertConfig(**{**config.to_dict(), "is_decoder": True})).save_pretrained(
-        tmp_path / "bert-lm"
-    )
+    BertLMHeadModel(small_bert_config(is_decoder=True)).save_pretrained(tmp_path / "bert-lm")
     cfg.factors.checkpoint.levels = {"bert-lm": str(tmp_path / "bert-lm")}
     runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
     assert [f.check for f in audit_checkpoints(cfg, runner)] == []

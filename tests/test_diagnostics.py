@@ -4,7 +4,6 @@ import textwrap
 
 import pytest
 import torch
-from transformers import OPTConfig, OPTForCausalLM
 
 from nansearch.config import load_config
 from nansearch.demo import blip2_around
@@ -13,6 +12,7 @@ from nansearch.diagnose.rerun import rerun_trial
 from nansearch.search.sweep import prepare
 from nansearch.trial.runner import TrialResult
 from tests.conftest import CUSTOM, DEMO, REPO
+from tests.small_models import small_opt
 
 OPT = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
 TINY_GPT = {"checkpoint": "fresh", "dtype": "fp32", "lr": 1e-3, "init": "pretrained"}
@@ -144,18 +144,7 @@ def test_a_trial_that_holds_two_causes_names_both(demo):
 
 
 def test_a_bias_past_fp16s_range_is_named_with_its_channel(tmp_path):
-    config = OPTConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=1,
-        ffn_dim=64,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=32,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = OPTForCausalLM(config)
+    model = small_opt()
     with torch.no_grad():
         model.model.decoder.layers[0].fc2.bias[17] = 9e4  # beyond fp16's 65504
     model.save_pretrained(tmp_path / "big-bias")
@@ -204,18 +193,7 @@ def test_pure_fp16_adam_update_is_named_with_its_eps(demo):
 
 
 def test_nan_pixels_are_traced_to_the_vision_models_first_module(tmp_path):
-    config = OPTConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=1,
-        ffn_dim=64,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=32,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        blip2_around(OPTForCausalLM(config)).save_pretrained(tmp_path / "blip2")
+    blip2_around(small_opt()).save_pretrained(tmp_path / "blip2")
     runner = runner_for(
         DEMO,
         [

@@ -20,6 +20,7 @@ from nansearch.cli.sweep import sweep, tracking_lines
 from nansearch.config import load_config
 from nansearch.tracking.tracker import (
     Background,
+    FinishedStudy,
     Tracker,
     WandbTracker,
     end_session,
@@ -222,7 +223,7 @@ def test_default_mode_follows_the_credentials(tmp_path, monkeypatch):
     assert make_tracker(online, tmp_path).mode == "offline"  # rather than a login prompt
     cfg = load_config(DEMO, ["tracking.wandb=off"])
     tracker = make_tracker(cfg, tmp_path)
-    assert type(tracker) is Tracker and tracker.finish_study({}, [], tmp_path, None) == {}
+    assert type(tracker) is Tracker and tracker.finish_study(FinishedStudy({}, [], tmp_path)) == {}
 
 
 # -- the W&B Report, against a stand-in for the server's GraphQL endpoint -----------------
@@ -413,7 +414,7 @@ class HeldTracker(Tracker):
             raise RuntimeError("W&B fell over")
         self.logged.append(result.number)
 
-    def finish_study(self, ranking, results, study_dir, audit):
+    def finish_study(self, study):
         return {"logged_before_analysis": list(self.logged)}
 
     def close(self):
@@ -433,7 +434,7 @@ def test_background_runs_never_hold_up_the_search_and_all_land_in_order(tmp_path
     assert inner.logged == []
     inner.go.set()
     with caplog.at_level(logging.ERROR, logger="nansearch.tracking.background"):
-        info = tracker.finish_study({}, [], tmp_path, None)
+        info = tracker.finish_study(FinishedStudy({}, [], tmp_path))
     assert info == {"logged_before_analysis": [0, 2, 3]}  # a failed run stops nothing
     assert "trial 1 could not be logged" in caplog.text
     tracker.close()

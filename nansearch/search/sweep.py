@@ -32,7 +32,7 @@ from nansearch.search.study import (
     write_trials,
 )
 from nansearch.search.workers import run_workers
-from nansearch.tracking.tracker import Tracker, in_background, make_tracker
+from nansearch.tracking.tracker import FinishedStudy, Tracker, in_background, make_tracker
 from nansearch.trial.runner import TrialResult, TrialRunner, cpu_threads
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,9 @@ def _run_sweep(
             interrupted = stop.signum
         report = write_report_safely(search.dir)
         if not join:
-            tracking = tracker.finish_study(ranking, results, search.dir, _json(audit))
+            tracking = tracker.finish_study(
+                FinishedStudy(ranking, results, search.dir, _json(audit))
+            )
     finally:
         tracker.close()
     files = {

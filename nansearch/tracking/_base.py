@@ -4,11 +4,23 @@ nothing (``tracking.wandb=off``); :mod:`nansearch.tracking.wandb_tracker` writes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nansearch.config.schema import SweepConfig
 from nansearch.trial.runner import TrialResult
+
+
+@dataclass
+class FinishedStudy:
+    """What a study hands its tracker at the end: the ranking, every trial, the folder
+    that holds the study's files (``report.html`` among them) and the audit, if any."""
+
+    ranking: dict[str, Any]
+    results: list[TrialResult]
+    study_dir: Path
+    audit: dict[str, Any] | None = None
 
 
 class Tracker:
@@ -35,13 +47,7 @@ class Tracker:
     def log_report(self, study_dir: Path, study: str) -> None:
         """A new version of the study's ``report.html`` artifact (after ``nansearch rerun``)."""
 
-    def finish_study(
-        self,
-        ranking: dict[str, Any],
-        results: list[TrialResult],
-        study_dir: Path,
-        audit: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    def finish_study(self, study: FinishedStudy) -> dict[str, Any]:
         """The study's analysis; returns what to tell the user (sync command, report URL)."""
         return {}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nansearch.config.schema import SweepConfig
-from nansearch.tracking._base import Tracker
+from nansearch.tracking._base import FinishedStudy, Tracker
 from nansearch.trial.runner import TrialResult
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,9 @@ class Background(Tracker):
         self.wait()
         self.inner.log_report(study_dir, study)
 
-    def finish_study(
-        self,
-        ranking: dict[str, Any],
-        results: list[TrialResult],
-        study_dir: Path,
-        audit: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    def finish_study(self, study: FinishedStudy) -> dict[str, Any]:
         self.wait()
-        return self.inner.finish_study(ranking, results, study_dir, audit)
+        return self.inner.finish_study(study)
 
     def close(self) -> None:
         if self.thread is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nansearch.config.schema import SweepConfig
+from nansearch.tracking._base import FinishedStudy
 from nansearch.trial.runner import TrialResult
 
 TRIAL_STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
@@ -106,15 +107,12 @@ def fix_summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def log_analysis(
-    run,
-    ranking: dict[str, Any],
-    results: list[TrialResult],
-    study_dir: Path,
-    audit: dict[str, Any] | None,
-) -> None:
+def log_analysis(run: Any, study: FinishedStudy) -> None:
     """The ranking, NaN rate per level, importances, trials, conclusions, audit, report."""
     import wandb
+
+    ranking, results, audit = study.ranking, study.results, study.audit
+    study_dir = Path(study.study_dir)
 
     row_keys = ["nan", "total", "errors", "rate", "ci_low", "ci_high"]
     table = wandb.Table(columns=["rank", "factor", "kind", "effect", "level", *row_keys])

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nansearch.config.schema import SweepConfig
-from nansearch.tracking._base import Tracker
+from nansearch.tracking._base import FinishedStudy, Tracker
 from nansearch.tracking.background import Background, in_background
 from nansearch.tracking.wandb_tracker import LEDGER, WandbTracker, end_session, read_ledger
 
@@ -72,6 +72,7 @@ def make_tracker(cfg: SweepConfig, study_dir: Path) -> Tracker:
 __all__ = [
     "LEDGER",
     "Background",
+    "FinishedStudy",
     "Tracker",
     "WandbTracker",
     "end_session",

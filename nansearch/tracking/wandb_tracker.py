@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from nansearch import jsonl
 from nansearch.config.schema import SweepConfig
-from nansearch.tracking._base import Tracker
+from nansearch.tracking._base import FinishedStudy, Tracker
 from nansearch.tracking.runs import (
     finite_or_none,
     fix_rows,
@@ -261,20 +261,13 @@ class WandbTracker(Tracker):
             tags=["report"],
         )
 
-    def finish_study(
-        self,
-        ranking: dict[str, Any],
-        results: list[TrialResult],
-        study_dir: Path,
-        audit: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    def finish_study(self, study: FinishedStudy) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
-        study_dir = Path(study_dir)
         config = OmegaConf.to_container(OmegaConf.structured(self.config))
         self._record(
             "the analysis run",
-            lambda run: log_analysis(run, ranking, results, study_dir, audit),
+            lambda run: log_analysis(run, study),
             job_type="analysis",
             name=f"{self.config.study}-analysis",
             config=config,
@@ -286,7 +279,7 @@ class WandbTracker(Tracker):
         if self.mode == "online":
             if self.project_url:
                 info["runs_url"] = f"{self.project_url}/groups/{quote(self.config.study)}"
-            info["report_url"] = self.publish_report(ranking)
+            info["report_url"] = self.publish_report(study.ranking)
         return info
 
     def publish_report(self, ranking: dict[str, Any]) -> str | None:
