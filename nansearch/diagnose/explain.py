@@ -10,6 +10,7 @@ For example::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def diagnose(
     result: TrialResult,
     diag: Diagnostics,
     deep: Diagnostics | None = None,
-    missing: list[str] = (),
+    missing: Sequence[str] = (),
     fix: str | None = None,
 ) -> tuple[str | None, str | None, str]:
     """(stage, module, one sentence) for a rerun's result and what its diagnostics saw.
@@ -59,19 +60,19 @@ def diagnose(
 
 
 def _forward(
-    diag: Diagnostics, deep: Diagnostics | None, missing: list[str] = (), fix: str | None = None
+    diag: Diagnostics, deep: Diagnostics | None, missing: Sequence[str] = (), fix: str | None = None
 ) -> tuple[str | None, str]:
     if diag.inputs:
         values = ", ".join(
             f"{i.key} ({_count(i.nan, i.inf)} of {i.total} values)" for i in diag.inputs
         )
         text = f"the batch holds non-finite values in {values}"
-        where = diag.received
-        if where is None:
+        receiver = diag.received
+        if receiver is None:
             return None, text
         return (
-            where.module,
-            f"{text}; the first module to receive them is {where.module} ({where.cls})",
+            receiver.module,
+            f"{text}; the first module to receive them is {receiver.module} ({receiver.cls})",
         )
     found = diag.forward
     if found is None:
@@ -140,7 +141,7 @@ def _overflow(op: OpFinding) -> str:
     )
 
 
-def _never_loaded(module: str, missing: list[str], fix: str | None = None) -> str:
+def _never_loaded(module: str, missing: Sequence[str], fix: str | None = None) -> str:
     """A clause saying that the module's weights were missing from the checkpoint."""
     own = [k for k in missing if k.startswith(module + ".") or module == ROOT]
     if not own:
@@ -156,7 +157,7 @@ def _never_loaded(module: str, missing: list[str], fix: str | None = None) -> st
     )
 
 
-def several(holds: list[dict[str, Any]]) -> str:
+def several(holds: Sequence[dict[str, Any]]) -> str:
     """A clause naming every cause the trial holds, when it holds more than one."""
     if len(holds) < 2:
         return ""
@@ -178,7 +179,8 @@ def op_within(found: ModuleFinding | None, deep: Diagnostics | None) -> OpFindin
 
 
 def _loss(result: TrialResult, diag: Diagnostics) -> str:
-    value = result.loss[result.first_bad_step] if result.loss else math.nan
+    step = result.first_bad_step
+    value = result.loss[step] if result.loss and step is not None else math.nan
     word = "NaN" if math.isnan(value) else "Inf"
     finding = diag.loss
     if finding is None:

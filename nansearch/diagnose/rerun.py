@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def select(
     results: list[TrialResult],
     top: int,
     numbers: list[int] | None,
-    conclusions: list[dict[str, Any]] = (),
+    conclusions: Sequence[dict[str, Any]] = (),
 ) -> list[Pick]:
     """The trials named by number, or ``top`` failing trials that cover the conclusions.
 
@@ -116,7 +116,7 @@ def select(
     then the other failing trials, worst first. A configuration is rerun once.
     """
     if numbers:
-        by_number = {r.number: r for r in results}
+        by_number = {r.number: r for r in results if r.number is not None}
         for number in numbers:
             if number not in by_number:
                 valid = f"0 to {max(by_number)}" if by_number else "none yet"
@@ -149,7 +149,7 @@ def select(
     return chosen
 
 
-def _pick(result: TrialResult, serves: int | None, conclusions: list[dict[str, Any]]) -> Pick:
+def _pick(result: TrialResult, serves: int | None, conclusions: Sequence[dict[str, Any]]) -> Pick:
     """A :class:`Pick`; ``serves`` defaults to the first conclusion that explains the trial."""
     speaking = tuple(i for i, c in enumerate(conclusions) if speaks_of(c, result))
     if serves is None and speaking:
@@ -222,7 +222,7 @@ def rerun_trial(
     runner: TrialRunner,
     trial: TrialResult,
     seeds: int,
-    holds: list[dict[str, Any]] = (),
+    holds: Sequence[dict[str, Any]] = (),
     fixes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Rerun one trial with diagnostics, then with fresh seeds; the record to save.
@@ -238,8 +238,8 @@ def rerun_trial(
         again = runner.run(trial.params, trial.seed, trial.steps, observer=diag)
     deep = None
     stage = STAGES.get(again.outcome)
-    if stage in ("forward", "backward"):
-        step = again.first_bad_step
+    step = again.first_bad_step
+    if stage in ("forward", "backward") and step is not None:
         deep = Diagnostics(
             op_step=step if stage == "forward" else None,
             anomaly_step=step if stage == "backward" else None,

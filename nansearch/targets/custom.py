@@ -52,6 +52,8 @@ def import_module_safely(module_name: str, what: str, spec: str):
 def exec_file(path: Path, name: str, what: str, spec: str):
     """Load the ``.py`` file at ``path`` as module ``name``; its errors become one line."""
     loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
+    if loader_spec is None or loader_spec.loader is None:
+        raise NansearchError(f"{what}={spec!r}: {path} cannot be loaded as a Python file")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module
     try:
@@ -62,6 +64,16 @@ def exec_file(path: Path, name: str, what: str, spec: str):
             f"{what}={spec!r}: running {path} raised {type(exc).__name__}: {exc}"
         ) from None
     return module
+
+
+def function_spec(cfg: TargetConfig) -> str:
+    """``target.fn``, which a custom or function target cannot do without."""
+    if not cfg.fn:
+        raise NansearchError(
+            f"target.fn: a {cfg.kind} target needs 'package.module:function' or "
+            "'path/to/file.py:function'"
+        )
+    return cfg.fn
 
 
 def import_callable(spec: str, what: str):
@@ -115,7 +127,8 @@ class CustomTarget(Target):
 
     def __init__(self, cfg: TargetConfig):
         self.cfg = cfg
-        self.fn = import_callable(cfg.fn, "target.fn")
+        self.spec = function_spec(cfg)
+        self.fn = import_callable(self.spec, "target.fn")
 
     def load(self, checkpoint: str) -> Loaded:
         try:
@@ -123,7 +136,7 @@ class CustomTarget(Target):
         except Exception as exc:
             code = getattr(self.fn, "__code__", None)
             where = code.co_filename if code is not None else None
-            raise TargetBuildError(self.cfg.fn, checkpoint, exc, where) from exc
+            raise TargetBuildError(self.spec, checkpoint, exc, where) from exc
         if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
             raise NansearchError(
                 f"target.fn={self.cfg.fn!r} must return (model, batch), got {type(built).__name__}"

@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nansearch.config.schema import TargetConfig
-from nansearch.errors import NansearchError
 from nansearch.targets.causal_lm import CausalLMTarget
-from nansearch.targets.custom import import_callable
+from nansearch.targets.custom import function_spec, import_callable
 
 if TYPE_CHECKING:
     from nansearch.trial.runner import StepObserver, TrialResult, TrialRunner
@@ -29,12 +28,7 @@ class FunctionTarget(CausalLMTarget):
 
     def __init__(self, cfg: TargetConfig):
         super().__init__(cfg)
-        if not cfg.fn:
-            raise NansearchError(
-                "target.fn: a function target needs 'package.module:function' or "
-                "'path/to/file.py:function'"
-            )
-        self.spec = cfg.fn
+        self.spec = function_spec(cfg)
         self.fn = import_callable(self.spec, "target.fn")
 
     def run_trial(
