@@ -9,13 +9,13 @@ from nansearch.report.page import load_study, render
 from nansearch.search.fixes import (
     Fix,
     Verifier,
-    audit_changes,
     format_conclusions,
     long_run_lr,
     plan_fixes,
     smallest_change,
     verify_fixes,
 )
+from nansearch.search.remedies import audit_changes
 from nansearch.search.sweep import prepare
 from tests.conftest import CUSTOM, DEMO, REPO
 
@@ -232,7 +232,7 @@ def test_the_high_rate_under_amp_fp16_holds_below_the_usual_range_and_not_below_
     assert "no clean reference to compare" in usual.why
 
 
-def test_a_conclusion_no_fix_held_for_says_so_with_what_was_tried():
+def test_a_conclusion_no_fix_held_for_says_so_with_what_was_tried(tmp_path):
     fixes = [
         Fix(0, "lr above 0.47", "isolation", {"lr": 0.046}, {"lr": 0.7}, None, 200, [1],
             verdict="not sufficient", why="1 of 1 seeds failed").to_json(),
@@ -242,4 +242,103 @@ def test_a_conclusion_no_fix_held_for_says_so_with_what_was_tried():
     ranking = {"conclusions": [{"text": "lr above 0.47 raises the NaN rate."}], "fixes": fixes}
     assert format_conclusions(ranking).splitlines()[-1] == (
         "   -> no fix held: tried lr=0.046, dtype=amp-bf16; the cause stands unfixed"
+    )
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "ranking.json").write_text(json.dumps({"study": "s", "factors": [], **ranking}))
+    page = render(load_study(study))
+    assert (
+        '<li class="fix insufficient"><b>no fix held</b>: tried lr=0.046, dtype=amp-bf16; '
+        "the cause stands unfixed</li>"
+    ) in page
+
+
+def test_the_audits_strip_fix_writes_a_stripped_copy_of_blip2_that_loads_as_opt_and_holds(
+    tmp_path,
+):
+    """The demo's real blip2-full checkpoint: the audit finds its OPT under
+    'language_model.'; the fix writes those weights, renamed, to the study folder, where
+    they load into OPTForCausalLM with nothing missing and keep the failing run finite."""
+    import torch
+    from transformers import OPTForCausalLM
+
+    from nansearch.audit import run_audit
+    from nansearch.targets.loading import resolve_checkpoint
+
+    cfg = load_config(DEMO, ["tracking.wandb=off", f"out={tmp_path}", "study=s",
+                             "search.verify_steps=30", "search.seeds=2"])  # fmt: skip
+    factors, runner = prepare(cfg)
+    audit = run_audit(cfg, factors, runner).to_json()
+    assert any(f["check"] == "checkpoint.wrapped" for f in audit["findings"])
+    failing = {"checkpoint": "blip2-full", "init": "uninitialized-missing", "batch": "clean",
+               "dtype": "fp32", "lr": 1e-3}  # fmt: skip
+    first = runner.run(failing, seed=5)
+    first.number = 0
+    assert first.is_nan
+    item = {"kind": "cause", "rule": "checkpoint=blip2-full with init=uninitialized-missing",
+            "conditions": [{"factor": "checkpoint", "op": "=", "value": "blip2-full"},
+                           {"factor": "init", "op": "=", "value": "uninitialized-missing"}]}  # fmt: skip
+    fixes = verify_fixes(cfg, factors, runner, {"conclusions": [item]}, [first], audit)
+    (strip,) = [f for f in fixes if f.source == "audit"]
+    dest = (tmp_path / "s" / "fixes" / "blip2-full-stripped").resolve()
+    assert strip.change == {
+        "factors.checkpoint.levels.blip2-full-stripped": str(dest),
+        "checkpoint": "blip2-full-stripped",
+    }
+    assert "'language_model.' stripped from its keys" in strip.label
+    assert (dest / "model.safetensors").is_file() and (dest / "config.json").is_file()
+    model, info = OPTForCausalLM.from_pretrained(dest, output_loading_info=True)
+    assert not info["missing_keys"]  # lm_head is tied to the embeddings, as in opt-lm
+    opt = OPTForCausalLM.from_pretrained(resolve_checkpoint("demo:opt-lm"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  opt.state_dict().values(), strict=True))  # fmt: skip
+    assert [r["outcome"] for r in strip.runs] == ["finite", "finite"]
+    assert strip.verdict == "verified", strip.why
+    assert strip.text.startswith("audit's fix checkpoint=blip2-full-stripped (blip2-full with")
+
+
+def _truncated(seed: int, skip: bool, steps: int = 12):
+    *_, runner = custom(f"factors.batch.skip_empty_labels={str(skip).lower()}",
+                        "factors.batch.levels=[clean,truncated-answers]")  # fmt: skip
+    return runner.run({**BASE, "batch": "truncated-answers"}, seed=seed, steps=steps)
+
+
+def test_skipping_empty_label_batches_keeps_a_run_finite_and_trains_on_the_rest():
+    """truncated-answers leaves half the seeds' batches with no counted label: 0/0 at step
+    0. With the audit's fix those steps are skipped; the other seeds train as before."""
+    plain = {seed: _truncated(seed, skip=False) for seed in range(1, 9)}
+    empty = [s for s, r in plain.items() if r.is_nan]
+    full = [s for s, r in plain.items() if not r.is_nan]
+    assert empty and full  # both kinds among these seeds
+    assert all(plain[s].outcome == "nonfinite-loss" and plain[s].first_bad_step == 0 for s in empty)
+    for seed in empty:
+        skipped = _truncated(seed, skip=True)
+        assert skipped.outcome == "finite" and skipped.loss == []
+        assert skipped.skipped_batches == 12
+    trained = _truncated(full[0], skip=True)
+    assert trained.skipped_batches == 0 and trained.loss == plain[full[0]].loss
+    cfg, factors, runner = custom("steps=4", "factors.batch.levels=[clean,truncated-answers]")
+    verifier = Verifier(cfg, factors, runner, steps=30)
+    failing = {**BASE, "batch": "truncated-answers"}
+    fix = Fix(0, "batch=truncated-answers", "audit", {"factors.batch.skip_empty_labels": True},
+              failing, None, 30, [empty[0], full[0]])  # fmt: skip
+    verifier.verify(fix)
+    assert fix.verdict == "verified", fix.why
+    assert f"seed {empty[0]} skipped every step" in fix.why
+    assert fix.overrides == ["factors.batch.skip_empty_labels=True"]
+
+
+def test_skipping_a_batch_whose_every_label_is_ignored_trains_nothing_and_says_so():
+    cfg, factors, runner = custom("steps=4")
+    verifier = Verifier(cfg, factors, runner, steps=30)
+    failing = {**BASE, "batch": "labels-all-ignored"}
+    fix = Fix(0, "batch=labels-all-ignored", "audit", {"factors.batch.skip_empty_labels": True},
+              failing, {**BASE, "batch": "clean"}, 30, [1, 2])  # fmt: skip
+    verifier.verify(fix)
+    assert [r["outcome"] for r in fix.runs] == ["finite", "finite"]
+    assert [r["skipped_batches"] for r in fix.runs] == [30, 30]
+    assert fix.verdict == "not sufficient"
+    assert fix.why == (
+        "every seed finite, but each skipped all 30 of its steps: its batch held no counted "
+        "label, so nothing trained"
     )

@@ -28,6 +28,7 @@ from nansearch.audit._base import Finding
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.dtypes import FP16_MAX
 from nansearch.factors import Factor, LevelNotApplicable, TrialSetup
+from nansearch.factors.batch import no_counted_label
 from nansearch.targets._base import Loaded
 from nansearch.trial.runner import TrialRunner
 
@@ -117,18 +118,8 @@ def _rows(indices: torch.Tensor, total: int) -> str:
 
 
 def _labels(subject: str, batch: dict[str, torch.Tensor]) -> Finding | None:
-    labels = batch.get("labels")
-    if labels is None or labels.is_floating_point() or labels.numel() == 0:
-        return None
-    counted = labels != IGNORE
-    if not counted.any():
-        found = f"every one of the {labels.numel()} labels is {IGNORE} (ignored)"
-    elif labels.dim() >= 2 and labels.shape[-1] > 1 and not counted[..., 1:].any():
-        found = (
-            "only the first position of each row has a label; a causal LM shifts labels by "
-            "one, so none is counted"
-        )
-    else:
+    found = no_counted_label(batch.get("labels"))
+    if found is None:
         return None
     return Finding(
         severity="error",
@@ -141,7 +132,8 @@ def _labels(subject: str, batch: dict[str, torch.Tensor]) -> Finding | None:
         ),
         fix=(
             f"Skip batches with no counted label (check (labels != {IGNORE}).any() before the "
-            "step), or sum the loss and divide by max(count, 1)."
+            "step; factors.batch.skip_empty_labels=true does so in the sweep), or sum the "
+            "loss and divide by max(count, 1)."
         ),
     )
 

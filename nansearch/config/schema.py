@@ -82,6 +82,9 @@ class InitFactor:
 class BatchFactor:
     levels: list[str] = field(default_factory=lambda: ["clean"])
     files: dict[str, str] = field(default_factory=dict)  # level name -> .safetensors/.pt file
+    # skip each step whose batch has no counted label, as a training loop guards against
+    # 0/0 (the audit's fix for batch.labels-ignored)
+    skip_empty_labels: bool = False
 
 
 @dataclass

@@ -13,6 +13,10 @@
 
 Levels named under ``factors.batch.files`` replace the batch with the tensors of a
 ``.safetensors`` file (or a ``.pt`` file read with ``weights_only=True``).
+
+``factors.batch.skip_empty_labels: true`` skips every step whose batch, after its level,
+has no counted label, the guard a training loop puts before its step
+(``if not (labels != -100).any(): continue``); the run records the steps it skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,28 @@ import torch
 from nansearch.config.schema import BatchFactor as BatchConfig
 from nansearch.errors import NansearchError
 from nansearch.factors._base import CategoricalFactor, LevelFn, LevelNotApplicable, TrialSetup
+
+SKIP_STEP = "skip_step"  # TrialSetup.extra: why the loop skips each step of this batch
+
+
+IGNORE = -100
+
+
+def no_counted_label(labels: torch.Tensor | None) -> str | None:
+    """Why a batch's labels leave mean cross-entropy nothing to count, or None if they do
+    not: every one ignored, or only the first of each row, which a causal LM's shift by one
+    drops."""
+    if labels is None or labels.is_floating_point() or labels.numel() == 0:
+        return None
+    counted = labels != IGNORE
+    if not counted.any():
+        return f"every one of the {labels.numel()} labels is {IGNORE} (ignored)"
+    if labels.dim() >= 2 and labels.shape[-1] > 1 and not counted[..., 1:].any():
+        return (
+            "only the first position of each row has a label; a causal LM shifts labels by "
+            "one, so none is counted"
+        )
+    return None
 
 
 def _clean(setup: TrialSetup) -> None:
@@ -158,6 +184,7 @@ class BatchFactor(CategoricalFactor):
 
     def __init__(self, cfg: BatchConfig):
         self.files = dict(cfg.files)
+        self.skip_empty_labels = bool(getattr(cfg, "skip_empty_labels", False))
         super().__init__(list(cfg.levels) + [n for n in self.files if n not in cfg.levels])
 
     def apply(self, setup: TrialSetup, value: str) -> None:
@@ -165,6 +192,10 @@ class BatchFactor(CategoricalFactor):
             setup.batch = load_batch_file(self.files[value])
         else:
             super().apply(setup, value)
+        if self.skip_empty_labels and setup.batch is not None:
+            empty = no_counted_label(setup.batch.get("labels"))
+            if empty:
+                setup.extra[SKIP_STEP] = empty
 
     def check(self) -> list[str]:
         problems = []

@@ -32,10 +32,11 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
-from nansearch.config import SweepConfig, config_from_yaml, to_yaml
+from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
 from nansearch.factors import Factor, build_factors
 from nansearch.search.isolate import fmt
 from nansearch.search.phases import continuous_names, nearest_passing
+from nansearch.search.remedies import Context, audit_remedies, write_stripped
 from nansearch.trial.runner import TrialResult, TrialRunner
 
 log = logging.getLogger(__name__)
@@ -48,27 +49,6 @@ _DTYPE = {
     "fp16": ("fp16", "fp16"),
     "amp-fp16": ("fp16", "fp32"),
     "amp-bf16": ("bf16", "fp32"),
-}
-
-
-def _larger_eps(finding: dict[str, Any], failing: dict[str, Any], optimizer: str) -> dict | None:
-    return {"optimizer.eps": 1e-4}
-
-
-def _usual_lr(finding: dict[str, Any], failing: dict[str, Any], optimizer: str) -> dict | None:
-    """The top of the optimizer's usual range, for a failing rate above it."""
-    from nansearch.audit.config import USUAL_LR
-
-    high = USUAL_LR.get(optimizer, USUAL_LR["adamw"])[1]
-    lr = failing.get("lr")
-    return {"lr": high} if isinstance(lr, float) and lr > high else None
-
-
-# the audit's concrete fixes: check id -> the overrides that apply it to a failing
-# configuration (None where it does not apply to that one)
-AUDIT_FIXES: dict[str, Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any] | None]] = {
-    "config.fp16-adam-eps": _larger_eps,
-    "config.lr-range": _usual_lr,
 }
 
 
@@ -95,6 +75,8 @@ class Fix:
     reference_runs: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = "not run"  # verified | not sufficient | not run
     why: str = ""
+    label: str = ""  # how the change reads, where its overrides alone say it badly
+    writes: dict[str, Any] | None = None  # what the change needs written before it runs
 
     @property
     def overrides(self) -> list[str]:
@@ -102,7 +84,7 @@ class Fix:
 
     @property
     def text(self) -> str:
-        change = " ".join(self.overrides)
+        change = self.label or " ".join(self.overrides)
         where = f"{self.steps} steps, {len(self.seeds)} seed{'s' * (len(self.seeds) != 1)}"
         label = "fix" if self.source == "isolation" else "audit's fix"
         return f"{label} {change}: {self.verdict} over {where}; {self.why}"
@@ -121,6 +103,8 @@ class Fix:
             "verdict": self.verdict,
             "verified": self.verdict == "verified",
             "why": self.why,
+            "label": self.label,
+            "writes": self.writes,
             "runs": self.runs,
             "reference_runs": self.reference_runs,
             "text": self.text,
@@ -152,6 +136,7 @@ def run_record(result: TrialResult) -> dict[str, Any]:
         "loss_last": result.loss[-1] if result.loss and result.outcome == "finite" else None,
         "trend": loss_trend(result.loss) if result.outcome == "finite" else None,
         "error": (result.error or "").splitlines()[0] if result.error else None,
+        "skipped_batches": result.skipped_batches,
     }
 
 
@@ -168,6 +153,14 @@ def judge(fix: Fix) -> None:
             + (f" ({first['error']})" if first["error"] else "")
         )
         return
+    idle = [r for r in fix.runs if r.get("skipped_batches") and not r["steps_run"]]
+    if idle and len(idle) == len(fix.runs):
+        fix.verdict = "not sufficient"
+        fix.why = (
+            f"every seed finite, but each skipped all {idle[0]['skipped_batches']} of its "
+            "steps: its batch held no counted label, so nothing trained"
+        )
+        return
     trends = [r["trend"] for r in fix.runs if r["trend"] is not None]
     ref = [r["trend"] for r in fix.reference_runs if r["trend"] is not None]
     ours = statistics.median(trends) if trends else None
@@ -175,6 +168,16 @@ def judge(fix: Fix) -> None:
     if ours is None:
         fix.verdict, fix.why = "not sufficient", "the loss could not be read"
         return
+    _judge_trend(fix, ours, theirs)
+    if idle:
+        seeds = ", ".join(str(r["seed"]) for r in idle)
+        fix.why += (
+            f"; seed{'s' * (len(idle) > 1)} {seeds} skipped every step, its batch holding no "
+            "counted label"
+        )
+
+
+def _judge_trend(fix: Fix, ours: float, theirs: float | None) -> None:
     loss = f"loss x{ours:.2g} from the first tenth of the steps to the last"
     if theirs is None:
         # with nothing to compare, a loss that grew over the run is no fix
@@ -219,6 +222,18 @@ class Verifier:
         return self.done[key]
 
     def verify(self, fix: Fix) -> Fix:
+        if fix.writes and "strip" in fix.writes:
+            spec = fix.writes["strip"]
+            try:
+                prefix = write_stripped(spec, self.runner)
+            except (NansearchError, OSError, ValueError, RuntimeError) as exc:
+                fix.verdict = "not sufficient"
+                fix.why = f"the stripped copy could not be written: {exc}"
+                return fix
+            fix.label = (
+                f"checkpoint={fix.change['checkpoint']} ({spec['level']} with '{prefix}' "
+                f"stripped from its keys, saved to {spec['to']})"
+            )
         params = {**fix.failing, **{k: v for k, v in fix.change.items() if "." not in k}}
         config = {k: v for k, v in fix.change.items() if "." in k}
         for seed in fix.seeds:
@@ -321,31 +336,6 @@ def smallest_change(
     return {name: value}
 
 
-def audit_changes(
-    item: dict[str, Any],
-    audit: dict[str, Any] | None,
-    failing: dict[str, Any] | None = None,
-    optimizer: str = "adamw",
-) -> list[dict[str, Any]]:
-    """The audit's concrete fixes for the values this conclusion names: a finding about
-    ``dtype=fp16`` for a conclusion that needs it, one about ``lr`` for a learning-rate
-    range; each as it applies to the ``failing`` configuration."""
-    conditions = item.get("conditions") or []
-    subjects = {f"{c['factor']}={c['value']}" for c in conditions}
-    subjects |= {c["factor"] for c in conditions if c.get("op") != "="}
-    iso = item.get("isolation") or {}
-    subjects |= {f"{k}={v}" for k, v in (iso.get("minimal") or {}).items()}
-    out = []
-    for finding in (audit or {}).get("findings") or []:
-        make = AUDIT_FIXES.get(finding.get("check"))
-        if make is None or finding.get("subject") not in subjects:
-            continue
-        change = make(finding, failing or {}, optimizer)
-        if change and change not in out:
-            out.append(change)
-    return out
-
-
 def _failing_run(
     item: dict[str, Any], results: Sequence[TrialResult], others: Sequence[dict[str, Any]] = ()
 ) -> TrialResult | None:
@@ -415,8 +405,10 @@ def plan_fixes(
     seeds: int,
     trial_steps: int = 0,
     optimizer: str = "adamw",
+    context: Context | None = None,
 ) -> list[Fix]:
     """The fixes to verify: per conclusion, the smallest change and the audit's fixes."""
+    context = context or Context(optimizer=optimizer)
     conclusions = ranking.get("conclusions") or []
     continuous = continuous_names(factors)
     fixes = []
@@ -434,22 +426,21 @@ def plan_fixes(
             reference = dict(near.params) if near is not None else None
         rule = item.get("rule") or iso.get("text") or ""
         run_seeds = _seeds(item, failing, results, seeds)
-        changes = []
         smallest = smallest_change(
             item, failing.params, reference, factors, conclusions, trial_steps, steps, optimizer
         )
-        if smallest:
-            changes.append(("isolation", smallest))
-        changes += [
-            ("audit", change)
-            for change in audit_changes(item, audit, failing.params, optimizer)
-            if change != smallest
-        ]
         clean = clean_reference(item, failing.params, reference, smallest)
-        for source, change in changes:
+        if smallest:
             fixes.append(
-                Fix(index, rule, source, change, dict(failing.params), clean, steps, run_seeds)
-            )
+                Fix(index, rule, "isolation", smallest, dict(failing.params), clean, steps,
+                    run_seeds)
+            )  # fmt: skip
+        for remedy in audit_remedies(item, audit, failing.params, context):
+            if remedy.values == smallest:
+                continue
+            fix = Fix(index, rule, "audit", remedy.values, dict(failing.params), clean, steps,
+                      run_seeds, label=remedy.label, writes=remedy.writes)  # fmt: skip
+            fixes.append(fix)
     return fixes
 
 
@@ -466,9 +457,16 @@ def verify_fixes(
     """Plan and run every conclusion's fixes; ``on_fix`` hears each one as it is judged.
     Once ``stop`` is set (Ctrl-C) the fixes not yet run are left out."""
     steps = cfg.search.verify_steps if cfg.search.verify_steps > 0 else 10 * cfg.steps
-    fixes = plan_fixes(
-        ranking, results, factors, audit, steps, cfg.search.seeds, cfg.steps, cfg.optimizer.name
+    context = Context(
+        optimizer=cfg.optimizer.name,
+        study_dir=cfg.study_dir,
+        checkpoints=dict(cfg.factors.checkpoint.levels),
+        owns_loop=runner.target.owns_loop,
     )
+    fixes = plan_fixes(
+        ranking, results, factors, audit, steps, cfg.search.seeds, cfg.steps, cfg.optimizer.name,
+        context,
+    )  # fmt: skip
     verifier = Verifier(cfg, factors, runner, steps)
     done = []
     for fix in fixes:

@@ -55,6 +55,7 @@ class TrialResult:
     logit_absmax: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     skipped_steps: int = 0  # amp-fp16: steps the GradScaler skipped for an overflow
+    skipped_batches: int = 0  # factors.batch.skip_empty_labels: steps with no counted label
     loss_scale: list[float] = field(default_factory=list)  # amp-fp16: the scale of each step
     score: float | None = None
     seconds: float = 0.0
@@ -317,7 +318,11 @@ def train(
     if observer is not None:
         observer.attach(model, optimizer, batch)
 
+    skip = setup.extra.get("skip_step")
     for step in range(steps):
+        if skip:  # the batch has no counted label: the loop's guard skips the step
+            result.skipped_batches += 1
+            continue
         optimizer.zero_grad(set_to_none=True)
         if observer is not None:
             observer.before_forward(step)

@@ -22,6 +22,7 @@ def conclusions_section(
             "number": i + 1,
             "text": str(item.get("text", "")),
             "fixes": fixes(ranking, i),
+            "none_held": none_held(fixes(ranking, i)),
             "reruns": [c for c in cards if c["serves"] == i + 1],
         }
         for i, item in enumerate(items)
@@ -60,6 +61,13 @@ def at_risk_section(ranking: dict[str, Any]) -> Section | None:
     return Section("at-risk", "At risk", "at_risk", rows, note)
 
 
+def none_held(shown: list[dict[str, Any]]) -> str:
+    """What was tried, for a conclusion none of whose fixes held; empty otherwise."""
+    if not shown or any(fix["verified"] for fix in shown):
+        return ""
+    return "tried " + ", ".join(fix["overrides"] for fix in shown) + "; the cause stands unfixed"
+
+
 def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
     """The fixes of conclusion ``index``, as its template lists them under it."""
     return [
@@ -67,6 +75,7 @@ def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
             "verified": bool(fix.get("verified")),
             "verdict": str(fix.get("verdict")),
             "overrides": " ".join(fix.get("overrides") or []),
+            "label": str(fix.get("label") or ""),
             "source": "the audit" if fix.get("source") == "audit" else "smallest change",
             "steps": fix.get("steps"),
             "seeds": fmt(fix.get("seeds") or []),
