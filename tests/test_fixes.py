@@ -325,7 +325,7 @@ def test_skipping_empty_label_batches_keeps_a_run_finite_and_trains_on_the_rest(
     verifier.verify(fix)
     assert fix.verdict == "verified", fix.why
     assert f"seed {empty[0]} skipped every step" in fix.why
-    assert fix.overrides == ["factors.batch.skip_empty_labels=True"]
+    assert fix.overrides == ["factors.batch.skip_empty_labels=true"]
 
 
 def test_skipping_a_batch_whose_every_label_is_ignored_trains_nothing_and_says_so():
@@ -342,3 +342,54 @@ def test_skipping_a_batch_whose_every_label_is_ignored_trains_nothing_and_says_s
         "every seed finite, but each skipped all 30 of its steps: its batch held no counted "
         "label, so nothing trained"
     )
+
+
+def test_a_verified_fix_gives_the_line_that_reruns_its_configuration_with_the_fix(tmp_path):
+    """The line names the study's own config and pins every factor to the failing run's
+    value with the fix applied; pasted, it runs that one configuration on fresh seeds."""
+    import shlex
+
+    from nansearch.cli.main import build_parser
+    from nansearch.config import save_config
+    from nansearch.search.sweep import run_sweep
+
+    cfg, factors, runner = custom("steps=4", "search.seeds=2", f"out={tmp_path}", "study=c")
+    (tmp_path / "c").mkdir()
+    save_config(cfg, tmp_path / "c" / "config.yaml")  # as the sweep wrote it
+    failing = {**BASE, "batch": "labels-all-ignored", "lr": 0.0123456789}
+    first = runner.run(failing, seed=5)
+    first.number = 0
+    item = isolated(failing, {**failing, "batch": "clean"}, "batch")
+    (fix,) = verify_fixes(cfg, factors, runner, {"conclusions": [item]}, [first])
+    assert fix.verdict == "verified", fix.why
+    assert fix.rerun == (
+        f"nansearch sweep {tmp_path}/c/config.yaml study=c-fix-1-1 trials=2 steps=40 "
+        "checkpoint=fresh init=pretrained dtype=fp32 lr=0.0123457 batch=clean"
+    )
+    assert f"      rerun: {fix.rerun}" in format_conclusions(
+        {"conclusions": [item], "fixes": [fix.to_json()]}
+    )
+    args = build_parser().parse_args(shlex.split(fix.rerun)[1:])
+    pinned = load_config(args.sweep_file, args.overrides)
+    assert pinned.factors.batch.levels == ["clean"]
+    assert pinned.factors.checkpoint.levels == {"fresh": "fresh"}
+    assert pinned.factors.lr.low == pinned.factors.lr.high == 0.0123457
+    outcome = run_sweep(pinned)
+    assert len(outcome.results) == 2
+    assert len({r.seed for r in outcome.results}) == 2
+    for result in outcome.results:
+        assert result.params == {**BASE, "batch": "clean", "lr": 0.0123457}
+        assert result.outcome == "finite" and len(result.loss) == 40
+
+
+def test_a_pinned_factor_names_what_is_valid_when_its_value_is_not():
+    import pytest
+
+    from nansearch.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        custom("checkpoint=nope", "lr=fast", "colour=red")
+    text = str(err.value)
+    assert "checkpoint=nope: not a checkpoint level; valid levels are fresh" in text
+    assert "lr=fast: not a number; pin the learning rate as lr=0.001" in text
+    assert "colour=red: colour is neither a setting nor a factor; pin a factor with one of" in text

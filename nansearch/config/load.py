@@ -13,6 +13,7 @@ from typing import Any
 
 from nansearch.config.checks import check
 from nansearch.config.merge import merge, read_yaml, yaml_mapping
+from nansearch.config.pin import apply_pins, is_pin
 from nansearch.config.schema import SweepConfig
 from nansearch.errors import ConfigError
 
@@ -29,8 +30,16 @@ def config_from_yaml(text: str, source: str, overrides: Sequence[str] = ()) -> S
 
 
 def _build(data: dict[str, Any], overrides: Sequence[str], source: str) -> SweepConfig:
-    cfg, problems = merge(data, overrides)
+    # a bare factor=value pins that factor, once every setting has been merged
+    pins = dict(item.split("=", 1) for item in overrides if _pins(item))
+    cfg, problems = merge(data, [item for item in overrides if not _pins(item)])
+    problems += apply_pins(cfg, pins)
     problems += check(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _pins(item: str) -> bool:
+    key, sep, _ = item.partition("=")
+    return bool(sep and key) and is_pin(key)

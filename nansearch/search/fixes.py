@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Fix:
     why: str = ""
     label: str = ""  # how the change reads, where its overrides alone say it badly
     writes: dict[str, Any] | None = None  # what the change needs written before it runs
+    rerun: str = ""  # verified: the command that reruns the configuration with the fix
 
     @property
     def overrides(self) -> list[str]:
@@ -105,6 +107,7 @@ class Fix:
             "why": self.why,
             "label": self.label,
             "writes": self.writes,
+            "rerun": self.rerun,
             "runs": self.runs,
             "reference_runs": self.reference_runs,
             "text": self.text,
@@ -112,7 +115,33 @@ class Fix:
 
 
 def fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     return fmt(value) if isinstance(value, float) else str(value)
+
+
+def exact_value(value: Any) -> str:
+    """A value for a command line: a float with the digits that run the same rate."""
+    return f"{value:.6g}" if isinstance(value, float) else fmt_value(value)
+
+
+def rerun_line(cfg: SweepConfig, fix: Fix, study: str) -> str:
+    """``nansearch sweep`` on the study's own config with every factor pinned to the
+    failing configuration's value and the fix applied: the configuration rerun with the
+    fix, on fresh seeds, for as long as the fix was verified."""
+    config = [f"{k}={exact_value(v)}" for k, v in fix.change.items() if "." in k]
+    values = {**fix.failing, **{k: v for k, v in fix.change.items() if "." not in k}}
+    words = [
+        "nansearch",
+        "sweep",
+        str(cfg.study_dir / "config.yaml"),
+        f"study={study}",
+        f"trials={len(fix.seeds)}",
+        f"steps={fix.steps}",
+        *config,
+        *(f"{k}={exact_value(v)}" for k, v in values.items()),
+    ]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def loss_trend(loss: Sequence[float]) -> float | None:
@@ -468,11 +497,14 @@ def verify_fixes(
         context,
     )  # fmt: skip
     verifier = Verifier(cfg, factors, runner, steps)
-    done = []
+    done: list[Fix] = []
     for fix in fixes:
         if stop is not None and stop.is_set():
             break
         verifier.verify(fix)
+        if fix.verdict == "verified":
+            nth = 1 + sum(f.conclusion == fix.conclusion for f in done)
+            fix.rerun = rerun_line(cfg, fix, f"{cfg.study}-fix-{fix.conclusion + 1}-{nth}")
         done.append(fix)
         log.info("conclusion %d: %s", fix.conclusion + 1, fix.text)
         if on_fix is not None:
@@ -487,7 +519,10 @@ def format_conclusions(ranking: dict[str, Any]) -> str:
     for i, item in enumerate(ranking.get("conclusions") or [], 1):
         lines.append(f"{i}. {item['text']}")
         own = [fix for fix in fixes if fix["conclusion"] == i - 1]
-        lines += [f"   -> {fix['text']}" for fix in own]
+        for fix in own:
+            lines.append(f"   -> {fix['text']}")
+            if fix.get("rerun"):
+                lines.append(f"      rerun: {fix['rerun']}")
         if own and not any(fix.get("verified") for fix in own):
             lines.append(f"   -> {none_held(own)}")
     return "\n".join(lines)

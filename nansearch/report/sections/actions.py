@@ -80,6 +80,7 @@ def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
             "steps": fix.get("steps"),
             "seeds": fmt(fix.get("seeds") or []),
             "why": str(fix.get("why", "")),
+            "rerun": str(fix.get("rerun") or ""),
         }
         for fix in ranking.get("fixes") or []
         if fix.get("conclusion") == index
