@@ -235,7 +235,9 @@ class Diagnostics(StepObserver):
         self._grad_finite = [True if g is None else next(grad_flags) for g in grads]
         bad = [p for p, ok in zip(self._params, self._grad_finite, strict=True) if not ok]
         if bad:
-            nan = any(torch.stack([p.grad.isnan().any() for p in bad]).tolist())
+            nan = any(
+                torch.stack([g.isnan().any() for p in bad if (g := p.grad) is not None]).tolist()
+            )
             self.grads = GradFinding(step, self._listed(bad), len(bad), nan)
 
     def after_update(self, step: int) -> None:
@@ -247,8 +249,8 @@ class Diagnostics(StepObserver):
             for i, (before, now) in enumerate(zip(self._finite_before, after, strict=True))
             if before and not now
         ]
-        if became and self.update is None:
-            self.update = self._optimizer_finding(step, became)
+        if became and self.update is None and self.optimizer is not None:
+            self.update = self._optimizer_finding(step, became, self.optimizer)
 
     # -- findings ---------------------------------------------------------------------
 
@@ -346,8 +348,9 @@ class Diagnostics(StepObserver):
     def _listed(self, params: list[torch.Tensor]) -> list[str]:
         return [self._names.get(id(p), "?") for p in params[:MAX_LISTED]]
 
-    def _optimizer_finding(self, step: int, became: list[int]) -> OptimizerFinding:
-        optimizer = self.optimizer
+    def _optimizer_finding(
+        self, step: int, became: list[int], optimizer: torch.optim.Optimizer
+    ) -> OptimizerFinding:
         groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         params = [self._params[i] for i in became]
         first = params[0]

@@ -7,6 +7,7 @@ Also the tensor summaries the detector reads back (abs max, non-finite counts).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -36,7 +37,7 @@ def absmax(tensors: list[torch.Tensor]) -> list[float]:
     return torch.stack(values).tolist()
 
 
-def summary(tensors: list[torch.Tensor]) -> tuple[float, int, int]:
+def summary(tensors: Sequence[torch.Tensor]) -> tuple[float, int, int]:
     """(largest finite |value|, NaN count, Inf count) over ``tensors``, in one read."""
     if not tensors:
         return 0.0, 0, 0
