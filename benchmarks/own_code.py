@@ -24,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -131,14 +132,15 @@ def watch_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
         return seconds
 
     alternate(lambda: side(False), lambda: side(True), 2)
-    pairs = alternate(lambda: side(False), lambda: side(True), rounds)
-    bare_s, watched_s = (summarize([p[i] for p in pairs])[0] for i in (0, 1))
-    note = (
-        f"per step: unwatched {1000 * bare_s / steps:.1f} ms, watched "
-        f"{1000 * watched_s / steps:.1f} ms (CPU time); batch 8x64; {rounds} rounds"
+    return watched_vs_bare(
+        f"watch: trial.watch vs the same loop unwatched, OPT {count / 1e6:.1f}M, {steps} steps",
+        side,
+        rounds,
+        lambda bare_s, watched_s: (
+            f"per step: unwatched {1000 * bare_s / steps:.1f} ms, watched "
+            f"{1000 * watched_s / steps:.1f} ms (CPU time); batch 8x64; {rounds} rounds"
+        ),
     )
-    name = f"watch: trial.watch vs the same loop unwatched, OPT {count / 1e6:.1f}M, {steps} steps"
-    return ratio_row(name, [w / b for b, w in pairs], WATCH_TARGET, note), {"pairs": pairs}
 
 
 def inject_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
@@ -155,14 +157,26 @@ def inject_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
         )
         return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
+    return watched_vs_bare(
+        f"inject: python -m nansearch.inject script.py vs python script.py, {steps} steps",
+        side,
+        rounds,
+        lambda bare_s, watched_s: (
+            f"per step: plain {1000 * bare_s / steps:.1f} ms, injected "
+            f"{1000 * watched_s / steps:.1f} ms (CPU time, the script's own clock); {rounds} rounds"
+        ),
+    )
+
+
+def watched_vs_bare(
+    name: str, side: Callable[[bool], float], rounds: int, note: Callable[[float, float], str]
+) -> tuple[Row, dict]:
+    """``rounds`` alternated runs of ``side`` unwatched and watched, as a ratio row; ``note``
+    words the median seconds of each side."""
     pairs = alternate(lambda: side(False), lambda: side(True), rounds)
     bare_s, watched_s = (summarize([p[i] for p in pairs])[0] for i in (0, 1))
-    note = (
-        f"per step: plain {1000 * bare_s / steps:.1f} ms, injected {1000 * watched_s / steps:.1f}"
-        f" ms (CPU time, the script's own clock); {rounds} rounds"
-    )
-    name = f"inject: python -m nansearch.inject script.py vs python script.py, {steps} steps"
-    return ratio_row(name, [w / b for b, w in pairs], WATCH_TARGET, note), {"pairs": pairs}
+    ratios = [w / b for b, w in pairs]
+    return ratio_row(name, ratios, WATCH_TARGET, note(bare_s, watched_s)), {"pairs": pairs}
 
 
 def cpu_seconds() -> float:
