@@ -172,7 +172,7 @@ class SetAsideSampler(BaseSampler):
         self.factors = list(factors)
         self.space = Space(self.factors)
         self.rng = random.Random(seed)
-        self._known: tuple[int, list[TrialResult], list[Cause]] | None = None
+        self._known: tuple[int, list[TrialResult], list[Cause], list[Cause]] | None = None
 
     # -- what the study holds ----------------------------------------------------------
 
@@ -222,10 +222,10 @@ class SetAsideSampler(BaseSampler):
                     return params
         view, asking = self._view(study, trial, causes)
         for _ in range(REDRAWS if causes else 1):
-            params = self._draw(view, asking, search_space)
-            if not any(c.holds(params) for c in causes):
-                return params
-        return self._outside(causes, search_space) or params
+            drawn = self._draw(view, asking, search_space)
+            if not any(c.holds(drawn) for c in causes):
+                return drawn
+        return self._outside(causes, search_space) or drawn
 
     def sample_independent(
         self,
@@ -246,7 +246,7 @@ class SetAsideSampler(BaseSampler):
 
     def _explore(self, missing: set, causes: Sequence[Cause]) -> dict[str, Any] | None:
         """The configuration outside the known causes that explores the most pairs."""
-        used = [Counter() for _ in self.space.cols]
+        used: list[Counter[int]] = [Counter() for _ in self.space.cols]
         best, most = None, 0
         for _ in range(pairwise.CANDIDATES):
             row = pairwise._candidate(self.space.cols, missing, used, self.rng)
