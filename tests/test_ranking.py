@@ -6,7 +6,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from scipy.stats import fisher_exact
 
-from nansearch.analysis.causes import find_causes, find_interactions, with_causes
+from nansearch.analysis.causes import find_causes
+from nansearch.analysis.interactions import find_interactions, with_causes
 from nansearch.analysis.ranking import Bins, format_conclusions, format_table, rank
 from nansearch.analysis.stats import wilson
 from nansearch.search.confirm import Confirmation

@@ -82,6 +82,8 @@ def sentence(cause: Cause) -> str:
         return f"{c.text} {verb}: {runs}, vs {contrast}{_by_level(cause, c)}."
     ranged = [c for c in cause.conditions if c.op != EQUALS]
     fixed = [c for c in cause.conditions if c.op == EQUALS]
+    if len(cause.conditions) > 2:
+        return _sentence_of_many(cause, runs)
     if len(ranged) == 1 and len(fixed) == 1:
         r, a = ranged[0], fixed[0]
         return (
@@ -102,6 +104,24 @@ def sentence(cause: Cause) -> str:
         f"{first.text} together with {second.text}: {runs}; {lead} "
         f"({first.text} without {second.text}: {_frac(alone_first)}, "
         f"{second.text} without {first.text}: {_frac(alone_second)})."
+    )
+
+
+def _sentence_of_many(cause: Cause, runs: str) -> str:
+    """Three conditions at once: the runs with all of them, against the runs that meet all
+    but one (no other cause), one contrast per condition left out. A range left out
+    reads as its other side, with its boundary."""
+    rate = cause.nan / cause.total
+    contrasts = cause.others
+    low = all(not o["total"] or o["nan"] / o["total"] <= rate / 2 for o in contrasts)
+    lead = "none of them without the others" if low else "less often without all of them"
+    parts = [
+        f"{o['text']}: {_frac(o)}"
+        + (_boundary(cause, o["factor"]) if o["factor"] in cause.boundary else "")
+        for o in contrasts
+    ]
+    return (
+        f"{cause.text}, all {len(cause.conditions)} together: {runs}; {lead} ({'; '.join(parts)})."
     )
 
 

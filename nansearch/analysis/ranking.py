@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nansearch.analysis.causes import Cause, find_causes, find_interactions, with_causes
+from nansearch.analysis.causes import Cause, find_causes
+from nansearch.analysis.interactions import find_interactions, with_causes
 from nansearch.analysis.stats import fisher_two_sided, wilson
 from nansearch.trial.runner import PHASES, QUEUED, TrialResult
 

@@ -1,0 +1,94 @@
+"""Ranges of a continuous factor: where to cut it, and its edge per level of another factor.
+
+A continuous factor (the learning rate) enters a rule as one side of a cut,
+``lr above 0.3``, never as a point. :func:`thresholds` gives the cuts worth trying;
+:func:`per_level` says, once a range is a cause, where its edge lies for each level
+of the other factors when they disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nansearch.analysis.evidence import ABOVE, BELOW, Condition, Evidence
+
+EDGE_APART = 1.5  # per-level edges this many times apart are reported apart
+
+
+def midpoint(a: float, b: float) -> float:
+    return math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
+
+
+def thresholds(values: np.ndarray, nan: np.ndarray) -> list[tuple[str, float]]:
+    """Ranges worth trying: a cut wherever the outcome changes between neighbouring values.
+
+    Going up, a change from finite to NaN suggests ``above``; from NaN to finite, ``below``.
+    """
+    order = np.argsort(values, kind="stable")
+    values, nan = values[order], nan[order]
+    change = np.flatnonzero((nan[:-1] != nan[1:]) & (values[:-1] < values[1:]))
+    return [
+        (ABOVE if nan[i + 1] else BELOW, midpoint(float(values[i]), float(values[i + 1])))
+        for i in change
+    ]
+
+
+def per_level(
+    ev: Evidence,
+    conditions: Sequence[Condition],
+    condition: Condition,
+    background: np.ndarray,
+) -> dict[str, list[dict[str, Any]]]:
+    """A range's edge per level of each other factor, where the levels disagree: one has
+    finite runs inside the range, or none inside it at all, or its edge lies apart.
+
+    ``conditions`` is the whole rule, ``condition`` its range. Each level's edge is the
+    value from which all its runs (no other cause, the rule's other conditions met) went
+    NaN: the midpoint of its last finite run below its lowest such NaN run and that run.
+    """
+    above = condition.op == ABOVE
+    column = ev.columns[condition.factor]
+    rest = ev.mask([c for c in conditions if c is not condition])
+    scope = background & rest & ~np.isnan(column)
+    inside = ~np.isnan(column) & (
+        (column >= condition.value) if above else (column <= condition.value)
+    )
+    inside &= rest
+    own = {c.factor for c in conditions}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in ev.factors:
+        if name in own or name in ev.continuous:
+            continue
+        entries = []
+        for level in ev.levels(name, scope):
+            at = scope & (ev.columns[name] == level)
+            counts = ev.counts(at & inside)
+            if not counts["total"] and (inside & (ev.columns[name] == level)).any():
+                continue  # its runs inside the range are another cause's
+            entries.append({"value": level, **counts, "edge": _edge(column[at], ev.nan[at], above)})
+        if len(entries) < 2:
+            continue
+        edges = [e["edge"] for e in entries if e["edge"] is not None]
+        apart = len(edges) > 1 and max(edges) > EDGE_APART * min(edges) > 0
+        uneven = any(e["nan"] < e["total"] or not e["total"] for e in entries)
+        if apart or uneven:
+            out[name] = entries
+    return out
+
+
+def _edge(values: np.ndarray, nan: np.ndarray, above: bool) -> float | None:
+    """Where one level's runs turn NaN for good along the range's side, if they do."""
+    order = np.argsort(values if above else -values, kind="stable")
+    values, nan = values[order], nan[order]
+    if not len(values) or not nan[-1]:
+        return None
+    start = len(nan)
+    while start > 0 and nan[start - 1]:
+        start -= 1
+    if start == 0:
+        return float(values[0])
+    return midpoint(float(values[start - 1]), float(values[start]))
