@@ -267,6 +267,18 @@ PLANTED = [
             equals(checkpoint="blip2-full", init="uninitialized-missing"),
         ),
     ),
+    Scenario(
+        "three-way",
+        "dtype=fp16 + init=normal-large + batch=padded-row",
+        factors_yaml(
+            dtype="fp32, bf16, fp16",
+            init=f"{INITS}, normal-large: {{scheme: normal, std: 2.0}}",
+            batch="clean, padded-row, long-sequence",
+            optimizer="sgd",
+        ),
+        None,
+        planted=(equals(dtype="fp16", init="normal-large", batch="padded-row"),),
+    ),
     Scenario("null", "no cause", factors_yaml(), None),
 ]
 
