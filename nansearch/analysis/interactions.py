@@ -131,7 +131,9 @@ def find_interactions(
             base &= ~np.isnan(ev.columns[name])
             cuts = thresholds(ev.columns[name][base], ev.nan[base])
             if cuts:
-                tries = [((a, Condition(name, op, cut)), len(cuts)) for op, cut in cuts]
+                tries: list[tuple[tuple[Condition, ...], int]] = [
+                    ((a, Condition(name, op, cut)), len(cuts)) for op, cut in cuts
+                ]
                 pairs.append(_best(ev, base, tries)[0])
     tried = 0
     for a, b in pairs:

@@ -63,7 +63,7 @@ def per_level(
     for name in ev.factors:
         if name in own or name in ev.continuous:
             continue
-        entries = []
+        entries: list[dict[str, Any]] = []
         for level in ev.levels(name, scope):
             at = scope & (ev.columns[name] == level)
             counts = ev.counts(at & inside)
@@ -72,7 +72,7 @@ def per_level(
             entries.append({"value": level, **counts, "edge": _edge(column[at], ev.nan[at], above)})
         if len(entries) < 2:
             continue
-        edges = [e["edge"] for e in entries if e["edge"] is not None]
+        edges: list[float] = [e["edge"] for e in entries if e["edge"] is not None]
         apart = len(edges) > 1 and max(edges) > EDGE_APART * min(edges) > 0
         uneven = any(e["nan"] < e["total"] or not e["total"] for e in entries)
         if apart or uneven:
