@@ -48,6 +48,9 @@ class Injected:
             on_step=self._write_step,
         )
         self.diagnose = settings.get("diagnose")
+        # a W&B run this process holds before the script starts is not the script's: a
+        # forked copy inherits the sweep's caller's run, which it must leave alone
+        self.inherited_run = getattr(sys.modules.get("wandb"), "run", None)
         self.diagnostics = None
         self.depth = 0
         self.tops: dict[int, Any] = {}  # outermost modules seen, by id
@@ -307,19 +310,18 @@ class Injected:
             last["diagnostics"] = self.diagnostics.to_json()
         self._file.write(json.dumps(last, default=str) + "\n")
         self._file.close()
-        self._finish_wandb(last)
+        self._finish_wandb(last, self.inherited_run)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
     @staticmethod
-    def _finish_wandb(last: dict[str, Any]) -> None:
+    def _finish_wandb(last: dict[str, Any], inherited: Any) -> None:
         """Finish the run the script started with ``wandb.init``, if any: the process ends
         with ``os._exit``, which skips the exit hook W&B finishes its run in, and the steps
         logged last would be lost. The run's summary says how nansearch ended it."""
-        wandb = sys.modules.get("wandb")
-        run = getattr(wandb, "run", None)
-        if run is None:
+        run = getattr(sys.modules.get("wandb"), "run", None)
+        if run is None or run is inherited:
             return
         try:
             run.summary["nansearch/end"] = last.get("outcome", last["end"])

@@ -15,6 +15,7 @@ from nansearch.config import ConfigError, load_config
 from nansearch.diagnose.diagnostics import Diagnostics
 from nansearch.factors import build_factors
 from nansearch.targets import build_target
+from nansearch.tracking.tracker import end_session
 from nansearch.trial.runner import TrialRunner
 from tests.conftest import REPO, demo_overrides
 
@@ -252,7 +253,8 @@ def wandb_runs(folder: Path) -> list[dict]:
         )
         run = json.loads(summary.stdout)
         run["run"] = next(r["run"] for r in records if r["type"] == "run")
-        run["history"] = [r["history"]["item"]["loss"] for r in records if r["type"] == "history"]
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        run["history"] = [item["loss"] for item in history if "loss" in item]
         runs.append(run)
     return runs
 
@@ -261,11 +263,23 @@ def test_a_script_that_calls_wandb_init_joins_the_studys_runs(tmp_path, monkeypa
     """W&B's own variables put the script's run in the study's group, job type, project and
     folder, in the study's mode: with no WANDB_MODE and no credentials W&B would otherwise
     stop the script at its login."""
+    import wandb
+
+    # the caller's own run: a forked trial inherits it, and must leave it as it is
+    mine = wandb.init(project="mine", dir=str(tmp_path / "mine"), mode="offline")
     monkeypatch.delenv("WANDB_MODE")
     study = ["tracking.wandb=offline", "study=s", "target.args=${batch}"]
     forked = script(tmp_path, WANDB_SCRIPT, study)
     finite = forked.run(BASE, seed=0)
     nan = forked.run({**BASE, "batch": "labels-all-ignored"}, seed=0)
+    plain = WANDB_SCRIPT.replace('wandb.init(config={"width": 8})', "").replace("wandb.log", "dict")
+    assert script(tmp_path, plain, study, name="plain.py").run(BASE, seed=0).outcome == "finite"
+    assert wandb.run is mine
+    mine.log({"after_trials": 1})  # a finished run would refuse this
+    mine.finish()
+    end_session()  # the next test's W&B reads its environment afresh
+    (own,) = wandb_runs(tmp_path / "mine" / "wandb")
+    assert own["summary"]["after_trials"] == 1 and own["state"] == "finished"
     fresh = script(tmp_path, WANDB_SCRIPT, [*study, "target.start=spawn"]).run(BASE, seed=0)
     assert finite.outcome == fresh.outcome == "finite", finite.error or fresh.error
     assert (nan.outcome, nan.first_bad_step) == ("nonfinite-loss", 0), nan.error
@@ -286,7 +300,7 @@ def test_a_script_that_calls_wandb_init_joins_the_studys_runs(tmp_path, monkeypa
 
     off = script(tmp_path, WANDB_SCRIPT, ["tracking.wandb=off", "study=q", "target.args=${batch}"])
     assert off.run(BASE, seed=0).outcome == "finite"
-    assert len(list(tmp_path.rglob("*.wandb"))) == 3  # tracking off: the script's run is disabled
+    assert len(list((tmp_path / "runs").rglob("*.wandb"))) == 3  # tracking off: disabled
 
 
 def test_a_script_written_for_torchrun_runs_as_a_one_process_trial(tmp_path):
