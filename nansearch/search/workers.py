@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
@@ -195,7 +196,7 @@ def run_workers(
         context.Process(target=work, args=(spec, stop), name=f"nansearch-worker-{spec.index}")
         for spec in specs
     ]
-    seen = {r.number for r in recorded(search.study)}
+    seen = {r.number for r in recorded(search.study) if r.number is not None}
     exited: set[int] = set()
     with stop_on_interrupt() as interrupt:
         try:
@@ -214,9 +215,10 @@ def run_workers(
                     stop.set()
                 running = [p for p in processes if p.is_alive()]  # also reaps the exited
                 for process in processes:
-                    if process.exitcode is not None and process.pid not in exited:
-                        exited.add(process.pid)
-                        died(search, process)
+                    pid, code = process.pid, process.exitcode
+                    if code is not None and pid is not None and pid not in exited:
+                        exited.add(pid)
+                        died(search, process.name, pid, code)
                 report(search, callbacks, seen)
                 if not running:
                     break
@@ -227,27 +229,26 @@ def run_workers(
                 process.kill()
             for process in started:
                 process.join()
-            trial_queue.fail_orphans(search.study, [p.pid for p in started])
+            trial_queue.fail_orphans(search.study, pids_of(started))
             raise
     report(search, callbacks, seen)
     if all(p.exitcode == EXIT_USER_ERROR for p in processes):
         raise NansearchError("every worker stopped with an error (see above)")
-    return trial_queue.ran_by(search.study, [p.pid for p in processes]), interrupt.signum
+    return trial_queue.ran_by(search.study, pids_of(processes)), interrupt.signum
 
 
-def died(search: Search, process: multiprocessing.process.BaseProcess) -> None:
+def pids_of(processes: Sequence[multiprocessing.process.BaseProcess]) -> list[int]:
+    """The process ids of those of ``processes`` that were started."""
+    return [pid for p in processes if (pid := p.pid) is not None]
+
+
+def died(search: Search, name: str, pid: int, exitcode: int) -> None:
     """A worker exited: when it did not end cleanly, its running trial goes back in the queue."""
-    if process.exitcode == 0:
+    if exitcode == 0:
         return
-    how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit {process.exitcode}"
-    lost = trial_queue.fail_orphans(search.study, [process.pid])
-    log.warning(
-        "%s (pid %d) stopped with %s; %d running trial(s) requeued",
-        process.name,
-        process.pid,
-        how,
-        lost,
-    )
+    how = f"signal {-exitcode}" if exitcode < 0 else f"exit {exitcode}"
+    lost = trial_queue.fail_orphans(search.study, [pid])
+    log.warning("%s (pid %d) stopped with %s; %d running trial(s) requeued", name, pid, how, lost)
 
 
 def report(search: Search, callbacks: SweepCallbacks, seen: set[int]) -> None:
