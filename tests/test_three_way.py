@@ -149,7 +149,8 @@ def test_isolation_returns_three_values_on_real_runs(tmp_path):
     """The demo OPT, plain SGD: a padded row's attention scores, all masked with fp16's
     lowest value, round to -inf when weights re-initialized at std 2 push every score of
     a head below -16: softmax over the row is 0/0. Pretrained weights keep the scores near
-    0 (above -16 by 15 or more); fp32 and bf16 mask with -3.4e38, which no score reaches."""
+    0 (every head's highest above -6, 10 from the edge); fp32 and bf16 mask with -3.4e38,
+    which no score reaches."""
     path = tmp_path / "three.yaml"
     path.write_text(SWEEP.format(repo=REPO))
     cfg = load_config(str(path), ["steps=3", "tracking.wandb=off"])
