@@ -65,11 +65,12 @@ def _strip(finding: dict[str, Any], failing: dict[str, Any], ctx: Context) -> Re
     if finding.get("subject") != f"checkpoint={level}":
         return None
     name = stripped_level(str(level))
-    dest = (ctx.study_dir / "fixes" / name).resolve()
+    shown = ctx.study_dir / "fixes" / name  # as the study folder is named; the level's absolute
+    spec = {"level": level, "checkpoint": ctx.checkpoints[level], "to": str(shown.resolve())}
     return Remedy(
-        {f"factors.checkpoint.levels.{name}": str(dest), "checkpoint": name},
+        {f"factors.checkpoint.levels.{name}": spec["to"], "checkpoint": name},
         label=f"checkpoint={name} ({level} with its wrapper prefix stripped from its keys)",
-        writes={"strip": {"level": level, "checkpoint": ctx.checkpoints[level], "to": str(dest)}},
+        writes={"strip": {**spec, "shown": str(shown)}},
     )
 
 
