@@ -280,7 +280,7 @@ def test_the_audits_strip_fix_writes_a_stripped_copy_of_blip2_that_loads_as_opt_
                            {"factor": "init", "op": "=", "value": "uninitialized-missing"}]}  # fmt: skip
     fixes = verify_fixes(cfg, factors, runner, {"conclusions": [item]}, [first], audit)
     (strip,) = [f for f in fixes if f.source == "audit"]
-    dest = (tmp_path / "s" / "fixes" / "blip2-full-stripped").resolve()
+    dest = tmp_path / "s" / "fixes" / "blip2-full-stripped"  # out= is absolute here
     assert strip.change == {
         "factors.checkpoint.levels.blip2-full-stripped": str(dest),
         "checkpoint": "blip2-full-stripped",
@@ -393,3 +393,20 @@ def test_a_pinned_factor_names_what_is_valid_when_its_value_is_not():
     assert "checkpoint=nope: not a checkpoint level; valid levels are fresh" in text
     assert "lr=fast: not a number; pin the learning rate as lr=0.001" in text
     assert "colour=red: colour is neither a setting nor a factor; pin a factor with one of" in text
+
+
+def test_a_stripped_copy_in_a_relative_study_folder_is_named_from_where_the_sweep_ran():
+    from pathlib import Path
+
+    from nansearch.search.remedies import Context, audit_remedies
+
+    item = {"conditions": [{"factor": "checkpoint", "op": "=", "value": "blip2.full"}]}
+    audit = {"findings": [{"check": "checkpoint.wrapped", "subject": "checkpoint=blip2.full"}]}
+    ctx = Context(study_dir=Path("runs/demo"), checkpoints={"blip2.full": "demo:blip2-full"})
+    (remedy,) = audit_remedies(item, audit, {"checkpoint": "blip2.full"}, ctx)
+    assert remedy.values == {  # no dot in the level: overrides split on dots
+        "factors.checkpoint.levels.blip2-full-stripped": "./runs/demo/fixes/blip2-full-stripped",
+        "checkpoint": "blip2-full-stripped",
+    }
+    assert remedy.writes == {"strip": {"level": "blip2.full", "checkpoint": "demo:blip2-full",
+                                       "to": "./runs/demo/fixes/blip2-full-stripped"}}  # fmt: skip

@@ -261,7 +261,7 @@ class Verifier:
                 return fix
             fix.label = (
                 f"checkpoint={fix.change['checkpoint']} ({spec['level']} with '{prefix}' "
-                f"stripped from its keys, saved to {spec.get('shown', spec['to'])})"
+                f"stripped from its keys, saved to {spec['to']})"
             )
         params = {**fix.failing, **{k: v for k, v in fix.change.items() if "." not in k}}
         config = {k: v for k, v in fix.change.items() if "." in k}

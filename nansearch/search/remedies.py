@@ -65,12 +65,14 @@ def _strip(finding: dict[str, Any], failing: dict[str, Any], ctx: Context) -> Re
     if finding.get("subject") != f"checkpoint={level}":
         return None
     name = stripped_level(str(level))
-    shown = ctx.study_dir / "fixes" / name  # as the study folder is named; the level's absolute
-    spec = {"level": level, "checkpoint": ctx.checkpoints[level], "to": str(shown.resolve())}
+    # named as the study folder is, beside the study's config.yaml in the rerun line; a
+    # relative one starts with ./ so that, missing, it is not taken for a hub id
+    folder = ctx.study_dir / "fixes" / name
+    where = str(folder) if folder.is_absolute() else f"./{folder}"
     return Remedy(
-        {f"factors.checkpoint.levels.{name}": spec["to"], "checkpoint": name},
+        {f"factors.checkpoint.levels.{name}": where, "checkpoint": name},
         label=f"checkpoint={name} ({level} with its wrapper prefix stripped from its keys)",
-        writes={"strip": {**spec, "shown": str(shown)}},
+        writes={"strip": {"level": level, "checkpoint": ctx.checkpoints[level], "to": where}},
     )
 
 
