@@ -75,7 +75,7 @@ def test_the_unmodified_example_script_meets_each_demo_cause(example, params, ou
 
 def test_a_trial_forked_after_the_parent_ran_on_several_threads_finishes(demo_cache):
     """The parent's OpenMP pool is gone in the forked copy; the copy must not wait on it."""
-    runner = runner_for(["target.timeout=120"])
+    runner = runner_for(["trial_timeout=120"])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -131,8 +131,8 @@ def test_a_child_that_segfaults_is_an_error_and_the_next_trial_runs(tmp_path):
 
 def test_a_child_that_hangs_is_ended_at_its_time_limit(tmp_path):
     body = "import time\nprint('waiting', flush=True)\ntime.sleep(600)\n"
-    result = script(tmp_path, body, ["target.timeout=2"]).run(BASE, seed=0)
-    assert result.outcome == "error" and "target.timeout=2s" in result.error
+    result = script(tmp_path, body, ["trial_timeout=2"]).run(BASE, seed=0)
+    assert result.outcome == "error" and "timed out after 2 s (trial_timeout)" in result.error
     assert "waiting" in result.error and result.seconds < 60
 
 

@@ -380,6 +380,99 @@ def test_a_dropped_database_connection_is_retried_and_loses_nothing(tmp_path, da
     assert_accounted(study, tmp_path / "runs" / "steady", budget=6, lost=lost)
 
 
+HANGS = """
+import time
+
+from examples.own_loop import train as steps
+
+
+def train(trial):
+    if trial.dtype == "bf16":  # a loop stuck for good, which swallows every error
+        while True:
+            try:
+                time.sleep(3600)
+            except Exception:
+                pass
+    steps(trial)
+"""
+
+
+def test_a_trial_that_never_ends_is_timed_out_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "hangs.py").write_text(HANGS)
+    sweep_file = tmp_path / "hangs.yaml"
+    sweep_file.write_text(
+        f"""
+study: hangs
+out: runs
+trials: 4
+steps: 4
+trial_timeout: 3
+tracking: {{wandb: "off"}}
+plugins: []
+target: {{kind: function, fn: "{tmp_path / "hangs.py"}:train", model_class: OPTForCausalLM}}
+factors:
+  checkpoint: {{levels: {{opt-lm: "demo:opt-lm"}}}}
+  dtype: {{levels: [fp32, bf16]}}
+  lr: {{low: 1.0e-4, high: 1.0e-3}}
+  batch: {{levels: [clean]}}
+"""
+    )
+    outcome = sweep(str(sweep_file), [])
+    assert outcome.complete
+    study_dir = tmp_path / "runs" / "hangs"
+    done = assert_accounted(load(study_dir, "hangs"), study_dir, budget=4)
+    hung = [t for t in done if t.params["dtype"] == "bf16"]
+    assert hung and all(t.state == TrialState.FAIL for t in hung)
+    for trial in hung:
+        result = trial.user_attrs[RESULT_ATTR]
+        assert result["outcome"] == "error"
+        assert result["error"] == "timed out after 3 s (trial_timeout)"
+        assert 3 <= result["seconds"] < 60
+    assert all(t.user_attrs["outcome"] != "error" for t in done if t not in hung)
+
+
+def test_the_time_limit_is_the_setting_or_scales_from_the_slowest_trial():
+    from nansearch.config import ConfigError, load_config
+    from nansearch.trial.limit import limit_for
+
+    assert limit_for(-1, []) == 3600  # a first trial may read its checkpoint
+    assert limit_for(-1, [2.0, 90.0]) == 900  # ten times the slowest
+    assert limit_for(-1, [1.0]) == 600  # and never under the floor
+    assert limit_for(20, [100.0]) == 20 and limit_for(0, [5.0]) is None
+    with pytest.raises(ConfigError, match="trial_timeout=-5: seconds a trial may run"):
+        load_config(DEMO, ["trial_timeout=-5"])
+    with pytest.raises(ConfigError, match=r"target\.timeout=5: now trial_timeout"):
+        load_config(DEMO, ["target.timeout=5"])
+
+
+def test_a_stopped_worker_is_killed_at_the_time_limit_and_another_takes_its_place(tmp_path):
+    path = steady_sweep(tmp_path, trials=6, steps=60)  # a few seconds a trial
+    proc = nansearch("sweep", str(path), "trial_timeout=30", "--workers", "2", cwd=tmp_path)
+    study_dir = tmp_path / "runs" / "steady"
+    storage = open_storage(None, study_dir)
+    trial, pid = running_trial_of_a_worker(storage, parent=proc.pid)
+    os.kill(pid, signal.SIGSTOP)  # it holds its trial and answers nothing, not even SIGTERM
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"trial {trial.number} timed out after 30 s (trial_timeout): " in err
+    assert not alive(pid)
+
+    study = load_steady(storage)
+    done = assert_accounted(study, study_dir, budget=6)  # no trial lost, none run twice
+    stuck = study.trials[trial.number]
+    assert stuck.state == TrialState.FAIL
+    assert stuck.user_attrs[RESULT_ATTR]["error"] == (
+        f"timed out after 30 s (trial_timeout): its worker (pid {pid}) did not answer "
+        "and was killed"
+    )
+    assert all(t.state == TrialState.COMPLETE for t in done if t.number != trial.number)
+    owners = {t.user_attrs["worker"]["pid"] for t in done}
+    assert pid in owners and proc.pid not in owners
+    # the two workers and the one that took the place of the stopped one
+    assert len(owners) <= 3
+
+
 PAYLOAD = "open('ran', 'w').write('code from the config ran')"
 
 

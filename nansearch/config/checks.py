@@ -47,6 +47,16 @@ def _check_sweep(cfg: SweepConfig) -> list[str]:
             f"heartbeat: need interval >= 1 and grace > interval (seconds), got "
             f"interval={cfg.heartbeat.interval}, grace={cfg.heartbeat.grace}"
         )
+    if cfg.trial_timeout < 0 and cfg.trial_timeout != -1:
+        problems.append(
+            f"trial_timeout={cfg.trial_timeout:g}: seconds a trial may run; -1 (the default) "
+            "scales it from the trials' durations, 0 sets no limit"
+        )
+    if cfg.target.timeout is not None:
+        problems.append(
+            f"target.timeout={cfg.target.timeout:g}: now trial_timeout, the time limit of "
+            f"every kind of trial; write trial_timeout: {cfg.target.timeout:g}"
+        )
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device={cfg.device!r}: valid values are auto, cpu, cuda")
     return problems
@@ -209,8 +219,6 @@ def _check_command(cfg: SweepConfig) -> list[str]:
         problems.append("target.keys: needs target.config, the file the keys are written into")
     if target.start not in ("fork", "spawn"):
         problems.append(f"target.start={target.start!r}: valid values are fork, spawn")
-    if target.timeout <= 0:
-        problems.append(f"target.timeout={target.timeout}: seconds, more than 0")
     if target.nan_pattern:
         try:
             re.compile(target.nan_pattern)

@@ -42,7 +42,7 @@ class TargetConfig:
     env: dict[str, str] = field(default_factory=dict)  # variable -> template
     config: str | None = None  # the script's own YAML/JSON config, copied for each trial
     keys: dict[str, str] = field(default_factory=dict)  # factor -> dotted key in that config
-    timeout: float = 600.0  # seconds a trial's process may run
+    timeout: float | None = None  # renamed trial_timeout, which every target kind takes
     nan_pattern: str | None = None  # a regex over its output that means NaN logits
     nan_exit_codes: list[int] = field(default_factory=list)  # statuses that mean it saw NaN
     start: str = "fork"  # fork: a copy of the sweep's process, torch loaded | spawn: fresh
@@ -149,6 +149,9 @@ class SweepConfig:
     workers: int = 1  # worker processes on this machine, sharing the study and the GPUs
     threads: int = 1  # torch CPU threads of each worker (and of a one-worker sweep)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    # seconds a trial may run before it is an error trial and its process is ended;
+    # -1: 10 x the slowest trial recorded, at least 600 (3600 until one is); 0: no limit
+    trial_timeout: float = -1.0
     plugins: list[str] = field(default_factory=list)  # modules or files that register levels
     target: TargetConfig = field(default_factory=TargetConfig)
     factors: FactorsConfig = field(default_factory=FactorsConfig)

@@ -44,6 +44,7 @@ PHASE_ATTR = "phase"  # cover | focus, queued; confirm | isolate, probes (nansea
 ORIGIN_ATTR = "probes"  # a probe's failing trial: the one it reruns or varies
 SKIPPED_ATTR = "skipped"  # a queued trial the search ended before: why
 OWNER_ATTR = "worker"  # {"host": ..., "pid": ...} of the process running the trial
+LIMIT_ATTR = "time_limit"  # seconds the trial may run (nansearch.trial.limit)
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
 

@@ -43,7 +43,7 @@ from nansearch.search import pairwise, phases
 from nansearch.search import queue as trial_queue
 from nansearch.search.isolate import Isolation
 from nansearch.search.optuna_internals import JournalFile, trial_id
-from nansearch.search.queue import ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.queue import LIMIT_ATTR, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
 from nansearch.search.reconnect import RetryingRDBStorage
 from nansearch.search.records import (  # noqa: F401  (re-exported: the sweep's records)
     Stop,
@@ -55,6 +55,7 @@ from nansearch.search.records import (  # noqa: F401  (re-exported: the sweep's 
     write_trials,
 )
 from nansearch.search.set_aside import SetAsideSampler
+from nansearch.trial.limit import limit_for
 from nansearch.trial.runner import TrialResult, TrialRunner
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,22 @@ def stored_config(
             "it was not created by nansearch sweep"
         )
     return config_from_yaml(attrs[CONFIG_ATTR], f"study {study!r} in {where}", overrides)
+
+
+def durations(study: optuna.Study) -> list[float]:
+    """How long each recorded trial ran, the ones that ended in an error aside (a trial
+    that timed out among them): what the auto ``trial_timeout`` scales from."""
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=trial_queue.FINISHED):
+        result = trial.user_attrs.get(RESULT_ATTR)
+        if result and result.get("outcome") != "error" and result.get("seconds"):
+            found.append(float(result["seconds"]))
+    return found
+
+
+def trial_limit(cfg: SweepConfig, study: optuna.Study) -> float | None:
+    """The time limit a trial of ``study`` starts with (:mod:`nansearch.trial.limit`)."""
+    return limit_for(cfg.trial_timeout, durations(study) if cfg.trial_timeout < 0 else [])
 
 
 def distributions(factors: list[Factor]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -388,6 +405,9 @@ class Search:
         """Run a taken trial and record it; None when it was failed as stale meanwhile."""
         phase = trial.user_attrs.get(PHASE_ATTR, "focus")
         seed = self.cfg.seed * 100_003 + trial.number
+        self.runner.time_limit = trial_limit(self.cfg, self.study)
+        if self.runner.time_limit is not None:  # what the sweep watching a worker goes by
+            trial.set_user_attr(LIMIT_ATTR, self.runner.time_limit)
         try:
             with trial_queue.heartbeat(self.study, trial_id(trial)):
                 result = self.runner.run(trial.params, seed)

@@ -8,7 +8,10 @@ through ``CUDA_VISIBLE_DEVICES``; each runs torch on ``threads`` CPU threads (de
 so that their thread pools do not fight.
 
 The parent starts them, tells its callbacks of every trial the study records, and
-fails and requeues the running trial of a worker that died. A Ctrl-C or SIGTERM
+fails and requeues the running trial of a worker that died. A worker whose trial runs
+past its time limit and a grace without ending it (stopped with SIGSTOP, stuck in
+native code) is killed, its trial recorded as an ``error`` that timed out, and a new
+worker takes its place (:mod:`nansearch.trial.limit`). A Ctrl-C or SIGTERM
 reaches the parent, which asks the workers to stop once their running trials are
 recorded; a second one stops them at once, and their trials go back in the queue.
 Workers die with their parent, so a killed sweep leaves none running unwatched.
@@ -16,21 +19,37 @@ Workers die with their parent, so a killed sweep leaves none running unwatched.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
 from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
 from nansearch.jsonl import DISK_ERRNOS, disk_error
+from nansearch.search import optuna_internals as private
 from nansearch.search import queue as trial_queue
 from nansearch.search.interrupt import stop_on_interrupt
-from nansearch.search.queue import RESULT_ATTR
-from nansearch.search.study import POLL_SECONDS, Search, Stop, SweepCallbacks, recorded
+from nansearch.search.queue import LIMIT_ATTR, ORIGIN_ATTR, OWNER_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.study import (
+    POLL_SECONDS,
+    Search,
+    Stop,
+    SweepCallbacks,
+    append_trial,
+    recorded,
+    trial_limit,
+)
 from nansearch.startup import quick_exit, quiet_libraries
+from nansearch.trial.limit import grace, timed_out
 from nansearch.trial.runner import TrialResult, pick_device
 
 log = logging.getLogger(__name__)
@@ -38,6 +57,7 @@ log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
 EXIT_ORPHANED = 3
 PR_SET_PDEATHSIG = 1
+LINGER_SECONDS = 30.0  # a worker still alive this long after the queue is done is stuck
 
 
 @dataclass(frozen=True)
@@ -192,35 +212,52 @@ def run_workers(
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     specs = plan(search.cfg, count, seed)
-    processes = [
-        context.Process(target=work, args=(spec, stop), name=f"nansearch-worker-{spec.index}")
-        for spec in specs
-    ]
+    processes: list[multiprocessing.process.BaseProcess] = []
+
+    def start(spec: WorkerSpec) -> int:
+        """Start a worker; its pid."""
+        process = context.Process(
+            target=work, args=(spec, stop), name=f"nansearch-worker-{spec.index}"
+        )
+        process.start()
+        processes.append(process)
+        pid = process.pid
+        assert pid is not None  # started
+        log.info(
+            "worker %d: pid %d, gpu %s, %d threads",
+            spec.index,
+            pid,
+            spec.gpu or "none",
+            spec.threads,
+        )
+        return pid
+
     seen = {r.number for r in recorded(search.study) if r.number is not None}
     exited: set[int] = set()
+    watch = Watch(search)
     with stop_on_interrupt() as interrupt:
         try:
-            for process, spec in zip(processes, specs, strict=True):
-                process.start()
-                log.info(
-                    "worker %d: pid %d, gpu %s, %d threads",
-                    spec.index,
-                    process.pid,
-                    spec.gpu or "none",
-                    spec.threads,
-                )
+            spec_of: dict[int, WorkerSpec] = {}
+            for spec in specs:
+                spec_of[start(spec)] = spec
             callbacks.start(len(seen), search.plan.total)
             while True:
                 if interrupt.is_set():
                     stop.set()
                 running = [p for p in processes if p.is_alive()]  # also reaps the exited
-                for process in processes:
+                for process in list(processes):
                     pid, code = process.pid, process.exitcode
                     if code is not None and pid is not None and pid not in exited:
                         exited.add(pid)
                         died(search, process.name, pid, code)
+                for pid in watch.stuck(running, interrupt.is_set()):
+                    exited.add(pid)
+                    if not interrupt.is_set() and not watch.queue_done:
+                        spec = spec_of[pid]
+                        spec = dataclasses.replace(spec, sampler_seed=spec.sampler_seed + 7919)
+                        spec_of[start(spec)] = spec
                 report(search, callbacks, seen)
-                if not running:
+                if not any(p.is_alive() for p in processes):
                     break
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; their trials go back
@@ -240,6 +277,104 @@ def run_workers(
 def pids_of(processes: Sequence[multiprocessing.process.BaseProcess]) -> list[int]:
     """The process ids of those of ``processes`` that were started."""
     return [pid for p in processes if (pid := p.pid) is not None]
+
+
+class Watch:
+    """Finds this machine's workers that no longer answer: one whose running trial is
+    past its time limit and a grace, and one still alive well after the queue is done
+    (its trial was failed as stale by the heartbeat meanwhile). Each is killed; the
+    trial of the first is recorded as an ``error`` that timed out."""
+
+    def __init__(self, search: Search):
+        self.search = search
+        self.host = socket.gethostname()
+        self.done_since: float | None = None
+        self.queue_done = False
+
+    def stuck(
+        self, running: list[multiprocessing.process.BaseProcess], stopping: bool
+    ) -> list[int]:
+        """The pids of the workers killed now."""
+        by_pid = {pid: p for p in running if (pid := p.pid) is not None}
+        found: list[int] = []
+        now = datetime.datetime.now()
+        study = self.search.study
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = trial.user_attrs.get(OWNER_ATTR, {})
+            pid = owner.get("pid") if owner.get("host") == self.host else None
+            process = by_pid.get(pid) if isinstance(pid, int) else None
+            if process is None or not isinstance(pid, int) or trial.datetime_start is None:
+                continue
+            limit = trial.user_attrs.get(LIMIT_ATTR) or trial_limit(self.search.cfg, study)
+            if limit is None:
+                continue
+            elapsed = (now - trial.datetime_start).total_seconds()
+            if elapsed > limit + grace(limit):
+                kill(process)
+                time_out(self.search, trial, limit, elapsed, process.name, pid)
+                found.append(pid)
+                by_pid.pop(pid)
+        if stopping:
+            return found
+        tally = trial_queue.tally(study)
+        self.queue_done = tally.done >= self.search.budget and tally.running == 0
+        if not self.queue_done:
+            self.done_since = None
+            return found
+        self.done_since = self.done_since or time.monotonic()
+        if time.monotonic() - self.done_since > LINGER_SECONDS:
+            for pid, process in by_pid.items():
+                log.warning(
+                    "%s (pid %d) did not end %.0f s after the queue was done; killed",
+                    process.name,
+                    pid,
+                    LINGER_SECONDS,
+                )
+                kill(process)
+                found.append(pid)
+        return found
+
+
+def kill(process: multiprocessing.process.BaseProcess) -> None:
+    process.kill()  # SIGKILL ends a stopped process too
+    process.join()
+
+
+def time_out(
+    search: Search,
+    trial: FrozenTrial,
+    limit: float,
+    elapsed: float,
+    name: str,
+    pid: int,
+) -> None:
+    """Record the running trial of a worker killed past its time limit as an ``error``."""
+    result = TrialResult(
+        params=dict(trial.params),
+        seed=search.cfg.seed * 100_003 + trial.number,
+        steps=search.cfg.steps,
+        outcome="error",
+        error=f"{timed_out(limit)}: its worker (pid {pid}) did not answer and was killed",
+        seconds=elapsed,
+        number=trial.number,
+        phase=trial.user_attrs.get(PHASE_ATTR, "focus"),
+        origin=trial.user_attrs.get(ORIGIN_ATTR),
+    )
+    storage, trial_id = private.storage(search.study), private.trial_id(trial)
+    try:
+        storage.set_trial_user_attr(trial_id, "outcome", result.outcome)
+        storage.set_trial_user_attr(trial_id, RESULT_ATTR, result.to_json())
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:  # it ended just before it was killed
+        return
+    append_trial(result, search.dir / "trials.jsonl")
+    log.warning(
+        "trial %d %s: %s (pid %d) did not answer; killed, and a new worker takes its place",
+        trial.number,
+        timed_out(limit),
+        name,
+        pid,
+    )
 
 
 def died(search: Search, name: str, pid: int, exitcode: int) -> None:

@@ -47,6 +47,9 @@ class Target(ABC):
     # True for a target whose own code runs each trial's loop (``run_trial``) instead of
     # nansearch's: the user's function or script is the trial.
     owns_loop: bool = False
+    # True for a target that ends a trial past its time limit itself (a command target's
+    # process); the others run under nansearch.trial.limit.time_limit
+    owns_time_limit: bool = False
 
     def __init__(self, cfg: TargetConfig) -> None:
         self.cfg = cfg

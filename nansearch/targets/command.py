@@ -11,7 +11,8 @@ writes each step to a report file; this module reads it back into the trial's re
 Fallbacks for what the hooks cannot see: ``target.nan_pattern``, a regex over the
 script's output (EasyEdit prints ``NAN in logits!!!``), and ``target.nan_exit_codes``.
 A process that dies (a signal, an exception, out of memory) or runs past
-``target.timeout`` is an ``error`` trial with the tail of its output, never a NaN.
+``trial_timeout`` (:mod:`nansearch.trial.limit`) is an ``error`` trial with the tail of
+its output, never a NaN.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from nansearch.config.schema import SweepConfig, TargetConfig, to_yaml
 from nansearch.errors import NansearchError
 from nansearch.targets.causal_lm import CausalLMTarget
+from nansearch.trial import limit as time_limit
 
 if TYPE_CHECKING:
     from nansearch.trial.runner import StepObserver, TrialResult, TrialRunner
@@ -42,9 +44,11 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 class CommandTarget(CausalLMTarget):
     name = "command"
     owns_loop = True
+    owns_time_limit = True
 
     def __init__(self, cfg: TargetConfig):
         super().__init__(cfg)
+        self.limit: float | None = None  # the running trial's time limit, from the runner
         self.pattern = re.compile(cfg.nan_pattern) if cfg.nan_pattern else None
 
     def values(self, runner: TrialRunner, params: dict[str, Any], seed: int, steps: int):
@@ -74,6 +78,7 @@ class CommandTarget(CausalLMTarget):
     ) -> None:
         """Run the script once for this trial, writing what it did into ``result``."""
         values = self.values(runner, params, seed, steps)
+        self.limit = runner.time_limit
         result.compute_dtype = (
             values["autocast_dtype"]
             if values["autocast_dtype"] != "none"
@@ -192,7 +197,7 @@ class CommandTarget(CausalLMTarget):
                 start_new_session=True,  # its own process group: a time limit ends it all
             )
             try:
-                process.wait(timeout=self.cfg.timeout)
+                process.wait(timeout=self.limit)
                 return process.returncode, False
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -246,7 +251,7 @@ class CommandTarget(CausalLMTarget):
                 os._exit(status)
         pidfd = os.pidfd_open(pid)
         try:
-            ready, _, _ = select.select([pidfd], [], [], self.cfg.timeout)
+            ready, _, _ = select.select([pidfd], [], [], self.limit)
             timed_out = not ready
             if timed_out:
                 os.killpg(pid, signal.SIGKILL)
@@ -282,8 +287,8 @@ class CommandTarget(CausalLMTarget):
             return
         if timed_out:
             raise NansearchError(
-                f"{self.cfg.program}: ran past target.timeout={self.cfg.timeout:g}s after "
-                f"{len(steps)} steps; ended. Its output ended with:\n{tail}"
+                f"{self.cfg.program}: {time_limit.timed_out(self.limit or 0)} after {len(steps)} "
+                f"steps; ended. Its output ended with:\n{tail}"
             )
         if self.cfg.nan_exit_codes and code in self.cfg.nan_exit_codes:
             result.outcome, result.first_bad_step = "nonfinite-logits", len(steps)

@@ -25,6 +25,7 @@ from nansearch.errors import NansearchError
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors._base import STAGES
 from nansearch.targets._base import CheckpointCache, Target
+from nansearch.trial.limit import TrialTimedOut, limit_for, time_limit
 
 OUTCOMES = (
     "finite",
@@ -211,6 +212,8 @@ class TrialRunner:
         self.target = target
         self.device = device or pick_device(cfg.device)
         self.cache = CheckpointCache(target)
+        # seconds each run may take (nansearch.trial.limit); a search sets it per trial
+        self.time_limit: float | None = limit_for(cfg.trial_timeout, [])
 
     def missing_keys(self, params: dict[str, Any]) -> list[str]:
         """The weights the configuration's checkpoint does not hold, read from the cache."""
@@ -246,13 +249,18 @@ class TrialRunner:
         steps: int | None = None,
         observer: StepObserver | None = None,
     ) -> TrialResult:
-        """Run one trial. Never raises for a failure of the run itself: that is an outcome."""
+        """Run one trial. Never raises for a failure of the run itself: that is an outcome.
+
+        A run past ``self.time_limit`` is an ``error`` that says it timed out.
+        """
         steps = steps or self.cfg.steps
         result = TrialResult(params=dict(params), seed=seed, steps=steps, device=str(self.device))
         start = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        # a command target's script runs in a process of its own, which it ends itself
+        limit = None if self.target.owns_time_limit else self.time_limit
         try:
-            with torch.random.fork_rng(devices=devices):
+            with time_limit(limit), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 if self.target.owns_loop:  # the user's own training code is the trial
                     self.target.run_trial(self, params, seed, steps, result, observer)
@@ -261,6 +269,8 @@ class TrialRunner:
                     train(setup, result, steps, self.cfg.optimizer, self.device, observer)
         except KeyboardInterrupt:
             raise
+        except TrialTimedOut as exc:
+            result.outcome, result.error = "error", str(exc)
         except NansearchError as exc:
             result.outcome, result.error = "error", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # the run's own failure, e.g. out of memory
