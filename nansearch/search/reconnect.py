@@ -37,13 +37,24 @@ class StorageLost(NansearchError):
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is the connection's fault (dropped, refused, timed out)."""
+    """Whether ``exc`` is the connection's fault (dropped, refused, timed out), looking
+    through what it was raised from: Optuna wraps the driver's error, and a query that
+    met the drop inside a call may leave only "can't reconnect until invalid transaction
+    is rolled back" for the call's commit to raise."""
     import sqlalchemy.exc as sa
 
-    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
-    if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
-        return True
-    return isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError))
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+        if isinstance(cause, sa.PendingRollbackError) and "reconnect" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
@@ -96,6 +107,8 @@ def retried(name: str):
 for _name in dir(optuna.storages.RDBStorage):
     if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name)):
         setattr(RetryingRDBStorage, _name, retried(_name))
+# opening it runs statements too: the schema's tables and version
+RetryingRDBStorage.__init__ = retried("__init__")  # type: ignore[method-assign]
 for _name in private.CACHED_STORAGE_BACKEND_CALLS:  # Optuna's cache calls these instead
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(RetryingRDBStorage, _name, retried(_name))
