@@ -149,9 +149,11 @@ def read(path: Path | str) -> list[Any]:
 
 
 def write(path: Path | str, records: Iterable[Any]) -> None:
-    """Replace the file with ``records`` at once: a reader sees the old file or the new."""
+    """Replace the file with ``records`` at once: a reader sees the old file or the new,
+    and of two processes rewriting it at once (a sweep and a worker that joined it),
+    one's whole file wins."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             for record in records:

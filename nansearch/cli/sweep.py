@@ -14,6 +14,7 @@ from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
 from nansearch.search.fixes import format_conclusions
+from nansearch.search.lease import LeaseLost
 from nansearch.search.reconnect import StorageLost
 from nansearch.search.study import SweepCallbacks
 from nansearch.search.sweep import SweepOutcome, run_sweep
@@ -128,6 +129,10 @@ def main(args: argparse.Namespace) -> int:
         ) from None
     except StorageLost as exc:
         raise StorageLost(f"{exc}. Once it is reachable again: {again}") from None
+    except LeaseLost as exc:
+        raise LeaseLost(
+            f"{exc}. Every trial recorded before it is kept; once that sweep has ended: {again}"
+        ) from None
     print_outcome(outcome, time.perf_counter() - start)
     if not outcome.complete:
         print(

@@ -1,6 +1,8 @@
 """Ctrl-C stops a sweep after the running trial is recorded; a second Ctrl-C stops it now.
 
-SIGTERM (what ``kill``, ``timeout`` and a container's stop send) does the same.
+SIGTERM (what ``kill``, ``timeout`` and a container's stop send) does the same, and so
+does :func:`stop_everything`, which another thread calls when the sweep must not go on
+(its study's lease was lost).
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_everything: list[str] = []  # why every stop flag reads as set, from stop_everything
+
+
+def stop_everything(reason: str) -> None:
+    """Every stop flag, now and until :func:`go_on`, reads as set: the sweep stops once
+    its running trials are recorded, as at a first Ctrl-C."""
+    _everything[:] = [reason]
+
+
+def go_on() -> None:
+    """Undo :func:`stop_everything`: a new sweep starts."""
+    _everything.clear()
 
 
 class StopFlag:
@@ -29,7 +43,7 @@ class StopFlag:
         self.requested = True
 
     def is_set(self) -> bool:
-        return self.requested
+        return self.requested or bool(_everything)
 
 
 @contextmanager

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,10 @@ from nansearch.audit import AUDIT_FILE, Audit, run_audit, summary
 from nansearch.config import NansearchError, SweepConfig
 from nansearch.factors import Factor
 from nansearch.report.page import write_report
+from nansearch.search import interrupt
 from nansearch.search.fixes import verify_fixes
 from nansearch.search.interrupt import stop_on_interrupt
-from nansearch.search.lease import study_lease
+from nansearch.search.lease import held, study_lease
 from nansearch.search.phases import QUEUED, Probes, run_probes
 from nansearch.search.prepare import prepare, trial_callbacks
 from nansearch.search.study import (
@@ -36,6 +39,8 @@ from nansearch.tracking.tracker import FinishedStudy, Tracker, in_background, ma
 from nansearch.trial.runner import TrialResult, TrialRunner, cpu_threads
 
 log = logging.getLogger(__name__)
+
+WAIT_SECONDS = 1.0  # how often a joined worker looks whether the sweep has ended
 
 
 @dataclass
@@ -87,9 +92,19 @@ def write_ranking(
         ),
     }
     add_at_risk(ranking, cfg, results)
-    path = study_dir / "ranking.json"
-    path.write_text(json.dumps(ranking, indent=2) + "\n")
+    write_json(study_dir / "ranking.json", ranking)
     return ranking
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` at once: a sweep and a worker that joined it both write it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def add_at_risk(ranking: dict[str, Any], cfg: SweepConfig, results: list[TrialResult]) -> None:
@@ -125,8 +140,7 @@ def add_fixes(
 
     fixes = verify_fixes(cfg, factors, runner, ranking, results, _json(audit), heard, stop)
     ranking["fixes"] = [fix.to_json() for fix in fixes]
-    path = study_dir / "ranking.json"
-    path.write_text(json.dumps(ranking, indent=2) + "\n")
+    write_json(study_dir / "ranking.json", ranking)
 
 
 def audit_sweep(cfg: SweepConfig, factors: list[Factor], runner: TrialRunner) -> Audit:
@@ -165,6 +179,39 @@ def _json(audit: Audit | None) -> dict[str, Any] | None:
     return None if audit is None else audit.to_json()
 
 
+ENDED_ATTR = "ended"  # the sweep ended its probes and fixes: {"budget": ..., "fixes": [...]}
+
+
+class Replay:
+    """A stop that is always set: the probes replay what the study recorded, run none."""
+
+    def is_set(self) -> bool:
+        return True
+
+
+def await_sweep(search: Search, stop) -> dict[str, Any] | None:
+    """A joined worker whose queue is done waits for the sweep that drives the study to
+    end its probes and fixes, so that it too ends with the whole study; it stops waiting
+    when no live sweep holds the study (it was stopped), or at Ctrl-C. Returns what the
+    sweep stored as it ended, if it did."""
+    cfg, waited = search.cfg, False
+    while True:
+        ended = search.study.user_attrs.get(ENDED_ATTR)
+        if ended and ended.get("budget") == search.budget:
+            return ended
+        if stop.is_set() or not held(cfg.study, cfg.storage, cfg.study_dir):
+            return None
+        if not waited:
+            log.info(
+                "the queue is done; waiting for the sweep that drives study %r to end its "
+                "probes and fixes, to write the whole study here (Ctrl-C writes what is "
+                "recorded now)",
+                cfg.study,
+            )
+            waited = True
+        time.sleep(WAIT_SECONDS)
+
+
 def run_sweep(
     cfg: SweepConfig,
     resume: bool = False,
@@ -187,8 +234,14 @@ def run_sweep(
     with cpu_threads(cfg.threads):
         if join:
             return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
-        with study_lease(cfg.study, cfg.storage, cfg.study_dir):
-            return _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
+        interrupt.go_on()
+        try:
+            with study_lease(cfg.study, cfg.storage, cfg.study_dir) as lease:
+                outcome = _run_sweep(cfg, resume, callbacks, join, storage, on_audit, tracker)
+            lease.check()  # a sweep whose lease was lost under it says so, and stops
+        finally:
+            interrupt.go_on()
+        return outcome
 
 
 def _run_sweep(
@@ -239,6 +292,11 @@ def _run_sweep(
                 probes = run_probes(search, observed + trial_callbacks(cfg), stop)
             interrupted = stop.signum
             ran += probes.ran
+        ended = None
+        if join and not interrupted:
+            with stop_on_interrupt() as stop:
+                ended = await_sweep(search, stop)
+                probes = run_probes(search, stop=Replay())  # what the sweep's probes found
         results = recorded(search.study)
         write_trials(results, search.dir / "trials.jsonl")
         ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
@@ -246,6 +304,12 @@ def _run_sweep(
             with stop_on_interrupt() as stop:
                 add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop, audit)
             interrupted = stop.signum
+            if not stop.is_set():  # the workers that joined it write the whole study now
+                ended = {"budget": search.budget, "fixes": ranking.get("fixes", [])}
+                search.study.set_user_attr(ENDED_ATTR, ended)
+        elif ended is not None:
+            ranking["fixes"] = ended.get("fixes", [])
+            write_json(search.dir / "ranking.json", ranking)
         report = write_report_safely(search.dir)
         if not join:
             tracking = tracker.finish_study(
