@@ -107,8 +107,50 @@ def retried(name: str):
 for _name in dir(optuna.storages.RDBStorage):
     if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name)):
         setattr(RetryingRDBStorage, _name, retried(_name))
-# opening it runs statements too: the schema's tables and version
-RetryingRDBStorage.__init__ = retried("__init__")  # type: ignore[method-assign]
+
+
+def dropped(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a connection that was open, as opposed to one that could
+    not be made (a wrong host or port, a server that is down): what opening a storage
+    retries, so that a wrong URL is still named at once."""
+    import sqlalchemy.exc as sa
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, sa.PendingRollbackError) and "reconnect" in str(cause):
+            return True
+        if any(mark in str(cause) for mark in DROPPED):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+DROPPED = ("server closed the connection unexpectedly", "terminating connection")
+
+
+def opened(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> None:
+    """Open the storage; opening runs statements too (the schema's tables, its version),
+    and one that meets a dropped connection is run again."""
+    for pause in (*PAUSES, None):
+        try:
+            optuna.storages.RDBStorage.__init__(self, *args, **kwargs)
+            return
+        except Exception as exc:
+            if pause is None or not dropped(exc):
+                raise
+            log.warning(
+                "storage: opening it failed, the connection was lost (%s); retrying in %.1f s",
+                str(exc.__cause__ or exc).strip().splitlines()[0],
+                pause,
+            )
+            time.sleep(pause)
+
+
+RetryingRDBStorage.__init__ = opened  # type: ignore[method-assign, assignment]
 for _name in private.CACHED_STORAGE_BACKEND_CALLS:  # Optuna's cache calls these instead
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(RetryingRDBStorage, _name, retried(_name))

@@ -179,14 +179,7 @@ def _json(audit: Audit | None) -> dict[str, Any] | None:
     return None if audit is None else audit.to_json()
 
 
-ENDED_ATTR = "ended"  # the sweep ended its probes and fixes: {"budget": ..., "fixes": [...]}
-
-
-class Replay:
-    """A stop that is always set: the probes replay what the study recorded, run none."""
-
-    def is_set(self) -> bool:
-        return True
+ENDED_ATTR = "ended"  # the sweep ended its probes and fixes: {"budget": ..., "ranking": ...}
 
 
 def await_sweep(search: Search, stop) -> dict[str, Any] | None:
@@ -296,7 +289,6 @@ def _run_sweep(
         if join and not interrupted:
             with stop_on_interrupt() as stop:
                 ended = await_sweep(search, stop)
-                probes = run_probes(search, stop=Replay())  # what the sweep's probes found
         results = recorded(search.study)
         write_trials(results, search.dir / "trials.jsonl")
         ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
@@ -305,10 +297,10 @@ def _run_sweep(
                 add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop, audit)
             interrupted = stop.signum
             if not stop.is_set():  # the workers that joined it write the whole study now
-                ended = {"budget": search.budget, "fixes": ranking.get("fixes", [])}
+                ended = {"budget": search.budget, "ranking": ranking}
                 search.study.set_user_attr(ENDED_ATTR, ended)
-        elif ended is not None:
-            ranking["fixes"] = ended.get("fixes", [])
+        elif ended is not None:  # the sweep's, with its probes' findings and fixes
+            ranking = ended["ranking"]
             write_json(search.dir / "ranking.json", ranking)
         report = write_report_safely(search.dir)
         if not join:
