@@ -388,6 +388,19 @@ def lease_sessions(url: str, pid: int) -> list[int]:
         connection.close()
 
 
+def lease_waiters(url: str) -> list[int]:
+    """The database sessions waiting for an advisory lock."""
+    import psycopg2
+
+    connection = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            return [row[0] for row in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
 def end_session(cursor, backend: int) -> None:
     cursor.execute("SELECT pg_terminate_backend(%s, 10000)", (backend,))  # waits for its end
 
@@ -432,9 +445,23 @@ def test_a_lease_another_sweep_took_meanwhile_stops_this_one_with_the_resume_lin
         database, connect_timeout=5, application_name="nansearch sweep pid 4242 on elsewhere"
     )
     other.autocommit = True
-    with other.cursor() as cursor:  # another sweep takes the study the moment it is free
+    other_pid = other.get_backend_pid()
+    # another sweep waits for the lease: the server hands it over the moment it is free,
+    # before the sweep that held it can take it again
+    waiting = threading.Thread(
+        target=lambda: other.cursor().execute(
+            "SELECT pg_advisory_lock(%s)", (advisory_key("steady"),)
+        )
+    )
+    waiting.start()
+    wait_for(lambda: lease_waiters(database) == [other_pid], "the other sweep's wait")
+    admin = psycopg2.connect(database, connect_timeout=5)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
         end_session(cursor, held)
-        cursor.execute("SELECT pg_advisory_lock(%s)", (advisory_key("steady"),))
+    admin.close()
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err
     assert "Traceback" not in err
