@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from nansearch.analysis.causes import find_causes
+from nansearch.analysis.ranking import format_table
 from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
 from nansearch.factors import build_factors
@@ -300,6 +301,12 @@ def test_a_rare_batch_file_is_isolated_from_its_first_failure_during_the_search(
     assert {"isolation", "confirmation"} <= set(named["evidence"])
     assert named["isolation"]["minimal"] == {"batch": "b05"}
     assert named["isolation"]["trial"] == first.number
+    # the isolate share outlived its one isolation: the ranking says how much, and why
+    spent = sum(r.phase == "isolate" for r in outcome.results)
+    assert spent < 6 and outcome.ranking["unspent"]["isolate"] == 6 - spent
+    assert f"probes left unspent: isolate {6 - spent} of 6; every failing" in format_table(
+        outcome.ranking
+    )
     # a resumed sweep replays the probes from the study and concludes the same
     again = run_sweep(load_config(sweep_file), resume=True)
     assert again.ran_here == 0

@@ -240,6 +240,7 @@ def format_table(ranking: dict[str, Any]) -> str:
     lines = [
         f"{ranking['trials']} trials ({phases}): {ranking['nan']} NaN, "
         f"{ranking['finite']} finite, {ranking['errors']} errors",
+        *([ranking["unspent"]["text"]] if ranking.get("unspent") else []),
         ranking.get("basis", ""),
         "'alone' counts the runs no other cause explains; effect and p (Fisher) rest on them",
         "",

@@ -210,6 +210,28 @@ class Probes:
     isolations: list[Isolation] = field(default_factory=list)
     ran: int = 0  # probe trials run now (not replayed)
     early: list[int] = field(default_factory=list)  # failing trials probed during the search
+    unspent: dict[str, Any] | None = None  # what the probe shares left, and why
+
+
+def unspent(prober: Prober, budgets: Plan, picked: int, seeds: int) -> dict[str, Any] | None:
+    """The probe budget left once the probes are done, and why nothing spent it: the
+    confirm share confirms as many failing configurations as it holds seeds for, and
+    isolation only starts from those (or from the first NaN run of each kind), so a
+    share outlives its work when those are few or their isolations are short."""
+    left = {phase: max(0, prober.left[phase]) for phase in PROBES}
+    if not any(left.values()):
+        return None
+    planned = {"confirm": budgets.confirm, "isolate": budgets.isolate}
+    parts = [f"{phase} {left[phase]} of {planned[phase]}" for phase in PROBES if left[phase]]
+    if not picked:
+        why = "no NaN run that a probe had not looked at"
+    else:
+        why = (
+            f"every failing configuration picked ({picked}: the first NaN run of each kind, "
+            f"then as many as the confirm share holds {seeds} fresh seeds for) was confirmed "
+            "and isolated, or held by an isolation found already"
+        )
+    return {**left, "text": f"probes left unspent: {', '.join(parts)}; {why}"}
 
 
 class ProbeHost(Protocol):
@@ -539,6 +561,8 @@ def run_probes(
         if not isolation.complete:
             break
     out.ran = prober.ran
+    if not (stop is not None and stop.is_set()):
+        out.unspent = unspent(prober, budgets, len(out.early) + len(later), seeds)
     return out
 
 

@@ -91,6 +91,8 @@ def write_ranking(
             seed=cfg.seed,
         ),
     }
+    if probes.unspent:
+        ranking["unspent"] = probes.unspent
     add_at_risk(ranking, cfg, results)
     write_json(study_dir / "ranking.json", ranking)
     return ranking
