@@ -13,7 +13,7 @@ from nansearch.factors import build_factors
 from nansearch.search import pairwise
 from nansearch.search.confirm import confirm
 from nansearch.search.isolate import isolate
-from nansearch.search.phases import Prober, StopRule, plan, run_probes
+from nansearch.search.phases import Prober, StopRule, alternatives, plan, run_probes
 from nansearch.search.queue import SKIPPED_ATTR
 from nansearch.search.set_aside import unexplored
 from nansearch.search.study import Search, SweepCallbacks, recorded
@@ -312,3 +312,27 @@ def test_a_rare_batch_file_is_isolated_from_its_first_failure_during_the_search(
     assert again.ran_here == 0
     assert again.ranking["minimal_causes"] == outcome.ranking["minimal_causes"]
     assert again.ranking["conclusions"] == outcome.ranking["conclusions"]
+
+
+def test_a_shared_value_no_finite_run_has_changed_yet_is_still_tried():
+    # early in a search: the failing run and the only finite one share
+    # init=uninitialized-missing, so the runs offer no other init to change it to
+    factors = build_factors(load_config(DEMO))
+    failing = {**OPT, "checkpoint": "blip2-full", "init": "uninitialized-missing", "lr": 1e-3}
+    passing = {**OPT, "init": "uninitialized-missing", "dtype": "bf16", "lr": 3e-4}
+    other = {**OPT, "dtype": "fp16", "lr": 1e-3}  # NaN for its own reason
+    results = as_results([(failing, True), (passing, False), (other, True)])
+    assert "init" not in alternatives(failing, results, ["lr"])
+    offered = alternatives(failing, results, ["lr"], factors)
+    assert offered["init"] == "reinit-normal"  # a level no NaN run has held
+    assert offered["dtype"] == "bf16" and offered["batch"] != "clean"
+
+    def fails(config):  # the born-from pair: the checkpoint with its weights left empty
+        return config["checkpoint"] == "blip2-full" and config["init"] == "uninitialized-missing"
+
+    found = isolate(failing, passing, fails, ["lr"], offered)
+    assert found.complete and found.values == {
+        "checkpoint": "blip2-full",
+        "init": "uninitialized-missing",
+    }
+    assert found.context == ["init"]  # shared with the reference, and needed

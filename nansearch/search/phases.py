@@ -224,12 +224,12 @@ def unspent(prober: Prober, budgets: Plan, picked: int, seeds: int) -> dict[str,
     planned = {"confirm": budgets.confirm, "isolate": budgets.isolate}
     parts = [f"{phase} {left[phase]} of {planned[phase]}" for phase in PROBES if left[phase]]
     if not picked:
-        why = "no NaN run that a probe had not looked at"
+        why = "no NaN run to probe"
     else:
         why = (
-            f"every failing configuration picked ({picked}: the first NaN run of each kind, "
-            f"then as many as the confirm share holds {seeds} fresh seeds for) was confirmed "
-            "and isolated, or held by an isolation found already"
+            f"every failing configuration picked ({picked}: the first NaN run of each kind "
+            f"nothing explained yet, then as many more as the confirm share had {seeds} fresh "
+            "seeds left for) was confirmed and isolated, or held by an isolation found already"
         )
     return {**left, "text": f"probes left unspent: {', '.join(parts)}; {why}"}
 
@@ -394,10 +394,19 @@ def nearest_passing(
 
 
 def alternatives(
-    failing: dict[str, Any], results: Sequence[TrialResult], continuous: Sequence[str]
+    failing: dict[str, Any],
+    results: Sequence[TrialResult],
+    continuous: Sequence[str],
+    factors: Sequence[Factor] = (),
 ) -> dict[str, Any]:
     """Per categorical factor, its most common other value among the finite runs: what a
-    value both configurations share is changed to, to see whether it is needed too."""
+    value both configurations share is changed to, to see whether it is needed too.
+
+    A factor no finite run has held at another value yet (early in the search, when the
+    failing run and its reference share ``init=uninitialized-missing`` and so does every
+    finite run) takes another of its levels, one that no NaN run has held if there is
+    one: a shared value that is never changed can never be found needed, and the
+    isolation would name half of a pair as the whole cause."""
     counts: dict[str, Counter] = {}
     for result in results:
         if result.outcome != "finite":
@@ -405,7 +414,16 @@ def alternatives(
         for name, value in result.params.items():
             if name not in continuous and str(value) != str(failing.get(name)):
                 counts.setdefault(name, Counter())[value] += 1
-    return {name: c.most_common(1)[0][0] for name, c in counts.items()}
+    out = {name: c.most_common(1)[0][0] for name, c in counts.items()}
+    failed = {(name, str(v)) for r in results if r.is_nan for name, v in r.params.items()}
+    for factor in factors:
+        name, dist = factor.name, factor.distribution()
+        if name in out or name in continuous or name not in failing:
+            continue
+        others = [v for v in getattr(dist, "choices", ()) if str(v) != str(failing[name])]
+        if others:
+            out[name] = min(others, key=lambda v: (name, str(v)) in failed)
+    return out
 
 
 class Early:
@@ -489,18 +507,22 @@ class Early:
         def rerun() -> TrialResult | None:
             return self.prober.run("confirm", origin, params)
 
+        ran = self.prober.ran
         confirmed = confirm(origin, params, rerun, self.seeds if confirms else 0)
+        say = log.info if self.prober.ran > ran else log.debug  # replayed: said before
         if confirmed.runs:
             self.found.confirmations.append(confirmed)
-            log.info("confirm trial %d during the search: %s", origin, confirmed.text)
+            say("confirm trial %d during the search: %s", origin, confirmed.text)
         if confirms and not confirmed.reproduced:
             return  # no fresh seed failed (or none ran): nothing steady enough to isolate
         if not self.prober.can("isolate", origin):
             return
+        ran = self.prober.ran
         isolation = _isolate(self.searched, self.prober, confirmed, self.continuous)
         if isolation is not None:
             self.found.isolations.append(isolation)
-            log.info("isolate trial %d during the search: %s", origin, isolation.text or "nothing")
+            say = log.info if self.prober.ran > ran else log.debug
+            say("isolate trial %d during the search: %s", origin, isolation.text or "nothing")
 
 
 def run_probes(
@@ -529,13 +551,16 @@ def run_probes(
         out.ran = prober.ran
         return out
     seeds = max(1, search.cfg.search.seeds)
-    most = max(1, budgets.confirm // seeds) if budgets.confirm else max(1, budgets.isolate // 4)
+    if budgets.confirm:  # as many configurations as the confirm share has seeds left for
+        most = max(0, budgets.confirm - sum(len(c.runs) for c in out.confirmations)) // seeds
+    else:
+        most = max(1, budgets.isolate // 4)
     failing = [
         r
-        for r in to_confirm(searched, search.factors, most)
+        for r in to_confirm(searched, search.factors, len(searched))
         if r.number not in early.probed
         and not any(i.complete and i.holds(r.params) for i in out.isolations)
-    ]
+    ][:most]
     later: list[Confirmation] = []
     for result in failing:
         params = result.params
@@ -590,7 +615,7 @@ def _isolate(
         reference.params,
         probe,
         continuous,
-        alternatives(failing.params, results, continuous),
+        alternatives(failing.params, results, continuous, prober.search.factors),
     )
     isolation.trial, isolation.reference_trial = origin, reference.number
     return isolation
