@@ -273,6 +273,7 @@ class Prober:
             "isolate": budgets.isolate - spent["isolate"],
         }
         self.cursor: Counter[tuple[str, int]] = Counter()
+        self.asked: Counter[tuple[str, int]] = Counter()  # results given, replayed or run
         self.ran = 0
 
     def can(self, phase: str, origin: int) -> bool:
@@ -287,6 +288,7 @@ class Prober:
         earlier, at = self.earlier.get(key, []), self.cursor[key]
         if at < len(earlier) and _same(earlier[at].params, params):
             self.cursor[key] += 1
+            self.asked[key] += 1
             return earlier[at]
         if self.left[phase] <= 0 or (self.stop is not None and self.stop.is_set()):
             return None
@@ -294,6 +296,8 @@ class Prober:
         result = self.search.run_one(trial, self.callbacks)
         self.left[phase] -= 1
         self.ran += 1
+        if result is not None:
+            self.asked[key] += 1
         return result
 
 
@@ -437,7 +441,8 @@ class Early:
     counts name with nearly all of its runs NaN (``set_aside.settled_only``) does; it
     waits while no finite run exists to isolate it against. Otherwise it is confirmed
     with fresh seeds and, when a fresh seed failed too (or the plan confirms nothing),
-    isolated against the nearest finite run seen so far.
+    isolated against the nearest finite run seen so far. The search spends at most half
+    of each share this way (:meth:`cap`); the rest waits for the end of the search.
 
     Every choice rests on the queued trials numbered up to the one just finished: a
     single process takes them in trial order, so :meth:`catch_up` makes the same choices
@@ -497,11 +502,27 @@ class Early:
             self.looked.add(failing.number)
             self.probe(failing)
 
+    def used(self, phase: str) -> int:
+        """The probes of ``phase`` spent during the search so far."""
+        return sum(self.prober.asked[(phase, origin)] for origin in self.probed)
+
+    def cap(self, phase: str) -> int:
+        """What the search may spend of a probe share as it goes: half, and at least one
+        configuration's seeds. The rest is kept for the failures the search ends least
+        sure of (a NaN run no cause explains, a cause some of whose runs stayed finite),
+        which the first failures of the loudest causes would otherwise leave unprobed."""
+        share = getattr(self.search.plan, phase)
+        return max(share - share // 2, self.seeds if phase == "confirm" else 1)
+
     def probe(self, failing: TrialResult) -> None:
         origin, params = failing.number, failing.params
         confirms = self.search.plan.confirm > 0
         if confirms and not self.prober.can("confirm", origin):
             return  # the confirm share is spent: the failure cannot be checked
+        if confirms and self.used("confirm") + self.seeds > self.cap("confirm"):
+            return  # what is left of the share is kept for the end of the search
+        if not confirms and self.used("isolate") >= self.cap("isolate"):
+            return
         self.probed.append(origin)
 
         def rerun() -> TrialResult | None:
@@ -515,7 +536,7 @@ class Early:
             say("confirm trial %d during the search: %s", origin, confirmed.text)
         if confirms and not confirmed.reproduced:
             return  # no fresh seed failed (or none ran): nothing steady enough to isolate
-        if not self.prober.can("isolate", origin):
+        if not self.prober.can("isolate", origin) or self.used("isolate") >= self.cap("isolate"):
             return
         ran = self.prober.ran
         isolation = _isolate(self.searched, self.prober, confirmed, self.continuous)
