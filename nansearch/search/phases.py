@@ -441,8 +441,8 @@ class Early:
     counts name with nearly all of its runs NaN (``set_aside.settled_only``) does; it
     waits while no finite run exists to isolate it against. Otherwise it is confirmed
     with fresh seeds and, when a fresh seed failed too (or the plan confirms nothing),
-    isolated against the nearest finite run seen so far. The search spends at most half
-    of each share this way (:meth:`cap`); the rest waits for the end of the search.
+    isolated against the nearest finite run seen so far. The search keeps part of each
+    share for the end of the search (:meth:`cap`).
 
     Every choice rests on the queued trials numbered up to the one just finished: a
     single process takes them in trial order, so :meth:`catch_up` makes the same choices
@@ -507,12 +507,15 @@ class Early:
         return sum(self.prober.asked[(phase, origin)] for origin in self.probed)
 
     def cap(self, phase: str) -> int:
-        """What the search may spend of a probe share as it goes: half, and at least one
-        configuration's seeds. The rest is kept for the failures the search ends least
-        sure of (a NaN run no cause explains, a cause some of whose runs stayed finite),
-        which the first failures of the loudest causes would otherwise leave unprobed."""
+        """What the search may spend of a probe share as it goes: all of the confirm share
+        but one configuration's seeds (and at least those), half of the isolate share. The
+        rest is kept for the failures the search ends least sure of (a NaN run no cause
+        explains, a cause some of whose runs stayed finite), which the first failures of
+        the loudest causes would otherwise leave unprobed."""
         share = getattr(self.search.plan, phase)
-        return max(share - share // 2, self.seeds if phase == "confirm" else 1)
+        if phase == "confirm":
+            return max(share - self.seeds, self.seeds)
+        return max(share - share // 2, 1)
 
     def probe(self, failing: TrialResult) -> None:
         origin, params = failing.number, failing.params
