@@ -700,6 +700,38 @@ def test_a_worker_refuses_a_stored_config_edited_to_run_library_code(tmp_path, d
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_worker_given_its_sweep_file_refuses_a_stored_config_with_other_code(tmp_path):
+    from nansearch.cli.worker import worker
+    from nansearch.config import NansearchError
+    from nansearch.search.study import CONFIG_ATTR
+
+    assert sweep(DEMO, demo_overrides(trials=2)).complete
+    journal = f"journal:{tmp_path / 'runs' / 't' / JOURNAL}"
+    storage = open_storage(journal, tmp_path)
+    study_id = storage.get_study_id_from_name("t")
+    original = storage.get_study_user_attrs(study_id)[CONFIG_ATTR]
+    edited = yaml.safe_load(original)
+    script = f"{REPO}/sweeps/custom_target.py:build"
+    edited["target"].update(kind="custom", fn=script)
+    storage.set_study_user_attr(study_id, CONFIG_ATTR, yaml.safe_dump(edited))
+
+    # the same sweep file the study was started from: only the stored code differs
+    with pytest.raises(NansearchError) as refused:
+        worker("t", journal, out=str(tmp_path / "w"), sweep_file=DEMO)
+    message = str(refused.value)
+    assert f"target.fn: '{script}' in " in message and f"None in {DEMO}" in message
+    assert "target.kind: 'custom'" in message and "--trust-stored-config" in message
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+
+    trusted = worker(
+        "t", journal, out=str(tmp_path / "w"), sweep_file=DEMO, trust_stored_config=True
+    )
+    assert trusted.ran_here == 0  # the budget was met already: it joins and ends
+
+    storage.set_study_user_attr(study_id, CONFIG_ATTR, original)  # the code it started with
+    assert worker("t", journal, out=str(tmp_path / "v"), sweep_file=DEMO).ran_here == 0
+
+
 def test_a_resume_refuses_changed_trial_settings_and_takes_a_new_budget(tmp_path):
     from nansearch.config import NansearchError
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from nansearch.cli.sweep import exit_code, print_outcome
-from nansearch.config import NansearchError
+from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.search.study import SweepCallbacks, open_storage, shown, stored_config
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult
@@ -41,6 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="worker processes on this machine, one per GPU round-robin (default 1)",
+    )
+    parser.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help="this machine's copy of the sweep file: the worker refuses a stored config "
+        "whose code (target, plugins) differs from it",
+    )
+    parser.add_argument(
+        "--trust-stored-config",
+        action="store_true",
+        help="run the stored config's code even where it differs from --sweep",
     )
     parser.add_argument(
         "--threads",
@@ -74,6 +85,51 @@ def must_exist(storage: str) -> None:
         )
 
 
+# the settings that name code a worker imports or runs: a database writer could change them
+CODE_KEYS = (
+    "target.kind",
+    "target.fn",
+    "target.program",
+    "target.args",
+    "target.env",
+    "target.model_class",
+    "target.trust_remote_code",
+    "plugins",
+)
+
+
+def code_of(cfg: SweepConfig) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for key in CODE_KEYS:
+        value: object = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        values[key] = value
+    return values
+
+
+def check_code(cfg: SweepConfig, sweep_file: str, where: str, trust: bool) -> None:
+    """Refuse a stored config whose code differs from this machine's copy of the sweep
+    file, unless the user trusts the stored one."""
+    local = code_of(load_config(sweep_file))
+    stored = code_of(cfg)
+    changed = [f"{k}: {stored[k]!r} in {where}, {local[k]!r} in {sweep_file}"
+               for k in CODE_KEYS if stored[k] != local[k]]  # fmt: skip
+    if not changed:
+        return
+    if trust:
+        log.warning(
+            "running the stored config's code (--trust-stored-config): %s", "; ".join(changed)
+        )
+        return
+    raise NansearchError(
+        "the study's stored config names other code than your sweep file: "
+        + "; ".join(changed)
+        + ". Whoever can write the storage chose it; check it, then pass "
+        "--trust-stored-config to run it, or join with the sweep file the study was started from"
+    )
+
+
 def worker(
     study: str,
     storage: str,
@@ -81,8 +137,12 @@ def worker(
     workers: int = 1,
     callbacks: SweepCallbacks | None = None,
     threads: int | None = None,
+    sweep_file: str | None = None,
+    trust_stored_config: bool = False,
 ) -> SweepOutcome:
-    """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome."""
+    """Run trials of ``study`` in ``storage`` until its budget is met; returns the outcome.
+    With ``sweep_file``, the stored config's code must match that file's (see
+    :func:`check_code`)."""
     where = shown(storage)
     must_exist(storage)
     overrides = [f"out={out}", f"workers={workers}"]
@@ -90,6 +150,8 @@ def worker(
         overrides.append(f"threads={threads}")
     cfg = stored_config(open_storage(storage, Path(out)), study, where, overrides)
     cfg.storage = storage  # as this machine reaches it; the study's heartbeat settings stay
+    if sweep_file is not None:
+        check_code(cfg, sweep_file, where, trust_stored_config)
     # the stored config names code this machine imports: say which, before it does
     code = [f"target.kind={cfg.target.kind}"]
     if cfg.target.fn:
@@ -108,6 +170,8 @@ def main(args: argparse.Namespace) -> int:
         args.workers,
         SweepCallbacks(on_trial=[trial_line]),
         args.threads,
+        args.sweep,
+        args.trust_stored_config,
     )
     print_outcome(outcome, time.perf_counter() - start)
     print(
