@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -43,18 +44,31 @@ def transient(exc: BaseException) -> bool:
     is rolled back" for the call's commit to raise."""
     import sqlalchemy.exc as sa
 
+    for cause in chain(exc):
+        if invalidated(cause):
+            return True
+        if isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+    return False
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, each once."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
-            return True
-        if isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
-            return True
-        if isinstance(cause, sa.PendingRollbackError) and "reconnect" in str(cause):
-            return True
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False
+
+
+def invalidated(exc: BaseException) -> bool:
+    """Whether SQLAlchemy says the connection under ``exc`` was lost while open."""
+    import sqlalchemy.exc as sa
+
+    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.PendingRollbackError) and "reconnect" in str(exc)
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
@@ -113,20 +127,9 @@ def dropped(exc: BaseException) -> bool:
     """Whether ``exc`` ended a connection that was open, as opposed to one that could
     not be made (a wrong host or port, a server that is down): what opening a storage
     retries, so that a wrong URL is still named at once."""
-    import sqlalchemy.exc as sa
-
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
-            return True
-        if isinstance(cause, sa.PendingRollbackError) and "reconnect" in str(cause):
-            return True
-        if any(mark in str(cause) for mark in DROPPED):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(
+        invalidated(cause) or any(mark in str(cause) for mark in DROPPED) for cause in chain(exc)
+    )
 
 
 DROPPED = ("server closed the connection unexpectedly", "terminating connection")
