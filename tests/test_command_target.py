@@ -2,8 +2,6 @@
 
 import json
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from nansearch.targets import build_target
 from nansearch.tracking.tracker import end_session
 from nansearch.trial.runner import TrialRunner
 from tests.conftest import REPO, demo_overrides
+from tests.test_tracking import inspect as inspect_run
 
 SCRIPT_SWEEP = str(REPO / "sweeps" / "script.yaml")
 BASE = {"checkpoint": "opt-lm", "dtype": "fp32", "lr": 1e-3, "init": "pretrained", "batch": "clean"}
@@ -234,26 +233,11 @@ for step in range(100):
 
 
 def wandb_runs(folder: Path) -> list[dict]:
-    """Each offline run under ``folder``, read back from its .wandb file."""
-    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    """Each offline run under ``folder``, read back from its .wandb file, with its losses."""
     runs = []
     for run_dir in sorted(folder.glob("offline-run-*")):
-        lines = subprocess.run(
-            [wandb_cli, "leet", "inspect", "--json", str(run_dir)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-        summary = subprocess.run(
-            [wandb_cli, "leet", "inspect", "--summary", "--json", str(run_dir)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        run = json.loads(summary.stdout)
-        run["run"] = next(r["run"] for r in records if r["type"] == "run")
-        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        run = inspect_run(run_dir)
+        history = [r["history"]["item"] for r in run["records"] if r["type"] == "history"]
         run["history"] = [item["loss"] for item in history if "loss" in item]
         runs.append(run)
     return runs
