@@ -70,7 +70,8 @@ from nansearch.config import SweepConfig, load_config
 from nansearch.factors import Factor
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation, midpoint
-from nansearch.search.phases import continuous_names, run_probes
+from nansearch.search.phases import run_probes
+from nansearch.search.plan import continuous_names
 from nansearch.search.queue import suggest
 from nansearch.search.study import Search, SweepCallbacks, distributions
 from nansearch.search.sweep import prepare

@@ -11,9 +11,12 @@ from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
 from nansearch.factors import build_factors
 from nansearch.search import pairwise
+from nansearch.search.choose import alternatives
 from nansearch.search.confirm import confirm
 from nansearch.search.isolate import isolate
-from nansearch.search.phases import Prober, StopRule, alternatives, plan, run_probes
+from nansearch.search.phases import run_probes
+from nansearch.search.plan import StopRule, plan
+from nansearch.search.prober import Prober
 from nansearch.search.queue import SKIPPED_ATTR
 from nansearch.search.set_aside import unexplored
 from nansearch.search.study import Search, SweepCallbacks, recorded

@@ -10,7 +10,7 @@ from nansearch.cli.sweep import sweep
 from nansearch.config import load_config
 from nansearch.factors import build_factors
 from nansearch.search import pairwise
-from nansearch.search.phases import StopRule
+from nansearch.search.plan import StopRule
 from nansearch.search.queue import suggest
 from nansearch.search.set_aside import SetAsideSampler, known_causes, unexplored
 from nansearch.search.study import distributions, make_sampler

@@ -109,7 +109,7 @@ class OptimizerConfig:
 @dataclass
 class SearchConfig:
     """The phases that share ``trials``: cover, focus (what the others leave), confirm and
-    isolate; -1 picks a size from the budget (see :func:`nansearch.search.phases.plan`)."""
+    isolate; -1 picks a size from the budget (see :func:`nansearch.search.plan.plan`)."""
 
     cover: int = -1  # trials of the pairwise cover; -1: one design, every pair of levels
     confirm: int = -1  # reruns of failing configurations with fresh seeds; -1: a tenth

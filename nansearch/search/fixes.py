@@ -35,8 +35,9 @@ from optuna.distributions import CategoricalDistribution
 
 from nansearch.config import NansearchError, SweepConfig, config_from_yaml, to_yaml
 from nansearch.factors import Factor, build_factors
+from nansearch.search.choose import nearest_passing
 from nansearch.search.isolate import fmt
-from nansearch.search.phases import continuous_names, nearest_passing
+from nansearch.search.plan import continuous_names
 from nansearch.search.remedies import Context, audit_remedies, write_stripped
 from nansearch.trial.runner import TrialResult, TrialRunner
 

@@ -39,11 +39,14 @@ from nansearch.config import (
     to_yaml,
 )
 from nansearch.factors import Factor
-from nansearch.search import pairwise, phases
+from nansearch.search import pairwise
+from nansearch.search import plan as budget
 from nansearch.search import queue as trial_queue
+from nansearch.search.early import Early
 from nansearch.search.isolate import Isolation
 from nansearch.search.optuna_internals import JournalFile, trial_id
-from nansearch.search.queue import LIMIT_ATTR, ORIGIN_ATTR, PHASE_ATTR, RESULT_ATTR
+from nansearch.search.prober import Prober
+from nansearch.search.queue import LIMIT_ATTR, ORIGIN_ATTR, PHASE_ATTR, QUEUED, RESULT_ATTR
 from nansearch.search.reconnect import RetryingRDBStorage
 from nansearch.search.records import (  # noqa: F401  (re-exported: the sweep's records)
     Stop,
@@ -268,10 +271,10 @@ class Search:
         self.dir = cfg.study_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.storage = storage or open_storage(cfg.storage, self.dir, cfg.heartbeat)
-        self.plan = phases.plan(cfg, factors)
+        self.plan = budget.plan(cfg, factors)
         self.sampler = make_sampler(cfg, self.plan.cover, sampler_seed, factors)
         patience = cfg.search.patience
-        self.stop_rule = phases.StopRule(factors, self.plan.cover, patience) if patience else None
+        self.stop_rule = budget.StopRule(factors, self.plan.cover, patience) if patience else None
         self.joined = join
         self.study = self._join() if join else self._open(resume)
 
@@ -371,16 +374,16 @@ class Search:
                 time.sleep(POLL_SECONDS)
         return ran + (early.prober.ran if early is not None else 0)
 
-    def early(self, callbacks: SweepCallbacks, stop: Stop | None) -> phases.Early | None:
-        """The probes this search runs as it goes (:class:`nansearch.search.phases.Early`),
+    def early(self, callbacks: SweepCallbacks, stop: Stop | None) -> Early | None:
+        """The probes this search runs as it goes (:class:`nansearch.search.early.Early`),
         caught up with what the study holds; only in the process that owns the sweep and
         runs its trials itself (several workers leave the probes to the end)."""
         if self.joined or self.runner is None:
             return None
-        early = phases.Early(self, phases.Prober(self, self.plan, callbacks, stop))
+        early = Early(self, Prober(self, self.plan, callbacks, stop))
         if not early.on:
             return None
-        early.catch_up([r for r in recorded(self.study) if r.phase in phases.QUEUED])
+        early.catch_up([r for r in recorded(self.study) if r.phase in QUEUED])
         return early
 
     def check_settled(self, isolations: Sequence[Isolation] = ()) -> None:
@@ -388,7 +391,7 @@ class Search:
         are skipped, and every worker stops when it next looks."""
         if self.stop_rule is None:
             return
-        results = phases.light_results(self.study.get_trials(deepcopy=False))
+        results = budget.light_results(self.study.get_trials(deepcopy=False))
         causes = self.stop_rule.update(results, isolations)
         if causes is None:
             return

@@ -24,8 +24,9 @@ from nansearch.search import interrupt
 from nansearch.search.fixes import verify_fixes
 from nansearch.search.interrupt import stop_on_interrupt
 from nansearch.search.lease import held, study_lease
-from nansearch.search.phases import QUEUED, Probes, run_probes
+from nansearch.search.phases import run_probes
 from nansearch.search.prepare import prepare, trial_callbacks
+from nansearch.search.prober import Probes
 from nansearch.search.study import (
     Search,
     SweepCallbacks,
@@ -36,7 +37,7 @@ from nansearch.search.study import (
 )
 from nansearch.search.workers import run_workers
 from nansearch.tracking.tracker import FinishedStudy, Tracker, in_background, make_tracker
-from nansearch.trial.runner import TrialResult, TrialRunner, cpu_threads
+from nansearch.trial.runner import QUEUED, TrialResult, TrialRunner, cpu_threads
 
 log = logging.getLogger(__name__)
 
