@@ -14,6 +14,7 @@ from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
 from nansearch.search.fixes import format_conclusions
+from nansearch.search.ignored import format_ignored
 from nansearch.search.lease import LeaseLost
 from nansearch.search.reconnect import StorageLost
 from nansearch.search.study import SweepCallbacks
@@ -170,6 +171,9 @@ def print_outcome(outcome: SweepOutcome, seconds: float) -> None:
             f"{outcome.settled['causes']}"
         )
     print(format_table(outcome.ranking))
+    if outcome.ranking.get("ignored"):
+        print()
+        print(format_ignored(outcome.ranking["ignored"]))
     if outcome.ranking.get("conclusions"):
         print()
         print("conclusions")

@@ -28,6 +28,7 @@ from nansearch.report.sections import (
     config_section,
     curves_section,
     first_bad_step_section,
+    ignored_section,
     importance_section,
     interactions_section,
     minimal_causes_section,
@@ -125,6 +126,7 @@ def render(study: StudyFiles) -> str:
     sections = [
         conclusions,
         at_risk_section(ranking),
+        ignored_section(ranking),
         ranking_section(ranking),
         rates_section(ranking),
         importance_section(ranking),

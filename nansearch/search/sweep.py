@@ -22,6 +22,7 @@ from nansearch.factors import Factor
 from nansearch.report.page import write_report
 from nansearch.search import interrupt
 from nansearch.search.fixes import verify_fixes
+from nansearch.search.ignored import check_ignored
 from nansearch.search.interrupt import stop_on_interrupt
 from nansearch.search.lease import held, study_lease
 from nansearch.search.phases import run_probes
@@ -122,6 +123,22 @@ def add_at_risk(ranking: dict[str, Any], cfg: SweepConfig, results: list[TrialRe
             if item.get("kind") == "no-nan":
                 item["text"] += f" Near-miss: {found[0].text}."
                 item["near_miss"] = found[0].to_json()
+
+
+def add_ignored(
+    cfg: SweepConfig,
+    factors: list[Factor],
+    runner: TrialRunner,
+    ranking: dict[str, Any],
+    results: list[TrialResult],
+    study_dir: Path,
+    stop,
+) -> None:
+    """The factors the user's own code gives no sign of reading, in ``ranking.json``."""
+    found = check_ignored(cfg, factors, runner, results, stop.is_set)
+    if found:
+        ranking["ignored"] = found
+        write_json(study_dir / "ranking.json", ranking)
 
 
 def add_fixes(
@@ -297,6 +314,7 @@ def _run_sweep(
         ranking = write_ranking(cfg, factors, results, search.dir, probes, search.settled)
         if not join and not interrupted:
             with stop_on_interrupt() as stop:
+                add_ignored(cfg, factors, runner, ranking, results, search.dir, stop)
                 add_fixes(cfg, factors, runner, ranking, results, search.dir, tracker, stop, audit)
             interrupted = stop.signum
             if not stop.is_set():  # the workers that joined it write the whole study now

@@ -24,7 +24,11 @@ from nansearch.report.sections._base import (
     range_bins,
     trial_links,
 )
-from nansearch.report.sections.actions import at_risk_section, conclusions_section
+from nansearch.report.sections.actions import (
+    at_risk_section,
+    conclusions_section,
+    ignored_section,
+)
 from nansearch.report.sections.inputs import audit_section, config_section
 from nansearch.report.sections.ranking import (
     importance_section,
@@ -54,6 +58,7 @@ __all__ = [
     "fmt",
     "fmt_p",
     "fmt_rate",
+    "ignored_section",
     "importance_section",
     "interactions_section",
     "is_nan",

@@ -1,5 +1,5 @@
-"""The report's parts on what to do next: each conclusion's verified fixes, and the runs
-at risk of a later NaN."""
+"""The report's parts on what to do next: each conclusion's verified fixes, the runs at
+risk of a later NaN, and the factors the user's code never reads."""
 
 from __future__ import annotations
 
@@ -59,6 +59,19 @@ def at_risk_section(ranking: dict[str, Any]) -> Section | None:
         "steps. A forecast, not a NaN: they count toward no cause."
     )
     return Section("at-risk", "At risk", "at_risk", rows, note)
+
+
+def ignored_section(ranking: dict[str, Any]) -> Section | None:
+    """The factors the user's own code gives no sign of reading."""
+    items = ranking.get("ignored") or []
+    if not items:
+        return None
+    rows = [{"factor": str(i.get("factor")), "text": str(i.get("text", ""))} for i in items]
+    note = (
+        "Every level of these factors ran the same steps as the rest of the configuration, "
+        "to the bit: their rows in the ranking say nothing about them."
+    )
+    return Section("ignored", "Ignored factors", "ignored", rows, note)
 
 
 def none_held(shown: list[dict[str, Any]]) -> str:
