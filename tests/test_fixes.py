@@ -6,15 +6,9 @@ import json
 
 from nansearch.config import load_config
 from nansearch.report.page import load_study, render
-from nansearch.search.fixes import (
-    Fix,
-    Verifier,
-    format_conclusions,
-    long_run_lr,
-    plan_fixes,
-    smallest_change,
-    verify_fixes,
-)
+from nansearch.search.fix import Fix, format_conclusions
+from nansearch.search.fix_plan import long_run_lr, plan_fixes, smallest_change
+from nansearch.search.fixes import Verifier, verify_fixes
 from nansearch.search.remedies import audit_changes
 from nansearch.search.sweep import prepare
 from tests.conftest import CUSTOM, DEMO, REPO

@@ -13,7 +13,7 @@ from nansearch.analysis.warning import format_at_risk
 from nansearch.audit import format_findings
 from nansearch.config import load_config
 from nansearch.jsonl import DISK_ERRNOS, WriteError, disk_error
-from nansearch.search.fixes import format_conclusions
+from nansearch.search.fix import format_conclusions
 from nansearch.search.ignored import format_ignored
 from nansearch.search.lease import LeaseLost
 from nansearch.search.reconnect import StorageLost
