@@ -13,6 +13,11 @@ tie), the one that covers the most is kept. Its size follows from the factors: a
 least the product of the two widest, usually a few more. Its rows are then ordered so
 that the first ones hold every level of every factor (:func:`levels_first`). A cover asked for more
 configurations than one design holds goes on with a second design, and so on.
+
+Triples of levels (three factors at once) are not part of the cover: focus reaches them
+after it, one configuration at a time, each the one that holds the most triples not yet
+tried (:func:`triples`, :func:`triple_row`); :func:`least_rows` says how many trials
+that takes at least, :func:`triple_size` how many a greedy design of them takes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
 from typing import Any
 
 from optuna.distributions import CategoricalDistribution
@@ -188,3 +195,95 @@ def stratum(value: float, dist: Any, count: int) -> int:
     low, high = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
     where = math.log(value) if dist.log else value
     return min(count - 1, max(0, int((where - low) / (high - low) * count)))
+
+
+# -- triples: what focus tries after the cover ------------------------------------------
+
+Triple = tuple[int, int, int, int, int, int]  # (factor, level) three times, factors in order
+
+
+def triples(cols: Sequence[Column]) -> set[Triple]:
+    """Every triple of levels of every three factors, as (factor, level) indices thrice.
+    A factor of one level makes its triples pairs of the others: the cover holds them."""
+    out: set[Triple] = set()
+    for i, j, k in combinations(range(len(cols)), 3):
+        for a in range(len(cols[i].levels)):
+            for b in range(len(cols[j].levels)):
+                for c in range(len(cols[k].levels)):
+                    out.add((i, a, j, b, k, c))
+    return out
+
+
+def row_triples(row: Sequence[int]) -> set[Triple]:
+    return {(i, row[i], j, row[j], k, row[k]) for i, j, k in combinations(range(len(row)), 3)}
+
+
+def least_rows(missing: set[Triple]) -> int:
+    """Trials that ``missing`` needs at least: a configuration holds one triple of levels
+    of each three factors, so the three factors with the most triples missing set it."""
+    per = Counter((t[0], t[2], t[4]) for t in missing)
+    return max(per.values(), default=0)
+
+
+def bottleneck(missing: set[Triple]) -> set[Triple]:
+    """The missing triples of the three factors with the most missing: those that set
+    :func:`least_rows`, and so the ones to start from."""
+    per = Counter((t[0], t[2], t[4]) for t in missing)
+    most = max(per.values(), default=0)
+    return {t for t in missing if per[(t[0], t[2], t[4])] == most}
+
+
+def triple_row(
+    cols: Sequence[Column],
+    missing: set[Triple],
+    used: Sequence[Counter],
+    rng: random.Random,
+    start: set[Triple] | None = None,
+) -> list[int]:
+    """A configuration started from a triple not yet tried (one of ``start`` if given),
+    completed factor by factor with the level that holds the most missing triples (the
+    least used on a tie)."""
+    size = len(cols)
+    row: list[int | None] = [None] * size
+    i, a, j, b, k, c = rng.choice(sorted(start or missing))
+    row[i], row[j], row[k] = a, b, c
+    order = [m for m in range(size) if row[m] is None]
+    rng.shuffle(order)
+    for m in order:
+        fixed = [n for n in range(size) if row[n] is not None]
+
+        def gain(level: int, m: int = m, fixed: list[int] = fixed) -> tuple[int, int, float]:
+            new = 0
+            for x, y in combinations(fixed, 2):
+                key = sorted(((x, row[x]), (y, row[y]), (m, level)))
+                new += tuple(v for pair in key for v in pair) in missing
+            return new, -used[m][level], rng.random()
+
+        row[m] = max(range(len(cols[m].levels)), key=gain)
+    return [int(v) for v in row if v is not None]
+
+
+def triple_design(cols: Sequence[Column], rng: random.Random) -> list[list[int]]:
+    """Rows that hold every triple of levels, built greedily like the pairwise design."""
+    missing = triples(cols)
+    used: list[Counter[int]] = [Counter() for _ in cols]
+    rows: list[list[int]] = []
+    while missing:
+        tries = [triple_row(cols, missing, used, rng) for _ in range(CANDIDATES)]
+        best = max(tries, key=lambda row: len(row_triples(row) & missing))
+        missing -= row_triples(best)
+        for k, level in enumerate(best):
+            used[k][level] += 1
+        rows.append(best)
+    return rows
+
+
+@lru_cache(maxsize=64)
+def _triple_size(widths: tuple[int, ...], seed: int) -> int:
+    cols = [Column(str(n), tuple(range(w))) for n, w in enumerate(widths)]
+    return len(triple_design(cols, random.Random(seed)))
+
+
+def triple_size(factors: Sequence[Any], seed: int) -> int:
+    """How many configurations a greedy design holding every triple of levels takes."""
+    return _triple_size(tuple(len(c.levels) for c in columns(factors)), seed) if factors else 0

@@ -36,6 +36,7 @@ class Plan:
     isolate: int
     design: int = 0  # the configurations a pairwise design of the factors takes
     strata: int = 0  # the strata of a continuous factor in that design
+    triples: int = 0  # the configurations a greedy design holding every triple takes
 
     @property
     def queued(self) -> int:
@@ -49,7 +50,22 @@ class Plan:
     def text(self) -> str:
         return (
             f"{self.total} trials: cover {self.cover}{self.cover_note}, focus up to "
-            f"{self.focus}, confirm {self.confirm}, isolate {self.isolate}"
+            f"{self.focus}{self.triples_note}, confirm {self.confirm}, isolate {self.isolate}"
+        )
+
+    @property
+    def triples_note(self) -> str:
+        """What reaching every triple of levels takes, and whether focus waits for it."""
+        if not self.triples or not self.focus:
+            return ""
+        if self.triples <= self.queued:
+            return (
+                f" (every triple of levels outside the causes found before it settles: "
+                f"{self.triples} trials hold them all)"
+            )
+        return (
+            f" (every triple of levels would take {self.triples} trials, more than cover "
+            "and focus hold: not waited for)"
         )
 
     @property
@@ -81,7 +97,15 @@ def plan(cfg: SweepConfig, factors: Sequence[Factor]) -> Plan:
     queued = max(trials - confirm - isolate, 0)
     design = pairwise.size(factors, cfg.seed)
     cover = min(search.cover if search.cover >= 0 else design, queued)
-    return Plan(cover, queued - cover, confirm, isolate, design, pairwise.strata(factors))
+    return Plan(
+        cover,
+        queued - cover,
+        confirm,
+        isolate,
+        design,
+        pairwise.strata(factors),
+        pairwise.triple_size(factors, cfg.seed),
+    )
 
 
 def continuous_names(factors: Sequence[Factor]) -> list[str]:
@@ -93,7 +117,10 @@ class StopRule:
     they explain the NaN runs, all but fewer than a cause needs (``MIN_NAN``), and the
     space outside them is covered: every pair of levels that a configuration outside
     the known causes can hold has been held by a run no cause explains
-    (:func:`nansearch.search.set_aside.unexplored`).
+    (:func:`nansearch.search.coverage.unexplored`), and so has every such triple of
+    levels, when the ``left`` trials of the queue could still hold them all
+    (:func:`nansearch.search.coverage.triples_wait`): a cause of three values whose pairs
+    all stay finite is tried before the search settles, whenever the budget allows it.
 
     A range counts as the same cause while its side holds (``lr above`` stays ``lr
     above`` as its edge moves with more runs). NaN runs that no cause explains yet may
@@ -112,11 +139,16 @@ class StopRule:
         self.since = 0
 
     def update(
-        self, results: Sequence[TrialResult], isolations: Sequence[Isolation] = ()
+        self,
+        results: Sequence[TrialResult],
+        isolations: Sequence[Isolation] = (),
+        left: int | None = None,
     ) -> str | None:
         """The settled causes as text once the rule holds, else None. A NaN run that a
-        completed isolation holds counts as explained, as one a cause holds does."""
-        from nansearch.search.set_aside import settled_only, unexplored
+        completed isolation holds counts as explained, as one a cause holds does.
+        ``left``: the queue's trials not yet run (None: triples are not waited for)."""
+        from nansearch.search.coverage import triples_wait, unexplored, untried
+        from nansearch.search.set_aside import settled_only
 
         causes = find_causes(results, self.names, self.continuous)
         key = tuple(
@@ -136,7 +168,10 @@ class StopRule:
             and not any(i.holds(r.params) for i in done)
             for r in results
         )
-        if loose >= MIN_NAN or unexplored(results, self.factors, settled_only(causes)):
+        aside = settled_only(causes)
+        if loose >= MIN_NAN or unexplored(results, self.factors, aside):
+            return None
+        if left and triples_wait(untried(results, self.factors, aside), left):
             return None
         return "; ".join(cause.text for cause in causes) if causes else "no cause"
 

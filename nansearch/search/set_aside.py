@@ -15,13 +15,19 @@ any other, and suggests no such configuration:
    is not set aside: focus tries it with the levels of the other factors its runs have
    not held, so that ``lr above 0.5`` becomes ``lr above 0.5 with dtype=amp-fp16`` or
    stays as it is.
-3. **Where NaN is unexplained.** Then the wrapped sampler (TPE) steers toward
+3. **What no triple has tried yet.** Once every pair is explored, a triple of levels
+   of three factors is next, the same way (each configuration the one that holds the
+   most triples no unexplained run has held), as long as the queue's trials left could
+   hold them all (:func:`nansearch.search.coverage.triples_wait`): a cause of three
+   values, each pair of which stays finite, is tried before the search may settle.
+4. **Where NaN is unexplained.** Then the wrapped sampler (TPE) steers toward
    instability, reading a history in which the runs a known cause explains score 0,
    so that it is drawn to the NaN runs and near misses still unexplained rather than
    to the causes it found first. A draw that matches a known cause is drawn again.
 
-:func:`unexplored` is also what the stopping rule waits on: the search settles only
-once the space outside the known causes has been covered.
+:func:`unexplored` and :func:`untried` (:mod:`nansearch.search.coverage`) are also what
+the stopping rule waits on: the search settles only once the space outside the known
+causes has been covered.
 """
 
 from __future__ import annotations
@@ -40,9 +46,13 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, MIN_NAN, Cause, find_causes
+from nansearch.analysis.causes import ABOVE, EQUALS, MIN_NAN, Cause, find_causes
 from nansearch.search import optuna_internals as private
 from nansearch.search import pairwise
+from nansearch.search.coverage import Space, triples_wait, unexplored_in, untried_in
+from nansearch.search.coverage import unexplored as unexplored
+from nansearch.search.coverage import untried as untried
+from nansearch.search.queue import queued
 from nansearch.trial.runner import TrialResult
 
 log = logging.getLogger(__name__)
@@ -71,87 +81,6 @@ def named(results: Sequence[TrialResult], factors: Sequence[Any]) -> list[Cause]
 
 def settled_only(causes: Sequence[Cause]) -> list[Cause]:
     return [c for c in causes if c.nan >= MIN_NAN and c.nan >= SURE * c.total]
-
-
-class Space:
-    """The factors' pairs of levels, a continuous factor in strata, as the cover has them."""
-
-    def __init__(self, factors: Sequence[Any]):
-        self.factors = list(factors)
-        self.cols = pairwise.columns(self.factors)
-        self.all = pairwise.pairs(self.cols)
-
-    def row(self, params: dict[str, Any]) -> list[int] | None:
-        out = []
-        for col in self.cols:
-            if col.name not in params:
-                return None
-            value = params[col.name]
-            if col.continuous is None:
-                names = [str(v) for v in col.levels]
-                if str(value) not in names:
-                    return None
-                out.append(names.index(str(value)))
-            else:
-                out.append(pairwise.stratum(float(value), col.continuous, len(col.levels)))
-        return out
-
-    def row_pairs(self, row: Sequence[int]) -> set[tuple[int, int, int, int]]:
-        size = len(row)
-        return {(i, row[i], j, row[j]) for i in range(size) for j in range(i + 1, size)}
-
-    def _bounds(self, k: int, stratum: int) -> tuple[float, float]:
-        col = self.cols[k]
-        dist = col.continuous
-        if dist.log:
-            low, high = math.log(dist.low), math.log(dist.high)
-            width = (high - low) / len(col.levels)
-            return math.exp(low + width * stratum), math.exp(low + width * (stratum + 1))
-        width = (dist.high - dist.low) / len(col.levels)
-        return dist.low + width * stratum, dist.low + width * (stratum + 1)
-
-    def inside(self, pair: tuple[int, int, int, int], causes: Sequence[Cause]) -> bool:
-        """Whether every configuration holding the pair matches a known cause."""
-        i, a, j, b = pair
-        held = {i: a, j: b}
-        names = {self.cols[k].name: k for k in held}
-        for cause in causes:
-            if all(
-                c.factor in names and self._always(c, names[c.factor], held)
-                for c in cause.conditions
-            ):
-                return True
-        return False
-
-    def _always(self, condition: Any, k: int, held: dict[int, int]) -> bool:
-        col = self.cols[k]
-        if col.continuous is None:
-            return condition.op == EQUALS and str(col.levels[held[k]]) == str(condition.value)
-        low, high = self._bounds(k, held[k])
-        if condition.op == ABOVE:
-            return low >= condition.value
-        if condition.op == BELOW:
-            return high <= condition.value
-        return False
-
-
-def unexplored(
-    results: Sequence[TrialResult], factors: Sequence[Any], causes: Sequence[Cause]
-) -> set[tuple[int, int, int, int]]:
-    """The pairs of levels outside the known causes that no unexplained run has held."""
-    space = Space(factors)
-    return _unexplored(space, results, causes)
-
-
-def _unexplored(space: Space, results: Sequence[TrialResult], causes: Sequence[Cause]) -> set:
-    seen: set = set()
-    for result in results:
-        if result.outcome == "error" or any(c.holds(result.params) for c in causes):
-            continue
-        row = space.row(result.params)
-        if row is not None:
-            seen |= space.row_pairs(row)
-    return {p for p in space.all - seen if not space.inside(p, causes)}
 
 
 def _result(trial: FrozenTrial) -> TrialResult:
@@ -210,7 +139,7 @@ class SetAsideSampler(BaseSampler):
         if set(search_space) != {f.name for f in self.factors}:
             return {}
         results, found, causes = self.known(study)
-        missing = _unexplored(self.space, results, causes) if results else set()
+        missing = unexplored_in(self.space, results, causes) if results else set()
         if missing:
             params = self._explore(missing, causes)
             if params is not None:
@@ -218,6 +147,13 @@ class SetAsideSampler(BaseSampler):
         for cause in found:
             if cause not in causes:
                 params = self._refine(cause, results, causes)
+                if params is not None:
+                    return params
+        if results and not missing:
+            left = self._left(study)
+            untried_ = untried_in(self.space, results, causes)
+            if triples_wait(untried_, left):
+                params = self._explore(untried_, causes, triples=True)
                 if params is not None:
                     return params
         view, asking = self._view(study, trial, causes)
@@ -244,19 +180,45 @@ class SetAsideSampler(BaseSampler):
 
     # -- how a configuration is chosen -------------------------------------------------
 
-    def _explore(self, missing: set, causes: Sequence[Cause]) -> dict[str, Any] | None:
-        """The configuration outside the known causes that explores the most pairs."""
+    def _left(self, study: optuna.Study) -> int:
+        """The queued trials left, the one being sampled among them."""
+        waiting = private.trials_inside_sampler(study, (TrialState.WAITING,))
+        return 1 + sum(queued(t) for t in waiting)
+
+    def _explore(
+        self, missing: set, causes: Sequence[Cause], triples: bool = False
+    ) -> dict[str, Any] | None:
+        """The configuration outside the known causes that explores the most pairs (or
+        triples): each candidate starts from one not yet tried and takes, factor by factor,
+        the level that holds the most others; then, should every candidate fall inside a
+        cause, configurations that hold one and draw the other factors at random."""
         used: list[Counter[int]] = [Counter() for _ in self.space.cols]
         best, most = None, 0
-        for _ in range(pairwise.CANDIDATES):
-            row = pairwise._candidate(self.space.cols, missing, used, self.rng)
+        cols = self.space.cols
+        held = pairwise.row_triples if triples else self.space.row_pairs
+        # a triple of the three factors with the most left first: each trial then brings
+        # the least that they all need down by one
+        start = pairwise.bottleneck(missing) if triples else None
+        for attempt in range(2 * pairwise.CANDIDATES):
+            if attempt < pairwise.CANDIDATES:
+                if triples:
+                    row = pairwise.triple_row(cols, missing, used, self.rng, start)
+                else:
+                    row = pairwise._candidate(cols, missing, used, self.rng)
+            elif best is not None:
+                break
+            else:
+                row = [self.rng.randrange(len(c.levels)) for c in cols]
+                start = self.rng.choice(sorted(missing))
+                for k in range(0, len(start), 2):
+                    row[start[k]] = start[k + 1]
             for _ in range(4):  # a value inside its stratum that no cause holds
                 params = self._values(row)
                 if not any(c.holds(params) for c in causes):
                     break
             else:
                 continue
-            gain = len(self.space.row_pairs(row) & missing)
+            gain = len(held(row) & missing)
             if gain > most:
                 best, most = params, gain
         return best

@@ -392,7 +392,7 @@ class Search:
         if self.stop_rule is None:
             return
         results = budget.light_results(self.study.get_trials(deepcopy=False))
-        causes = self.stop_rule.update(results, isolations)
+        causes = self.stop_rule.update(results, isolations, max(0, self.budget - len(results)))
         if causes is None:
             return
         self.study.set_user_attr(SETTLED_ATTR, {"after": len(results), "causes": causes})
