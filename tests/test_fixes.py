@@ -156,6 +156,7 @@ def test_each_fix_is_a_wandb_run_with_job_type_fix(tmp_path):
     assert run["summary"]["verdict"] == "not sufficient"
     assert run["summary"]["finite_seeds"] == 1 and run["summary"]["seeds_run"] == 2
     assert "not-sufficient" in run["tags"]
+    assert "rerun" not in run["summary"] and "rerun" not in run["config"]  # not verified
 
 
 def test_a_learning_rate_fix_goes_below_the_edge_by_the_longer_run_and_the_usual_range():
@@ -252,12 +253,15 @@ def test_the_audits_strip_fix_writes_a_stripped_copy_of_blip2_that_loads_as_opt_
 ):
     """The demo's real blip2-full checkpoint: the audit finds its OPT under
     'language_model.'; the fix writes those weights, renamed, to the study folder, where
-    they load into OPTForCausalLM with nothing missing and keep the failing run finite."""
+    they load into OPTForCausalLM with nothing missing and keep the failing run finite.
+    Its W&B run carries what was stripped and the line that reruns it."""
     import torch
     from transformers import OPTForCausalLM
 
     from nansearch.audit import run_audit
     from nansearch.targets.loading import resolve_checkpoint
+    from nansearch.tracking.tracker import WandbTracker, end_session
+    from tests.test_tracking import offline_runs
 
     cfg = load_config(DEMO, ["tracking.wandb=off", f"out={tmp_path}", "study=s",
                              "search.verify_steps=30", "search.seeds=2"])  # fmt: skip
@@ -272,7 +276,12 @@ def test_the_audits_strip_fix_writes_a_stripped_copy_of_blip2_that_loads_as_opt_
     item = {"kind": "cause", "rule": "checkpoint=blip2-full with init=uninitialized-missing",
             "conditions": [{"factor": "checkpoint", "op": "=", "value": "blip2-full"},
                            {"factor": "init", "op": "=", "value": "uninitialized-missing"}]}  # fmt: skip
-    fixes = verify_fixes(cfg, factors, runner, {"conclusions": [item]}, [first], audit)
+    end_session()
+    tracker = WandbTracker("offline", tmp_path / "s")
+    tracker.start(cfg)
+    heard = lambda fix: tracker.log_fix(fix.to_json())  # noqa: E731 (as the sweep does)
+    fixes = verify_fixes(cfg, factors, runner, {"conclusions": [item]}, [first], audit, heard)
+    tracker.close()
     (strip,) = [f for f in fixes if f.source == "audit"]
     dest = tmp_path / "s" / "fixes" / "blip2-full-stripped"  # out= is absolute here
     assert strip.change == {
@@ -289,6 +298,19 @@ def test_the_audits_strip_fix_writes_a_stripped_copy_of_blip2_that_loads_as_opt_
     assert [r["outcome"] for r in strip.runs] == ["finite", "finite"]
     assert strip.verdict == "verified", strip.why
     assert strip.text.startswith("audit's fix checkpoint=blip2-full-stripped (blip2-full with")
+    # the fix's W&B run, read back from its .wandb file
+    (run,) = [r for r in offline_runs(tmp_path / "s") if r["name"] == "fix-1-audit"]
+    assert run["run"]["job_type"] == "fix"
+    assert run["config"]["label"] == run["summary"]["label"] == strip.label
+    assert f"saved to {dest}" in run["config"]["label"]
+    printed = format_conclusions({"conclusions": [{"text": "x"}], "fixes": [strip.to_json()]})
+    assert f"      rerun: {run['summary']['rerun']}\n" in printed + "\n"
+    assert run["config"]["rerun"] == run["summary"]["rerun"] == strip.rerun
+    assert strip.rerun.startswith(f"nansearch sweep {cfg.study_dir / 'config.yaml'} study=s-fix-1-")
+    assert strip.rerun.endswith(
+        f"factors.checkpoint.levels.blip2-full-stripped={dest} checkpoint=blip2-full-stripped "
+        "init=uninitialized-missing batch=clean dtype=fp32 lr=0.001"
+    )
 
 
 def _truncated(seed: int, skip: bool, steps: int = 12):

@@ -104,7 +104,15 @@ def fix_summary(record: dict[str, Any]) -> dict[str, Any]:
         "finite_seeds": sum(r["outcome"] == "finite" for r in runs),
         "seeds_run": len(runs),
         "overrides": " ".join(record["overrides"]),
+        **fix_words(record),
     }
+
+
+def fix_words(record: dict[str, Any]) -> dict[str, str]:
+    """What a user reads off a fix run: how the change reads where its overrides say it
+    badly (what a stripped checkpoint was stripped of, and where it was saved), and, once
+    verified, the ``nansearch sweep`` line the terminal prints to rerun it."""
+    return {key: str(record[key]) for key in ("label", "rerun") if record.get(key)}
 
 
 def log_analysis(run: Any, study: FinishedStudy) -> None:

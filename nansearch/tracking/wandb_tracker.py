@@ -26,6 +26,7 @@ from nansearch.tracking.runs import (
     finite_or_none,
     fix_rows,
     fix_summary,
+    fix_words,
     log_analysis,
     log_report_artifact,
     scalar_or_flat,
@@ -234,6 +235,7 @@ class WandbTracker(Tracker):
             "overrides": " ".join(record["overrides"]),
             "steps": record["steps"],
             "seeds": record["seeds"],
+            **fix_words(record),
         }
 
         def write(run) -> None:
