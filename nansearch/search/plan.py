@@ -60,12 +60,12 @@ class Plan:
             return ""
         if self.triples <= self.queued:
             return (
-                f" (every triple of levels outside the causes found before it settles: "
-                f"{self.triples} trials hold them all)"
+                f" (before it settles, every triple of levels outside the causes found: "
+                f"a design of {self.triples} trials holds them all)"
             )
         return (
-            f" (every triple of levels would take {self.triples} trials, more than cover "
-            "and focus hold: not waited for)"
+            f" (every triple of levels would take a design of {self.triples} trials, more "
+            "than cover and focus hold: not waited for)"
         )
 
     @property
