@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 
 from nansearch.config import load_config
-from nansearch.search.study import open_storage
+from nansearch.search.storage import open_storage
 from nansearch.search.sweep import run_sweep
 
 ROUNDS = 2

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from nansearch import jsonl
 from nansearch.cli.sweep import sweep
 from nansearch.search.queue import RESULT_ATTR
-from nansearch.search.study import open_storage
+from nansearch.search.storage import open_storage
 from tests.conftest import DEMO, REPO, demo_overrides
 from tests.test_postgres import database  # noqa: F401, the fixture
 from tests.test_workers import (
@@ -686,7 +686,7 @@ def test_a_plugin_that_fails_as_it_loads_is_named_in_one_line(tmp_path):
 def test_a_worker_refuses_a_stored_config_edited_to_run_library_code(tmp_path, database):  # noqa: F811
     from nansearch.cli.worker import worker
     from nansearch.config import NansearchError
-    from nansearch.search.study import CONFIG_ATTR
+    from nansearch.search.storage import CONFIG_ATTR
 
     assert sweep(DEMO, demo_overrides(trials=2, storage=database)).complete
     storage = open_storage(database, tmp_path)
@@ -703,7 +703,7 @@ def test_a_worker_refuses_a_stored_config_edited_to_run_library_code(tmp_path, d
 def test_a_worker_given_its_sweep_file_refuses_a_stored_config_with_other_code(tmp_path):
     from nansearch.cli.worker import worker
     from nansearch.config import NansearchError
-    from nansearch.search.study import CONFIG_ATTR
+    from nansearch.search.storage import CONFIG_ATTR
 
     assert sweep(DEMO, demo_overrides(trials=2)).complete
     journal = f"journal:{tmp_path / 'runs' / 't' / JOURNAL}"

@@ -21,7 +21,8 @@ from nansearch.cli.worker import worker
 from nansearch.config import NansearchError, load_config
 from nansearch.factors import build_factors
 from nansearch.search.queue import OWNER_ATTR, retried_from
-from nansearch.search.study import Search, open_storage
+from nansearch.search.storage import open_storage
+from nansearch.search.study import Search
 from tests.conftest import DEMO, REPO, demo_overrides
 from tests.test_workers import (
     assert_accounted,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
 from nansearch.search.queue import OWNER_ATTR, RESULT_ATTR, retried_from
-from nansearch.search.study import open_storage
+from nansearch.search.storage import open_storage
 from nansearch.search.workers import plan
 from tests.conftest import DEMO, REPO, demo_overrides
 

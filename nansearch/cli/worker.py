@@ -14,7 +14,8 @@ from pathlib import Path
 
 from nansearch.cli.sweep import exit_code, print_outcome
 from nansearch.config import NansearchError, SweepConfig, load_config
-from nansearch.search.study import SweepCallbacks, open_storage, shown, stored_config
+from nansearch.search.storage import open_storage, shown, stored_config
+from nansearch.search.study import SweepCallbacks
 from nansearch.search.sweep import SweepOutcome, run_sweep
 from nansearch.trial.runner import TrialResult
 

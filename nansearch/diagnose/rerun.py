@@ -33,7 +33,8 @@ from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnose.diagnostics import Diagnostics
 from nansearch.diagnose.explain import STAGES, diagnose, op_within, several
 from nansearch.search.prepare import prepare
-from nansearch.search.study import open_storage, read_trials, recorded
+from nansearch.search.storage import open_storage
+from nansearch.search.study import read_trials, recorded
 from nansearch.trial.runner import TrialResult, TrialRunner
 
 log = logging.getLogger(__name__)

@@ -172,7 +172,7 @@ APP_PREFIX = "nansearch sweep "
 def engine_for(url: str, name: str):
     import sqlalchemy
 
-    from nansearch.search.study import CONNECT_TIMEOUT, with_installed_driver
+    from nansearch.search.storage import CONNECT_TIMEOUT, with_installed_driver
 
     return sqlalchemy.create_engine(
         with_installed_driver(url),
@@ -216,7 +216,7 @@ def take(engine, key: int):
 def advisory_lock(study: str, url: str) -> Iterator[Lease]:
     import sqlalchemy
 
-    from nansearch.search.study import shown
+    from nansearch.search.storage import shown
 
     who = holder()
     engine = engine_for(url, f"{APP_PREFIX}pid {who['pid']} on {who['host']} since {who['since']}")
