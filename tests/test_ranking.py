@@ -1,5 +1,6 @@
 """The ranking on synthetic studies whose NaN rates are planted, so the truth is known."""
 
+import json
 import random
 
 import pytest
@@ -8,7 +9,14 @@ from scipy.stats import fisher_exact
 
 from nansearch.analysis.causes import find_causes
 from nansearch.analysis.interactions import find_interactions, with_causes
-from nansearch.analysis.ranking import Bins, format_conclusions, format_table, rank
+from nansearch.analysis.ranking import (
+    Bins,
+    Ranking,
+    find_ranking,
+    format_conclusions,
+    format_table,
+    rank,
+)
 from nansearch.analysis.stats import wilson
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import fmt, isolate, midpoint
@@ -364,6 +372,39 @@ def test_a_range_cause_names_which_edge_is_the_counts_and_which_bisection():
     # confirmation runs are not called reruns: `nansearch rerun` is something else
     assert f"Confirmation of trial {first.number}: deterministic: NaN in 3/3 runs" in text
     assert "Reruns" not in text
+
+
+def test_the_typed_ranking_reads_back_what_ranking_json_holds(study):
+    first = next(r for r in study if r.is_nan and r.params["dtype"] == "fp16")
+    passing = next(r for r in study if not r.is_nan and r.params["batch"] != "labels-all-ignored")
+    found = isolate(first.params, passing.params, lambda x: x["dtype"] == "fp16")
+    found.trial, found.reference_trial = first.number, passing.number
+    confirmed = Confirmation(first.number, first.params, runs=[900, 901], nan=1)
+    unconfirmed = Confirmation(study[-1].number, study[-1].params)
+    probes = [trial(900 + i, dict(first.params), i == 0, phase="confirm") for i in range(2)]
+    typed = find_ranking(
+        study + probes, AXES, isolations=[found], confirmations=[confirmed, unconfirmed]
+    )
+    assert {c.text.split(" above ")[0] for c in typed.causes} >= {"dtype=fp16", "init=flaky-init"}
+    assert typed.interactions and typed.isolations == [found]
+    # what ranking.json holds, through JSON and back, reads as the same typed ranking
+    written = json.loads(json.dumps(typed.to_json()))
+    assert written == rank(
+        study + probes, AXES, isolations=[found], confirmations=[confirmed, unconfirmed]
+    )
+    back = Ranking.from_json({"study": "s", **written, "fixes": []})
+    assert back.to_json() == written
+    assert [c.text for c in back.causes] == [c.text for c in typed.causes]
+    assert all(
+        b.holds(r.params) == c.holds(r.params)
+        for b, c in zip(back.causes, typed.causes, strict=True)
+        for r in study
+    )
+    assert [i.text for i in back.interactions] == [i.text for i in typed.interactions]
+    assert back.isolations[0].minimal == found.minimal == ["dtype"]
+    assert back.confirmations[0].label == "flaky" and back.confirmations[0].rate == 2 / 3
+    assert back.confirmations[1].label == "unconfirmed"
+    assert written["minimal_causes"][0]["confirmation"] == confirmed.to_json()
 
 
 def test_a_rare_batch_is_named_by_isolation_before_the_counts_can():

@@ -120,6 +120,21 @@ class Cause:
             "by_level": self.by_level,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cause:
+        """The cause :meth:`to_json` wrote (``ranking.json``'s ``causes``)."""
+        return cls(
+            conditions=tuple(Condition.from_json(c) for c in data["conditions"]),
+            nan=data["nan"],
+            total=data["total"],
+            p_value=data["p_value"],
+            p_adjusted=data["p_adjusted"],
+            tried=data["rules_tried"],
+            others=list(data.get("others") or []),
+            boundary={k: (v[0], v[1]) for k, v in (data.get("boundary") or {}).items()},
+            by_level=dict(data.get("by_level") or {}),
+        )
+
 
 def candidates(ev: Evidence, residual: np.ndarray) -> list[tuple[Rule, int]]:
     """Every rule of up to three conditions worth testing on the runs left to explain.

@@ -58,6 +58,10 @@ class Condition:
     def to_json(self) -> dict[str, Any]:
         return {"factor": self.factor, "op": self.op, "value": self.value}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Condition:
+        return cls(data["factor"], data["op"], data["value"])
+
 
 def joined(conditions: Iterable[Condition]) -> str:
     """Conditions as a rule reads: ``dtype=fp16 with batch=padded-row``."""

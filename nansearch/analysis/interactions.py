@@ -96,6 +96,17 @@ class Interaction:
             "p_adjusted": self.p_adjusted,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Interaction:
+        """The interaction :meth:`to_json` wrote (``ranking.json``'s ``interactions``)."""
+        conditions = tuple(Condition.from_json(c) for c in data["conditions"])
+        n = len(conditions)
+        order = [1, 0] if n == 2 else list(range(n))
+        alone: list[dict[str, int]] = [{} for _ in range(n)]
+        for i, item in zip(order, data["alone"], strict=True):
+            alone[i] = {k: v for k, v in item.items() if k not in ("condition", "without")}
+        return cls(conditions, dict(data["joint"]), alone, data["p_value"], data["p_adjusted"])
+
 
 def find_interactions(
     results: Iterable[TrialResult],

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nansearch.analysis.causes import Cause, find_causes
-from nansearch.analysis.interactions import find_interactions, with_causes
+from nansearch.analysis.interactions import Interaction, find_interactions, with_causes
 from nansearch.analysis.stats import fisher_two_sided, wilson
+from nansearch.search.confirm import Confirmation
+from nansearch.search.isolate import Isolation
 from nansearch.trial.runner import PHASES, QUEUED, TrialResult
 
 log = logging.getLogger(__name__)
@@ -168,15 +170,109 @@ def importance(
     return {name: float(value) for name, value in found.items()}
 
 
+@dataclass
+class Ranking:
+    """What :func:`find_ranking` found: ``ranking.json`` from ``trials`` to ``factors``.
+
+    The causes, interactions, isolations (``minimal_causes``, each with its confirmation)
+    and confirmations are typed; the conclusions and the factor tables are still the
+    dicts ranking.json holds. The sweep writes it with its own keys around it (study,
+    settled, unspent, horizon, at_risk, ignored, fixes).
+    """
+
+    trials: int
+    nan: int
+    finite: int
+    errors: int
+    outcomes: dict[str, int]
+    phases: dict[str, int]
+    basis: str
+    conclusions: list[dict[str, Any]]
+    causes: list[Cause]
+    interactions: list[Interaction]
+    isolations: list[Isolation]
+    confirmations: list[Confirmation]
+    importance: dict[str, float]
+    factors: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """ranking.json's sections, in its documented order."""
+        confirmed = {c.trial: c for c in self.confirmations}
+        return {
+            "trials": self.trials,
+            "nan": self.nan,
+            "finite": self.finite,
+            "errors": self.errors,
+            "outcomes": self.outcomes,
+            "phases": self.phases,
+            "basis": self.basis,
+            "conclusions": self.conclusions,
+            "causes": [c.to_json() for c in self.causes],
+            "interactions": [i.to_json() for i in self.interactions],
+            "minimal_causes": [
+                {
+                    **iso.to_json(),
+                    "confirmation": (
+                        confirmed[iso.trial].to_json() if iso.trial in confirmed else None
+                    ),
+                }
+                for iso in self.isolations
+            ],
+            "confirmations": [c.to_json() for c in self.confirmations],
+            "importance": self.importance,
+            "factors": self.factors,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ranking:
+        """The ranking :meth:`to_json` wrote; the sweep's own keys around it are ignored."""
+        return cls(
+            trials=data["trials"],
+            nan=data["nan"],
+            finite=data["finite"],
+            errors=data["errors"],
+            outcomes=dict(data.get("outcomes") or {}),
+            phases=dict(data.get("phases") or {}),
+            basis=data.get("basis", ""),
+            conclusions=list(data.get("conclusions") or []),
+            causes=[Cause.from_json(c) for c in data.get("causes") or []],
+            interactions=[Interaction.from_json(i) for i in data.get("interactions") or []],
+            isolations=[Isolation.from_json(i) for i in data.get("minimal_causes") or []],
+            confirmations=[Confirmation.from_json(c) for c in data.get("confirmations") or []],
+            importance=dict(data.get("importance") or {}),
+            factors=list(data.get("factors") or []),
+        )
+
+
 def rank(
     results: Iterable[TrialResult],
     factors: Sequence[tuple[str, list[Any] | Bins]],
     *,
-    confirmations: Sequence[Any] = (),
-    isolations: Sequence[Any] = (),
+    confirmations: Sequence[Confirmation] = (),
+    isolations: Sequence[Isolation] = (),
     distributions: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
+    """:func:`find_ranking` as ranking.json holds it."""
+    return find_ranking(
+        results,
+        factors,
+        confirmations=confirmations,
+        isolations=isolations,
+        distributions=distributions,
+        seed=seed,
+    ).to_json()
+
+
+def find_ranking(
+    results: Iterable[TrialResult],
+    factors: Sequence[tuple[str, list[Any] | Bins]],
+    *,
+    confirmations: Sequence[Confirmation] = (),
+    isolations: Sequence[Isolation] = (),
+    distributions: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Ranking:
     """The whole ranking: conclusions first, then the evidence behind them.
 
     ``factors`` names each factor with its categorical levels, or with :class:`Bins` for
@@ -197,31 +293,24 @@ def rank(
         table["importance"] = weights.get(table["name"])
     tables.sort(key=lambda f: (-f["effect"], f["p_value"]))
     scored = [r for r in results if r.outcome != "error"]
-    confirmed = {c.trial: c for c in confirmations}
-    return {
-        "trials": len(results),
-        "nan": sum(r.is_nan for r in scored),
-        "finite": sum(not r.is_nan for r in scored),
-        "errors": len(results) - len(scored),
-        "outcomes": {
+    return Ranking(
+        trials=len(results),
+        nan=sum(r.is_nan for r in scored),
+        finite=sum(not r.is_nan for r in scored),
+        errors=len(results) - len(scored),
+        outcomes={
             o: sum(r.outcome == o for r in results) for o in sorted({r.outcome for r in results})
         },
-        "phases": dict(sorted(Counter(r.phase for r in results).items(), key=_phase_order)),
-        "basis": basis(len(searched), len(results)),
-        "conclusions": conclude(results, causes, isolations, confirmations),
-        "causes": [c.to_json() for c in causes],
-        "interactions": [i.to_json() for i in interactions],
-        "minimal_causes": [
-            {
-                **iso.to_json(),
-                "confirmation": confirmed[iso.trial].to_json() if iso.trial in confirmed else None,
-            }
-            for iso in isolations
-        ],
-        "confirmations": [c.to_json() for c in confirmations],
-        "importance": weights,
-        "factors": tables,
-    }
+        phases=dict(sorted(Counter(r.phase for r in results).items(), key=_phase_order)),
+        basis=basis(len(searched), len(results)),
+        conclusions=conclude(results, causes, isolations, confirmations),
+        causes=list(causes),
+        interactions=list(interactions),
+        isolations=list(isolations),
+        confirmations=list(confirmations),
+        importance=weights,
+        factors=tables,
+    )
 
 
 def basis(searched: int, total: int) -> str:

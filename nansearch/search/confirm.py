@@ -73,6 +73,12 @@ class Confirmation:
             "text": self.text,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Confirmation:
+        """The confirmation :meth:`to_json` wrote (``ranking.json``'s ``confirmations``):
+        ``nan`` there counts the first run too."""
+        return cls(data["trial"], dict(data["params"]), list(data["rerun_trials"]), data["nan"] - 1)
+
 
 def confirm(
     trial: int | None,
