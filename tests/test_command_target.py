@@ -195,6 +195,7 @@ def test_a_sweep_of_the_script_records_every_trial(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "runs/t/trials.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and outcome.ranking["trials"] == 8
     assert not [line for line in lines if line["outcome"] == "error"]
+    assert "ignored" not in outcome.ranking  # the script reads every factor it is given
     assert any(line["outcome"] != "finite" for line in lines)
 
 

@@ -170,6 +170,7 @@ def test_a_sweep_of_the_own_loop_example_records_and_reruns_its_trials(tmp_path)
     outcome = sweep(OWN_SWEEP, over)
     lines = [json.loads(x) for x in (tmp_path / "runs/t/trials.jsonl").read_text().splitlines()]
     assert len(lines) == 10 and outcome.ranking["trials"] == 10
+    assert "ignored" not in outcome.ranking  # the example reads every factor it is given
     assert not [line for line in lines if line["outcome"] == "error"]
     fp16 = [line for line in lines if line["params"]["dtype"] == "fp16"]
     assert fp16 and all(line["outcome"].startswith("nonfinite-") for line in fp16)

@@ -3,6 +3,7 @@ says so, naming the factor and how it was passed."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,46 @@ def test_a_script_that_reads_every_factor_gets_no_warning(tmp_path, capsys, demo
     assert ranking["outcomes"] == {"finite": 4}, ranking["outcomes"]
     assert "ignored" not in ranking
     assert "never read" not in printed and "Ignored factors" not in report
+
+
+FUNCTION = """
+import torch
+
+
+def train(trial):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5))
+    model.to(trial.param_dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)  # not trial.lr
+    x, y = torch.randn(64, 8, dtype=trial.param_dtype), torch.randint(0, 5, (64,))
+    for _ in range(trial.steps):
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        trial.step(logits=logits, loss=loss, model=model)
+"""
+
+
+def test_a_function_that_ignores_the_trials_learning_rate_is_named(tmp_path, capsys, demo_cache):
+    (tmp_path / "loop.py").write_text(FUNCTION)
+    path = tmp_path / "loop.yaml"
+    text = Path(sweep_file(tmp_path, True)).read_text()
+    path.write_text(
+        text.replace(f"kind: command\n  program: {tmp_path}/reads.py", "kind: function").replace(
+            "args: --lr ${lr} --dtype ${param_dtype}", f"fn: {tmp_path}/loop.py:train"
+        )
+    )
+    assert main(["sweep", str(path), *demo_overrides(study="fn", trials=4, steps=4)]) == 0
+    printed = capsys.readouterr().out
+    ranking = json.loads((tmp_path / "runs" / "fn" / "ranking.json").read_text())
+    assert ranking["outcomes"] == {"finite": 4}, ranking["outcomes"]
+    (item,) = ranking["ignored"]
+    assert (item["factor"], item["changed_by"]) == ("lr", ["dtype"])
+    assert item["passed_as"] == "trial.lr or trial.optimizer()"
+    assert f"lr is very likely never read by target.fn={tmp_path}/loop.py:train" in item["text"]
+    assert printed.count("lr is very likely never read") == 1
 
 
 def steps(loss: list[float]) -> TrialResult:
