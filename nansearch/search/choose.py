@@ -52,7 +52,7 @@ def to_confirm(results: Sequence[TrialResult], factors: Sequence[Factor], most: 
     for cause in unsure:
         first_of(cause)
     loose = sorted(
-        (r for r in nan if not any(c.holds(r.params) for c in causes)), key=lambda r: r.number
+        (r for r in nan if not any(c.holds(r.params) for c in causes)), key=lambda r: r.number or 0
     )
     picked += loose
     for cause in sure:

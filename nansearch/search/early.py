@@ -41,8 +41,8 @@ class Early:
         self.seeds = max(1, search.cfg.search.seeds)
         self.found = Probes()
         self.searched: list[TrialResult] = []
-        self.looked: set[int] = set()  # NaN runs decided on: probed, or explained already
-        self.probed: list[int] = []  # the failing trials probed, in order
+        self.looked: set[int | None] = set()  # NaN runs decided on: probed, or explained already
+        self.probed: list[int | None] = []  # the failing trials probed, in order
 
     @property
     def on(self) -> bool:

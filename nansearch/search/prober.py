@@ -34,7 +34,7 @@ class Probes:
     confirmations: list[Confirmation] = field(default_factory=list)
     isolations: list[Isolation] = field(default_factory=list)
     ran: int = 0  # probe trials run now (not replayed)
-    early: list[int] = field(default_factory=list)  # failing trials probed during the search
+    early: list[int | None] = field(default_factory=list)  # failing trials probed during the search
     unspent: dict[str, Any] | None = None  # what the probe shares left, and why
 
 
@@ -88,7 +88,7 @@ class Prober:
     ):
         self.search, self.stop = search, stop
         self.callbacks = callbacks or SweepCallbacks()
-        self.earlier: dict[tuple[str, int], list[TrialResult]] = {}
+        self.earlier: dict[tuple[str, int | None], list[TrialResult]] = {}
         probes = [r for r in recorded(search.study) if r.phase in PROBES]
         for result in probes:
             self.earlier.setdefault((result.phase, result.origin), []).append(result)
@@ -97,17 +97,17 @@ class Prober:
             "confirm": budgets.confirm - spent["confirm"],
             "isolate": budgets.isolate - spent["isolate"],
         }
-        self.cursor: Counter[tuple[str, int]] = Counter()
-        self.asked: Counter[tuple[str, int]] = Counter()  # results given, replayed or run
+        self.cursor: Counter[tuple[str, int | None]] = Counter()
+        self.asked: Counter[tuple[str, int | None]] = Counter()  # results given, replayed or run
         self.ran = 0
 
-    def can(self, phase: str, origin: int) -> bool:
+    def can(self, phase: str, origin: int | None) -> bool:
         """Whether a probe of ``phase`` for ``origin`` may be asked for: the phase has budget
         left, or such probes were recorded before (a resumed sweep replays them)."""
         key = (phase, origin)
         return self.left[phase] > 0 or self.cursor[key] < len(self.earlier.get(key, []))
 
-    def run(self, phase: str, origin: int, params: dict[str, Any]) -> TrialResult | None:
+    def run(self, phase: str, origin: int | None, params: dict[str, Any]) -> TrialResult | None:
         """The probe's result; None when the phase's budget is spent or the sweep stops."""
         key = (phase, origin)
         earlier, at = self.earlier.get(key, []), self.cursor[key]
@@ -133,7 +133,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def probe_trial(search: ProbeHost, params: dict[str, Any], phase: str, origin: int) -> optuna.Trial:
+def probe_trial(
+    search: ProbeHost, params: dict[str, Any], phase: str, origin: int | None
+) -> optuna.Trial:
     """A running trial with the probe's values, created in the study: no worker can take
     it, unlike a queued one, and its number gives it a fresh seed."""
     dists = {f.name: f.distribution() for f in search.factors}

@@ -125,7 +125,7 @@ def take(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> opt
     storage = private.storage(study)
     for frozen in claimed(study):
         if heartbeat_interval(storage) is not None:
-            storage.record_heartbeat(private.trial_id(frozen))
+            record_heartbeat(storage, private.trial_id(frozen))
         trial = optuna.Trial(study, private.trial_id(frozen))
         trial.set_user_attr(OWNER_ATTR, owner())
         for name, distribution in distributions.items():
@@ -231,7 +231,7 @@ def create_running(study: optuna.Study, template: FrozenTrial) -> optuna.Trial:
         private.study_id(study), template_trial=template
     )
     if heartbeat_interval(private.storage(study)) is not None:
-        private.storage(study).record_heartbeat(trial_id)
+        record_heartbeat(private.storage(study), trial_id)
     return optuna.Trial(study, trial_id)
 
 
@@ -271,6 +271,12 @@ def heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
     return getter() if getter else None
 
 
+def record_heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """One heartbeat of a running trial, in a storage that :func:`heartbeat_interval` found
+    keeping them (Optuna's heartbeat base class lives in a private module)."""
+    storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+
 @contextmanager
 def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval while it runs (RDB storages only)."""
@@ -284,7 +290,7 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                storage.record_heartbeat(trial_id)
+                record_heartbeat(storage, trial_id)
             except Exception as exc:  # a missed beat; the grace period allows for some
                 log.warning("heartbeat of trial id %d not recorded: %s", trial_id, exc)
 

@@ -5,8 +5,9 @@ a resumed sweep to check against."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -85,8 +86,8 @@ def refuse_changed_trials(study: str, stored: str | None, cfg: SweepConfig) -> N
         return
     from omegaconf import OmegaConf
 
-    before = OmegaConf.to_container(OmegaConf.create(stored))
-    now = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(stored)))
+    now = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     changes: list[str] = []
     for key in TRIAL_KEYS:
         if key in before and key in now:
@@ -134,7 +135,7 @@ def shown(url: str) -> str:
 
 
 def stored_config(
-    storage: optuna.storages.BaseStorage, study: str, where: str, overrides: list[str] = ()
+    storage: optuna.storages.BaseStorage, study: str, where: str, overrides: Sequence[str] = ()
 ) -> SweepConfig:
     """The configuration a sweep stored in its study, for a worker that joins it."""
     if study not in optuna.get_all_study_names(storage):

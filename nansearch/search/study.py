@@ -88,7 +88,7 @@ def distributions(factors: list[Factor]) -> dict[str, optuna.distributions.BaseD
 
 def rank_axes(factors: list[Factor]) -> list[tuple[str, list[Any] | Bins]]:
     """How the ranking groups each factor: its levels, or log-spaced ranges."""
-    axes = []
+    axes: list[tuple[str, list[Any] | Bins]] = []
     for factor in factors:
         dist = factor.distribution()
         if isinstance(dist, CategoricalDistribution):
@@ -278,12 +278,15 @@ class Search:
         """Run a taken trial and record it; None when it was failed as stale meanwhile."""
         phase = trial.user_attrs.get(PHASE_ATTR, "focus")
         seed = self.cfg.seed * 100_003 + trial.number
-        self.runner.time_limit = trial_limit(self.cfg, self.study)
-        if self.runner.time_limit is not None:  # what the sweep watching a worker goes by
-            trial.set_user_attr(LIMIT_ATTR, self.runner.time_limit)
+        runner = self.runner
+        if runner is None:
+            raise RuntimeError("this search was opened without a runner: it runs no trials")
+        runner.time_limit = trial_limit(self.cfg, self.study)
+        if runner.time_limit is not None:  # what the sweep watching a worker goes by
+            trial.set_user_attr(LIMIT_ATTR, runner.time_limit)
         try:
             with trial_queue.heartbeat(self.study, trial_id(trial)):
-                result = self.runner.run(trial.params, seed)
+                result = runner.run(trial.params, seed)
         except KeyboardInterrupt:
             trial_queue.fail_taken(self.study, trial)
             raise
