@@ -12,6 +12,7 @@ from nansearch.analysis.warning import (
     fit,
     forecast,
     format_at_risk,
+    overflow_norm,
 )
 from nansearch.config import load_config
 from nansearch.report.page import load_study, render
@@ -149,3 +150,48 @@ def test_a_run_at_risk_says_so_in_wandb(tmp_path):
     assert "at-risk" in runs[3]["tags"]
     assert runs[4]["summary"]["at_risk"] == 0
     assert "at-risk" not in runs[4]["tags"]
+
+
+def test_growth_that_slows_as_a_power_of_the_step_is_not_extrapolated_as_exponential():
+    """Adam moves each of three layers' weights by a constant step from a small start,
+    w(t) proportional to t + 1, so their product, the output, grows as (t + 1) ** 3: fast
+    on a log scale at first, slower every step. Fitted as a power it passes 65504 where
+    the formula does (step 50); a constant factor per step, the window's mean rate, would
+    put it at step 33 and call it at risk within a horizon of 40."""
+    trail = [0.5 * (t + 1) ** 3 for t in range(20)]
+    trend = fit(trail[10:], start=10)
+    assert trend.kind == "power" and abs(trend.b - 3) < 1e-6
+    exact = (65504 / 0.5) ** (1 / 3) - 1  # 49.8
+    assert math.ceil(trend.crossing(65504)) == math.ceil(exact) == 50
+    result = TrialResult({"lr": 0.1}, 0, 20, loss=[1.0] * 20, logit_absmax=trail, number=2)
+    result.grad_norm, result.compute_dtype = [1.0] * 20, "float16"
+    predicted = forecast(result, horizon=40)
+    assert predicted.predicted_step == 50 and predicted.trend == "power"
+    assert not predicted.at_risk
+    assert "grows polynomially, as step^3" in predicted.text
+    rate = 3 * math.log(20 / 11) / 9  # ln(value) from step 10 to 19, per step
+    assert 19 + math.log(65504 / trail[-1]) / rate < 34
+
+
+def test_under_a_grad_scaler_the_gradient_is_judged_against_the_overflow_it_showed():
+    """Regression to unnormalized targets under amp-fp16: the GradScaler's first steps
+    overflow and halve the scale until the scaled gradient fits. The skipped steps leave
+    the weights as they were, so scale times the next finite norm is where the scaled
+    gradient overflows. The long run fails at the lowest scale with a gradient norm
+    within a factor of 2 of it, and far past 65504: that is not the gradient's limit."""
+    _, runner = late_runner("target.options.target_scale=1e4")
+    params = {**BASE, "dtype": "amp-fp16", "lr": 0.003}
+    short = runner.run(params, seed=1, steps=20)
+    assert short.outcome == "finite" and short.skipped_steps >= 2
+    overflow = overflow_norm(short)
+    assert overflow is not None and overflow > 4 * 65504
+    long = runner.run(params, seed=1, steps=80)
+    assert long.outcome == "nonfinite-grad" and long.loss_scale[-1] == 1.0
+    last = [g for g in long.grad_norm if math.isfinite(g)][-1]  # just before the failure
+    assert last > 4 * 65504
+    assert overflow / 2 < last < overflow * 2
+    # the same on a written trail: overflows at scales 4 and 2, a finite norm after each
+    made = TrialResult({}, 0, 8, loss=[1.0] * 8, logit_absmax=[1.0] * 8)
+    made.loss_scale = [4.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+    made.grad_norm = [math.inf, 500.0, 600.0, 700.0, math.inf, 800.0, 850.0, 900.0]
+    assert overflow_norm(made) == min(4 * 500.0, 2 * 800.0)

@@ -5,18 +5,23 @@ whose max |logit| doubles every step under amp-fp16 is finite at step 20 and cer
 overflow later. For each finite trial, the signals of the trail are fitted:
 
 - max |logit| against the compute dtype's largest value (float16: 65504);
-- the gradient norm against the same limit (it bounds every gradient value);
+- the gradient norm against the same limit (it bounds every gradient value); under a
+  GradScaler, against the gradient norm at which the trail saw the scaled gradient
+  overflow (:func:`overflow_norm`), taken down to ``optimizer.min_loss_scale``;
 - the loss against the largest value of the dtype it is computed in (float32 under
   autocast, the weights' dtype otherwise);
 - under a GradScaler, the loss scale's drops: at the rate the trail shows, the step at
   which the scale is down to ``optimizer.min_loss_scale``, where an overflowing gradient
   becomes a failure.
 
-A magnitude is fitted over the latter part of the trail twice: as a straight line
-(growth by a constant amount per step, as Adam's normalized updates grow weights) and
-as a straight line on a log scale (growth by a constant factor per step, as a
-divergence does). The fit that follows the points more closely on a log scale
-predicts the step at which the value would pass the limit if the trend held. A trend
+A magnitude is fitted over the latter part of the trail three ways: as a straight line
+(growth by a constant amount per step, as Adam's normalized updates grow one weight),
+as a power of the step (Adam's steps of constant size grow every layer's weights
+together, and their product, the output, grows as a polynomial in the step: on a log
+scale the growth slows as 1/step) and as a straight line on a log scale (growth by a
+constant factor per step, as a divergence does). The fit that follows the points most
+closely on a log scale predicts the step at which the value would pass the limit if
+the trend held. A trend
 counts only when its slope is well clear of the noise (its t statistic at least
 ``MIN_T``) and the value grew by a quarter over the window, so a flat or noisy trail
 never warns.
@@ -51,9 +56,10 @@ SIGNALS = {
 
 @dataclass(frozen=True)
 class Fit:
-    """A fitted trend: ``value(step) = a + b * step`` (linear) or ``exp(a + b * step)``."""
+    """A fitted trend: ``value(step) = a + b * step`` (linear), ``exp(a) * (step + 1) ** b``
+    (power: step 0 is the first step) or ``exp(a + b * step)`` (exponential)."""
 
-    kind: str  # linear | exponential
+    kind: str  # linear | power | exponential
     a: float
     b: float
     t: float  # the slope's t statistic
@@ -62,6 +68,8 @@ class Fit:
     def value(self, step: float) -> float:
         if self.kind == "linear":
             return self.a + self.b * step
+        if self.kind == "power":
+            return math.exp(min(self.a + self.b * math.log1p(step), 700.0))
         return math.exp(min(self.a + self.b * step, 700.0))
 
     def crossing(self, limit: float) -> float | None:
@@ -70,12 +78,16 @@ class Fit:
             return None
         if self.kind == "linear":
             return (limit - self.a) / self.b
+        if self.kind == "power":
+            return math.expm1(min((math.log(limit) - self.a) / self.b, 700.0))
         return (math.log(limit) - self.a) / self.b
 
     @property
     def rate(self) -> str:
         if self.kind == "linear":
             return f"+{self.b:.3g} per step"
+        if self.kind == "power":
+            return f"as step^{self.b:.3g}"
         return f"x{math.exp(self.b):.3g} per step"
 
 
@@ -89,11 +101,12 @@ class Forecast:
     horizon: int
     dtype: str
     signal: str | None = None  # the signal that predicts the earliest failure
-    trend: str = "flat"  # linear | exponential | drops | flat
+    trend: str = "flat"  # linear | power | exponential | drops | flat
     rate: str = ""
     last: float | None = None  # the signal's last value
     limit: float | None = None
     predicted_step: int | None = None
+    overflow: bool = False  # the gradient norm's limit is the overflow the trail saw
 
     @property
     def at_risk(self) -> bool:
@@ -110,9 +123,13 @@ class Forecast:
                 f"{self.limit:g}, where an overflow is a failure,"
             )
         else:
+            grows = "polynomially" if self.trend == "power" else f"{self.trend}ly"
+            where = f"{self.dtype}'s {self.limit:.3g}"
+            if self.signal == "grad_norm" and self.overflow:
+                where = f"{self.limit:.3g}, where the gradient overflows at the lowest loss scale"
             how = (
-                f"{name} grows {self.trend}ly, {self.rate} ({self.last:.3g} at step "
-                f"{self.steps - 1}); it would pass {self.dtype}'s {self.limit:.3g}"
+                f"{name} grows {grows}, {self.rate} ({self.last:.3g} at step "
+                f"{self.steps - 1}); it would pass {where}"
             )
         verdict = "at risk" if self.at_risk else "not at risk"
         return (
@@ -168,13 +185,15 @@ def fit(values: Sequence[float], start: int = 0) -> Fit | None:
             (ly - math.log(max(a + b * x, 1e-300))) ** 2 for x, ly in zip(xs, logs, strict=True)
         )
         fits.append(Fit("linear", a, b, t, sse))
-    a, b, t = _least_squares(xs, logs)
-    if b > 0:
-        sse = sum((ly - a - b * x) ** 2 for x, ly in zip(xs, logs, strict=True))
-        fits.append(Fit("exponential", a, b, t, sse))
+    for kind, ts in (("exponential", xs), ("power", [math.log1p(x) for x in xs])):
+        a, b, t = _least_squares(ts, logs)
+        if b > 0:
+            sse = sum((ly - a - b * x) ** 2 for x, ly in zip(ts, logs, strict=True))
+            fits.append(Fit(kind, a, b, t, sse))
     if not fits:
         return None
-    best = min(fits, key=lambda f: f.sse)
+    # the closest on a log scale; a tie (a power of 1 is a line) goes to the simpler kind
+    best = min(fits, key=lambda f: f.sse * (1 + 1e-9 * (f.kind == "power")))
     if best.t < MIN_T or best.value(xs[-1]) < MIN_GROWTH * best.value(xs[0]):
         return None
     return best
@@ -200,6 +219,26 @@ def _scale_drops(scales: Sequence[float], min_scale: float) -> tuple[float, floa
     return per_step, math.log2(part[-1] / min_scale) / per_step
 
 
+def overflow_norm(result: TrialResult) -> float | None:
+    """Under a GradScaler, the scaled gradient norm at which the trail saw an overflow.
+
+    A step whose gradient overflows is skipped: the weights do not move, so the next
+    step with a finite gradient shows the norm that overflowed at the skipped step's
+    scale. The smallest such ``scale * norm`` is the overflow the scaled gradient meets
+    (where one value of the backward passes the compute dtype's range, which the norm
+    over all the weights says only through this ratio). None when nothing overflowed.
+    """
+    grads, scales = result.grad_norm, result.loss_scale
+    found = None
+    for step, (grad, scale) in enumerate(zip(grads, scales, strict=False)):
+        if math.isfinite(grad):
+            continue
+        after = next((g for g in grads[step + 1 :] if math.isfinite(g)), None)
+        if after is not None and scale * after > 0:
+            found = scale * after if found is None else min(found, scale * after)
+    return found
+
+
 def forecast(result: TrialResult, horizon: int, min_loss_scale: float = 1.0) -> Forecast | None:
     """The trial's forecast; None for a trial that is not finite or too short to fit."""
     if result.outcome != "finite" or len(result.loss) < MIN_POINTS:
@@ -209,8 +248,12 @@ def forecast(result: TrialResult, horizon: int, min_loss_scale: float = 1.0) -> 
     out = Forecast(result.number, dict(result.params), len(result.loss), horizon, dtype)
     # the loss is computed in float32 under autocast; in the weights' dtype otherwise
     loss_limit = LIMITS["float32"] if result.loss_scale else limit
+    # under a GradScaler a gradient is a failure only when it overflows at the lowest
+    # scale: the unscaled norm then has to reach the overflow the trail saw, that far down
+    overflow = overflow_norm(result) if result.loss_scale else None
+    grad_limit = limit if overflow is None else overflow / min_loss_scale
     candidates = []
-    for signal, top in (("logit_absmax", limit), ("grad_norm", limit), ("loss", loss_limit)):
+    for signal, top in (("logit_absmax", limit), ("grad_norm", grad_limit), ("loss", loss_limit)):
         trail = getattr(result, signal)
         start, part = window(trail)
         trend = fit(part, start)
@@ -230,6 +273,7 @@ def forecast(result: TrialResult, horizon: int, min_loss_scale: float = 1.0) -> 
     if candidates:
         step, out.signal, out.trend, out.rate, out.last, out.limit = min(candidates)
         out.predicted_step = int(min(math.ceil(step), 2**62))
+        out.overflow = out.signal == "grad_norm" and overflow is not None
     return out
 
 
