@@ -138,3 +138,19 @@ def test_labels_all_ignored_makes_the_loss_nan(runner):
     result = runner.run({**BASE, "batch": "labels-all-ignored"}, seed=0)
     assert (result.outcome, result.first_bad_step) == ("nonfinite-loss", 0)
     assert math.isfinite(result.logit_absmax[0])
+
+
+def test_the_dtype_levels_and_limits_are_torch_s_own():
+    import torch
+
+    from nansearch.config import DTYPES
+    from nansearch.dtypes import FP16_MAX, LEVELS, LIMITS
+    from nansearch.factors.dtype import DTYPE_LEVELS
+
+    assert FP16_MAX == 65504.0
+    for name, limit in LIMITS.items():
+        assert limit == float(torch.finfo(getattr(torch, name)).max), name
+    assert tuple(DTYPE_LEVELS) == tuple(LEVELS) == DTYPES
+    assert DTYPE_LEVELS["amp-fp16"] == (torch.float32, torch.float16, True)
+    assert DTYPE_LEVELS["bf16"] == (torch.bfloat16, None, False)
+    assert LEVELS["amp-bf16"].compute == "bfloat16" and LEVELS["fp16"].compute == "float16"

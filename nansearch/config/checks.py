@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nansearch.config.schema import COMMAND_VALUES, FactorsConfig, SweepConfig
+from nansearch.dtypes import LEVELS
 
 _ABSENT = object()
 
@@ -81,13 +82,12 @@ def _check_target(cfg: SweepConfig) -> list[str]:
 
 
 def _check_factors(cfg: SweepConfig) -> list[str]:
-    from nansearch.factors.dtype import DTYPE_LEVELS
     from nansearch.factors.init import SCHEMES
 
     problems = []
-    dtypes = ", ".join(DTYPE_LEVELS)
+    dtypes = ", ".join(LEVELS)
     for level in cfg.factors.dtype.levels:
-        if level not in DTYPE_LEVELS:
+        if level not in LEVELS:
             problems.append(
                 f"factors.dtype.levels: {level!r} is not a dtype level; valid levels are {dtypes}"
             )

@@ -12,11 +12,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from nansearch.dtypes import LEVELS
+
 # what a command target's templates and config keys can name besides the factors
 COMMAND_VALUES = ("seed", "steps", "config", "checkpoint_level", "param_dtype", "autocast_dtype")
 # the dtype levels a sweep tries unless it names some: every level of the dtype factor
-# (nansearch.factors.dtype.DTYPE_LEVELS, which holds the valid ones)
-DTYPES = ("fp32", "bf16", "fp16", "amp-fp16", "amp-bf16")
+DTYPES = tuple(LEVELS)
 
 
 @dataclass

@@ -17,19 +17,20 @@ from __future__ import annotations
 import torch
 from optuna.distributions import CategoricalDistribution
 
-from nansearch.config.schema import DTYPES
 from nansearch.config.schema import DtypeFactor as DtypeConfig
+from nansearch.dtypes import LEVELS
 from nansearch.factors._base import Factor, TrialSetup
 
-# level -> (parameter dtype, autocast dtype, GradScaler)
+# level -> (parameter dtype, autocast dtype, GradScaler): the names in nansearch.dtypes
+# become torch dtypes here
 DTYPE_LEVELS: dict[str, tuple[torch.dtype, torch.dtype | None, bool]] = {
-    "fp32": (torch.float32, None, False),
-    "bf16": (torch.bfloat16, None, False),
-    "fp16": (torch.float16, None, False),
-    "amp-fp16": (torch.float32, torch.float16, True),
-    "amp-bf16": (torch.float32, torch.bfloat16, False),
+    name: (
+        getattr(torch, level.weights),
+        getattr(torch, level.autocast) if level.autocast else None,
+        level.scaler,
+    )
+    for name, level in LEVELS.items()
 }
-assert tuple(DTYPE_LEVELS) == DTYPES
 
 
 def compute_dtype(param_dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:

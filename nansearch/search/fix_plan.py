@@ -10,6 +10,7 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
+from nansearch.dtypes import LEVELS
 from nansearch.factors import Factor
 from nansearch.search.choose import nearest_passing
 from nansearch.search.fix import Fix
@@ -17,21 +18,13 @@ from nansearch.search.plan import continuous_names
 from nansearch.search.remedies import Context, audit_remedies
 from nansearch.trial.runner import TrialResult
 
-# how far a dtype level is from another: compute precision, then where weights live
-_DTYPE = {
-    "fp32": ("fp32", "fp32"),
-    "bf16": ("bf16", "bf16"),
-    "fp16": ("fp16", "fp16"),
-    "amp-fp16": ("fp16", "fp32"),
-    "amp-bf16": ("bf16", "fp32"),
-}
-
 
 def dtype_distance(a: str, b: str) -> float:
-    if a not in _DTYPE or b not in _DTYPE:
+    """How far a dtype level is from another: compute precision, then where weights live."""
+    if a not in LEVELS or b not in LEVELS:
         return 1.0
-    (ca, wa), (cb, wb) = _DTYPE[a], _DTYPE[b]
-    return (ca != cb) * 1.0 + (wa != wb) * 0.5
+    x, y = LEVELS[a], LEVELS[b]
+    return (x.compute != y.compute) * 1.0 + (x.weights != y.weights) * 0.5
 
 
 def _levels(factors: Sequence[Factor], name: str) -> list[Any]:
