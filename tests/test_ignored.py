@@ -11,6 +11,7 @@ from nansearch.cli.main import main
 from nansearch.search.ignored import same_trail
 from nansearch.trial.runner import TrialResult
 from tests.conftest import REPO, demo_overrides
+from tests.test_tracking import offline_runs
 
 # A script with its own model and loop. It takes --lr and --dtype; READS_DTYPE decides
 # whether it does anything with the second.
@@ -119,7 +120,8 @@ def test_a_function_that_ignores_the_trials_learning_rate_is_named(tmp_path, cap
             "args: --lr ${lr} --dtype ${param_dtype}", f"fn: {tmp_path}/loop.py:train"
         )
     )
-    assert main(["sweep", str(path), *demo_overrides(study="fn", trials=4, steps=4)]) == 0
+    overrides = demo_overrides(study="fn", trials=4, steps=4, **{"tracking.wandb": "offline"})
+    assert main(["sweep", str(path), *overrides]) == 0
     printed = capsys.readouterr().out
     ranking = json.loads((tmp_path / "runs" / "fn" / "ranking.json").read_text())
     assert ranking["outcomes"] == {"finite": 4}, ranking["outcomes"]
@@ -128,6 +130,18 @@ def test_a_function_that_ignores_the_trials_learning_rate_is_named(tmp_path, cap
     assert item["passed_as"] == "trial.lr or trial.optimizer()"
     assert f"lr is very likely never read by target.fn={tmp_path}/loop.py:train" in item["text"]
     assert printed.count("lr is very likely never read") == 1
+    # the W&B analysis run, read back from its offline file, records the same finding
+    (analysis,) = [
+        run
+        for run in offline_runs(tmp_path / "runs" / "fn")
+        if run["run"]["job_type"] == "analysis"
+    ]
+    assert analysis["summary"]["study/ignored"] == ["lr"]
+    run_dir = next((tmp_path / "runs" / "fn" / "wandb").glob(f"*-{analysis['run_id']}"))
+    table = json.loads((run_dir / "files" / analysis["summary"]["ignored"]["path"]).read_text())
+    (row,) = [dict(zip(table["columns"], data, strict=True)) for data in table["data"]]
+    assert (row["factor"], row["changed_by"], row["text"]) == ("lr", "dtype", item["text"])
+    assert row["passed_as"] == item["passed_as"]
 
 
 def steps(loss: list[float]) -> TrialResult:

@@ -116,7 +116,8 @@ def fix_words(record: dict[str, Any]) -> dict[str, str]:
 
 
 def log_analysis(run: Any, study: FinishedStudy) -> None:
-    """The ranking, NaN rate per level, importances, trials, conclusions, audit, report."""
+    """The ranking, NaN rate per level, importances, trials, conclusions, the factors the
+    code ignores, audit, report."""
     import wandb
 
     ranking, results, audit = study.ranking, study.results, study.audit
@@ -179,7 +180,7 @@ def log_analysis(run: Any, study: FinishedStudy) -> None:
     conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
     if conclusions:
         logged["conclusions"] = wandb.Table(columns=["conclusion"], data=[[c] for c in conclusions])
-    for key in ("interactions", "minimal_causes", "at_risk", "fixes"):
+    for key in ("interactions", "minimal_causes", "at_risk", "ignored", "fixes"):
         if ranking.get(key):
             logged[key] = dict_table(wandb, ranking[key])
     findings = (audit or {}).get("findings") or []
@@ -199,6 +200,8 @@ def log_analysis(run: Any, study: FinishedStudy) -> None:
             "study/importance": importance,
             "study/audit_findings": len(findings),
             "study/at_risk": len(ranking.get("at_risk") or []),
+            # the factors the user's code gave no sign of reading, by name
+            "study/ignored": [item["factor"] for item in ranking.get("ignored") or []],
         }
     )
     log_report_artifact(run, study_dir, str(ranking.get("study") or study_dir.name))
