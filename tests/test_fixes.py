@@ -382,8 +382,10 @@ def test_a_verified_fix_gives_the_line_that_reruns_its_configuration_with_the_fi
         f"nansearch sweep {tmp_path}/c/config.yaml study=c-fix-1-1 trials=2 steps=40 "
         "checkpoint=fresh init=pretrained dtype=fp32 lr=0.0123457 batch=clean"
     )
+    written = json.loads(json.dumps(fix.to_json()))  # as ranking.json holds it
+    assert Fix.from_json(written).to_json() == written
     assert f"      rerun: {fix.rerun}" in format_conclusions(
-        {"conclusions": [item], "fixes": [fix.to_json()]}
+        {"conclusions": [item], "fixes": [written]}
     )
     args = build_parser().parse_args(shlex.split(fix.rerun)[1:])
     pinned = load_config(args.sweep_file, args.overrides)

@@ -76,6 +76,27 @@ class Fix:
             "text": self.text,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fix:
+        """The fix :meth:`to_json` wrote (``ranking.json``'s ``fixes``)."""
+        return cls(
+            conclusion=data["conclusion"],
+            rule=data["rule"],
+            source=data["source"],
+            change=dict(data["change"]),
+            failing=dict(data["failing"]),
+            reference=data.get("reference"),
+            steps=data["steps"],
+            seeds=list(data["seeds"]),
+            runs=list(data.get("runs") or []),
+            reference_runs=list(data.get("reference_runs") or []),
+            verdict=data.get("verdict", "not run"),
+            why=data.get("why", ""),
+            label=data.get("label", ""),
+            writes=data.get("writes"),
+            rerun=data.get("rerun", ""),
+        )
+
 
 def fmt_value(value: Any) -> str:
     if isinstance(value, bool):
@@ -190,21 +211,21 @@ def _judge_trend(fix: Fix, ours: float, theirs: float | None) -> None:
 
 def format_conclusions(ranking: dict[str, Any]) -> str:
     """The conclusions, numbered, each followed by its fixes."""
-    fixes = ranking.get("fixes") or []
+    fixes = [Fix.from_json(fix) for fix in ranking.get("fixes") or []]
     lines = []
     for i, item in enumerate(ranking.get("conclusions") or [], 1):
         lines.append(f"{i}. {item['text']}")
-        own = [fix for fix in fixes if fix["conclusion"] == i - 1]
+        own = [fix for fix in fixes if fix.conclusion == i - 1]
         for fix in own:
-            lines.append(f"   -> {fix['text']}")
-            if fix.get("rerun"):
-                lines.append(f"      rerun: {fix['rerun']}")
-        if own and not any(fix.get("verified") for fix in own):
+            lines.append(f"   -> {fix.text}")
+            if fix.rerun:
+                lines.append(f"      rerun: {fix.rerun}")
+        if own and not any(fix.verdict == "verified" for fix in own):
             lines.append(f"   -> {none_held(own)}")
     return "\n".join(lines)
 
 
-def none_held(fixes: Sequence[dict[str, Any]]) -> str:
+def none_held(fixes: Sequence[Fix]) -> str:
     """The line for a conclusion none of whose fixes held, naming what was tried."""
-    tried = ", ".join(" ".join(fix["overrides"]) for fix in fixes)
+    tried = ", ".join(" ".join(fix.overrides) for fix in fixes)
     return f"no fix held: tried {tried}; the cause stands unfixed"

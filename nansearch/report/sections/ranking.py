@@ -9,6 +9,8 @@ from markupsafe import Markup
 
 from nansearch.report import charts
 from nansearch.report.sections._base import Section, fmt, fmt_p, fmt_rate
+from nansearch.search.confirm import Confirmation
+from nansearch.search.isolate import Isolation
 
 
 def ranking_section(ranking: dict[str, Any]) -> Section | None:
@@ -90,12 +92,12 @@ def interactions_section(ranking: dict[str, Any]) -> Section | None:
     return Section("interactions", "Interactions", "interactions", shown, note)
 
 
-def _role(name: str, iso: dict[str, Any]) -> str:
-    if name in (iso.get("needed_alone") or []):
+def _role(name: str, iso: Isolation) -> str:
+    if name in iso.needed:
         return "needed: flipping it back alone fixes the failure"
-    if name in (iso.get("needed_shared") or []):
+    if name in iso.context:
         return "needed: shared with the passing run, and changing it fixes the failure"
-    if name in (iso.get("minimal") or {}):
+    if name in iso.minimal:
         return "needed, together with the others"
     return "not needed"
 
@@ -106,36 +108,34 @@ def minimal_causes_section(ranking: dict[str, Any]) -> Section | None:
     if not items:
         return None
     shown = []
-    for iso in items:
-        failing, reference = iso.get("failing") or {}, iso.get("reference") or {}
-        names = list(iso.get("differences") or [])
-        names += [n for n in iso.get("needed_shared") or [] if n not in names]
-        ranges = iso.get("ranges") or {}
+    for item in items:
+        iso = Isolation.from_json(item)
+        names = list(iso.differences)
+        names += [n for n in iso.context if n not in names]
         rows = [
             {
                 "factor": name,
-                "failing": fmt(failing.get(name)),
-                "passing": fmt(reference.get(name)),
+                "failing": fmt(iso.failing.get(name)),
+                "passing": fmt(iso.reference.get(name)),
                 "role": _role(name, iso),
                 "range": (
-                    f"fails from {fmt(ranges[name]['fails'])}, passes at "
-                    f"{fmt(ranges[name]['passes'])}"
-                    if name in ranges
+                    f"fails from {fmt(iso.ranges[name][1])}, passes at {fmt(iso.ranges[name][0])}"
+                    if name in iso.ranges
                     else ""
                 ),
             }
             for name in names
         ]
-        confirmation = iso.get("confirmation") or {}
+        confirmation = item.get("confirmation")
         shown.append(
             {
-                "trial": iso.get("trial"),
-                "reference": iso.get("reference_trial"),
-                "probes": len(iso.get("probes") or []),
-                "text": str(iso.get("text") or "nothing smaller than the whole configuration"),
-                "complete": bool(iso.get("complete")),
+                "trial": iso.trial,
+                "reference": iso.reference_trial,
+                "probes": len(iso.probes),
+                "text": iso.text or "nothing smaller than the whole configuration",
+                "complete": iso.complete,
                 "rows": rows,
-                "confirmation": str(confirmation.get("text") or ""),
+                "confirmation": Confirmation.from_json(confirmation).text if confirmation else "",
             }
         )
     note = (
