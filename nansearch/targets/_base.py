@@ -100,6 +100,9 @@ class Target(ABC):
         return value if isinstance(value, int) else None
 
 
+LOAD_SEED = 0  # the seed a checkpoint's missing weights are initialized from as it loads
+
+
 class CheckpointCache:
     """Reads each checkpoint from disk once per process and hands out copies.
 
@@ -118,7 +121,11 @@ class CheckpointCache:
             raise self._failed[checkpoint]
         if checkpoint not in self._loaded:
             try:
-                self._loaded[checkpoint] = self.target.load(checkpoint)
+                # weights the checkpoint lacks are initialized as it loads: from one fixed
+                # seed, so they do not depend on which trial, probe or audit loaded it first
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(LOAD_SEED)
+                    self._loaded[checkpoint] = self.target.load(checkpoint)
             except CheckpointError as exc:
                 self._failed[checkpoint] = exc.at_level(level) if level else exc
                 raise self._failed[checkpoint] from None
