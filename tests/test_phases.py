@@ -11,7 +11,7 @@ from nansearch.cli.sweep import sweep
 from nansearch.config import ConfigError, load_config
 from nansearch.factors import build_factors
 from nansearch.search import pairwise
-from nansearch.search.choose import alternatives
+from nansearch.search.choose import alternatives, suspects
 from nansearch.search.confirm import confirm
 from nansearch.search.isolate import isolate
 from nansearch.search.phases import run_probes
@@ -339,3 +339,52 @@ def test_a_shared_value_no_finite_run_has_changed_yet_is_still_tried():
         "init": "uninitialized-missing",
     }
     assert found.context == ["init"]  # shared with the reference, and needed
+
+
+def amp_fp16_overflows(config):
+    """The demo's fourth cause: AdamW far above its usual rate grows activations past
+    fp16's range under amp-fp16; fp32 and the bf16 levels hold the same rate."""
+    return config["dtype"] == "amp-fp16" and config["lr"] > 0.15
+
+
+def test_the_counts_point_a_flaky_isolation_at_the_shared_dtype_first():
+    # the learning rate above the passing run's: NaN there only with amp-fp16, whose
+    # failing run shares amp-fp16 with its reference, as the checkpoint and the init
+    factors = build_factors(load_config(DEMO))
+    base = {**OPT, "init": "reinit-normal"}
+    rows = [({**base, "dtype": d, "lr": lr}, False) for d in ("fp32", "bf16", "amp-fp16")
+            for lr in (1e-4, 1e-3, 0.01, 0.05)]  # fmt: skip
+    rows += [({**base, "dtype": "amp-fp16", "lr": 0.137, "batch": "long-sequence"}, False)]
+    rows += [({**base, "dtype": d, "lr": lr}, amp_fp16_overflows({"dtype": d, "lr": lr}))
+             for d, lr in [("fp32", 0.2), ("fp32", 0.77), ("bf16", 0.48), ("amp-fp16", 0.19)]]  # fmt: skip
+    results = as_results(rows)
+    failing, passing = results[-1].params, results[-5].params
+    assert failing["lr"] > passing["lr"] and failing["batch"] != passing["batch"]
+    asked = suspects(failing, passing, results, factors)
+    assert asked == {"dtype": "fp32"}  # the level with the most finite runs up there
+
+    def budget(answers):  # a flaky failure: each question costs repeated runs
+        left = iter(range(answers))
+
+        def probe(config):
+            return amp_fp16_overflows(config) if next(left, None) is not None else None
+
+        return probe
+
+    offered = {**alternatives(failing, results, ["lr"], factors), **asked}
+    # room for the two flips and one shared value: with the counts' suspect, that one is
+    # the dtype, and the isolation stopped by the budget keeps what it showed
+    found = isolate(failing, passing, budget(3), ["lr"], offered, suspects=list(asked))
+    assert not found.complete
+    assert found.context == ["dtype"] and found.shown == ["dtype", "lr"]
+    assert found.needed == ["lr"]
+    # without it, the shared values go in their order (the dtype last here) and the
+    # budget ends on another
+    last = {**{k: v for k, v in offered.items() if k != "dtype"}, "dtype": "fp32"}
+    assert next(iter(last)) != "dtype"
+    plain = isolate(failing, passing, budget(3), ["lr"], last)
+    assert "dtype" not in plain.context and plain.shown == ["lr"]
+    # with the budget to finish, both orders find the same minimal set
+    whole = isolate(failing, passing, amp_fp16_overflows, ["lr"], offered, suspects=["dtype"])
+    assert whole.complete and set(whole.minimal) == {"dtype", "lr"}
+    assert "lr" in whole.ranges

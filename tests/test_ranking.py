@@ -440,3 +440,74 @@ def test_a_rare_batch_is_named_by_isolation_before_the_counts_can():
         for c in rank(results, axes, isolations=[iso], confirmations=[flaky])["conclusions"]
     ]
     assert "isolated-cause" not in kinds and "isolated" in kinds
+
+
+def lr_range_cause():
+    """``lr above 0.16`` as the demo's counts named it: its runs above the edge went NaN
+    only with amp-fp16, and there only in half of them (the failure comes late, near
+    the edge); the checkpoint, init and batch split them too, but less clearly."""
+    from nansearch.analysis.causes import ABOVE, Cause, Condition
+
+    def level(value, nan, total):
+        return {"value": value, "nan": nan, "total": total, "edge": None}
+
+    return Cause(
+        (Condition("lr", ABOVE, 0.16),), 8, 15, 1e-4, 0.008, 90,
+        others=[{"text": "lr below 0.16", "factor": "lr", "nan": 0, "total": 27}],
+        boundary={"lr": (0.137, 0.186)},
+        by_level={
+            "checkpoint": [level("blip2-full", 0, 1), level("opt-lm", 3, 9)],
+            "batch": [level("clean", 0, 1), level("padded-row", 2, 6), level("long", 1, 2)],
+            "dtype": [level("amp-bf16", 0, 1), level("amp-fp16", 3, 6), level("bf16", 0, 1),
+                      level("fp32", 0, 2)],
+        },
+    )  # fmt: skip
+
+
+def test_a_flaky_range_names_the_level_it_fails_at():
+    from nansearch.analysis.conclusions import sentence
+
+    cause = lr_range_cause()
+    assert not cause.sufficient
+    text = sentence(cause)
+    assert text.startswith("lr above 0.16 raises the NaN rate: 8/15 runs NaN")
+    # the clearest split: every NaN run above the edge in amp-fp16, none in 4 others
+    assert "above it, NaN only with dtype=amp-fp16 (3/6), vs 0/1 with amp-bf16, 0/1 with " in text
+    assert "0/2 with fp32" in text
+    assert "checkpoint=" not in text and "batch=" not in text
+
+
+def test_an_isolation_stopped_early_is_evidence_for_its_cause_not_a_conclusion():
+    from nansearch.analysis.conclusions import conclude
+    from nansearch.search.isolate import Isolation
+
+    cause = lr_range_cause()
+    base = {"checkpoint": "opt-lm", "init": "reinit-normal", "dtype": "amp-fp16"}
+    failing = {**base, "batch": "padded-row", "lr": 0.186}
+    reference = {**base, "batch": "long", "lr": 0.137}
+    results = [trial(39, failing, True), trial(7, reference, False)]
+    iso = Isolation(failing, reference, ["batch", "lr"], minimal=["lr"], needed=["lr"],
+                    probes=[{"fails": False}, {"fails": True}], trial=39, reference_trial=7)  # fmt: skip
+    check = Confirmation(39, failing, runs=[51, 52, 53], nan=1)
+    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c["kind"] != "unexplained"]
+    assert item["kind"] == "cause" and item["evidence"] == ["counts", "isolation", "confirmation"]
+    assert (
+        "stopped early (the isolate budget was spent): needs lr=0.19 (flipping it back"
+        in (item["text"])
+    )
+    assert "flaky: NaN in 2/4 runs" in item["text"]
+    # one that went on to show the shared dtype needed narrows the counted range
+    iso.context, iso.probes = ["dtype"], [*iso.probes, {"changed": "dtype", "to": "fp32",
+                                                        "fails": False}]  # fmt: skip
+    iso.minimal = ["dtype", "lr"]
+    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c["kind"] == "cause"]
+    assert (
+        "needs dtype=amp-fp16 (changing it, which both runs shared, to fp32 fixes it)"
+        in (item["text"])
+    )
+    assert "Beyond the counts' rule, this run needs dtype=amp-fp16 too." in item["text"]
+    assert item["isolation_adds"] == {"dtype": "amp-fp16"}
+    # an isolation of another cause's run is not taken for this one's
+    other = Isolation({**failing, "lr": 0.01}, reference, ["lr"], minimal=["lr"], trial=3)
+    assert all(c["kind"] != "cause" or "Isolated" not in c["text"]
+               for c in conclude(results, [cause], [other], []))  # fmt: skip

@@ -343,3 +343,23 @@ def isolated_by(cause: Cause, isolation: Isolation) -> bool:
         elif str(isolation.failing[condition.factor]) != str(condition.value):
             return False
     return True
+
+
+def isolation_extends(cause: Cause, isolation: Isolation) -> list[str] | None:
+    """Whether an isolation speaks of a cause without returning exactly its values, and
+    what it adds: its failing run is one of the cause's, and every condition of the
+    cause is among the values it found needed (a range as the range's factor, its
+    bisected side, if any, the cause's own). Returns the values it needs beyond the
+    cause's (none: the same cause, seen from an isolation that stopped early), or None
+    when it speaks of something else."""
+    if not isolation.minimal or not cause.holds(isolation.failing):
+        return None
+    for condition in cause.conditions:
+        if condition.factor not in isolation.minimal:
+            return None
+        if condition.factor in isolation.ranges:
+            passing, failing = isolation.ranges[condition.factor]
+            if condition.op == EQUALS or (failing > passing) != (condition.op == ABOVE):
+                return None
+    own = {c.factor for c in cause.conditions}
+    return [name for name in isolation.shown if name not in own]

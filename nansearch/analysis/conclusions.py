@@ -16,7 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from nansearch.analysis.causes import EQUALS, Cause, Condition, isolated_by
+from nansearch.analysis.causes import EQUALS, Cause, Condition, isolated_by, isolation_extends
+from nansearch.analysis.ranges import clearest_splits
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation, fmt, midpoint
 from nansearch.trial.runner import TrialResult
@@ -43,18 +44,22 @@ def _boundary(cause: Cause, name: str) -> str:
 
 def _by_level(cause: Cause, condition: Condition) -> str:
     """Where a range's runs disagree by level: the levels that went NaN inside it, against
-    those that stayed finite there, and the levels never run inside it; no single edge
-    is claimed for all of them."""
+    those whose runs there all stayed finite (the factors that split them most clearly,
+    :func:`~nansearch.analysis.ranges.clearest_splits`), and the levels never run inside
+    it; no single edge is claimed for all of them."""
     side = _side(condition)
-    split, unseen = [], []
-    for factor, entries in cause.by_level.items():
-        bad = [e for e in entries if e["total"] and e["nan"] == e["total"]]
-        good = [e for e in entries if e["total"] and e["nan"] < e["total"]]
-        unseen += [f"{factor}={e['value']}" for e in entries if not e["total"]]
-        if bad and good:
-            nan = " or ".join(f"{factor}={e['value']} ({_frac(e)})" for e in bad)
-            fine = ", ".join(f"{_frac(e)} with {e['value']}" for e in good)
-            split.append(f"{nan}, vs {fine}")
+    split = [
+        " or ".join(f"{factor}={e['value']} ({_frac(e)})" for e in bad)
+        + ", vs "
+        + ", ".join(f"{_frac(e)} with {e['value']}" for e in good)
+        for factor, bad, good in clearest_splits(cause.by_level)
+    ]
+    unseen = [
+        f"{factor}={e['value']}"
+        for factor, entries in cause.by_level.items()
+        for e in entries
+        if not e["total"]
+    ]
     out = ""
     if split:
         out += f"; {side} it, NaN only with " + "; with ".join(split)
@@ -129,6 +134,8 @@ def _isolation_text(iso: Isolation, counted: dict[str, Any] | None = None) -> st
     """What isolation found. ``counted`` maps a factor to the range edge the cause's counts
     gave it: isolation's own edge for that factor, found by bisection, is then named as such,
     so two edges of one factor never read as one claim."""
+    if not iso.complete:
+        return _partial_text(iso)
     counted = counted or {}
     how = ""
     if iso.needed and set(iso.needed) <= set(iso.minimal):
@@ -150,6 +157,28 @@ def _isolation_text(iso: Isolation, counted: dict[str, Any] | None = None) -> st
     return (
         f"Isolated from trial {iso.trial} against passing trial {iso.reference_trial} "
         f"in {len(iso.probes)} probes: needs {iso.text}{how}{ranges}."
+    )
+
+
+def _partial_text(iso: Isolation) -> str:
+    """An isolation the budget stopped: what its probes showed needed, and what it did not
+    rule out yet; never more than a probe showed."""
+    shown = []
+    for name in iso.shown:
+        if name in iso.needed:
+            shown.append(f"{iso.describe(name)} (flipping it back alone fixes it)")
+            continue
+        to = next((p["to"] for p in iso.probes if p.get("changed") == name), None)
+        shown.append(
+            f"{iso.describe(name)} (changing it, which both runs shared, to {to} fixes it)"
+        )
+    untested = [iso.describe(n) for n in iso.minimal if n not in iso.shown]
+    text = "; ".join(f"needs {part}" for part in shown) or "no probe fixed it yet"
+    if untested:
+        text += f"; {', '.join(untested)} not yet ruled out"
+    return (
+        f"Isolated from trial {iso.trial} against passing trial {iso.reference_trial} in "
+        f"{len(iso.probes)} probes, stopped early (the isolate budget was spent): {text}."
     )
 
 
@@ -214,11 +243,22 @@ def conclude(
     for cause in causes:
         text = sentence(cause)
         match = next((i for i in isolations if isolated_by(cause, i)), None)
+        extra: list[str] = []
+        if match is None:  # an isolation of one of its runs, stopped early or narrower
+            for iso in isolations:
+                more = isolation_extends(cause, iso) if id(iso) not in used else None
+                if more is not None:
+                    match, extra = iso, more
+                    break
         item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
         if match is not None:
             used.add(id(match))
             counted = {c.factor: c.value for c in cause.conditions if c.op != EQUALS}
             text += " " + _isolation_text(match, counted)
+            if extra:
+                needs = " with ".join(match.describe(name) for name in extra)
+                text += f" Beyond the counts' rule, this run needs {needs} too."
+                item["isolation_adds"] = {name: match.failing[name] for name in extra}
             text += _confirmation_text(confirmed.get(match.trial))
             item["isolation"] = match.to_json()
             if match.trial in confirmed:
@@ -252,11 +292,7 @@ def conclude(
                 }
             )
             continue
-        state = "" if iso.complete else " (isolation stopped early: budget spent)"
-        text = (
-            f"Not yet significant across runs{state}: {_isolation_text(iso)}"
-            f"{_confirmation_text(check)}"
-        )
+        text = f"Not yet significant across runs: {_isolation_text(iso)}{_confirmation_text(check)}"
         out.append(
             {
                 "text": text,

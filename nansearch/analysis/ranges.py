@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nansearch.analysis.evidence import ABOVE, BELOW, Condition, Evidence
+from nansearch.analysis.stats import fisher_greater
 
 EDGE_APART = 1.5  # per-level edges this many times apart are reported apart
 
@@ -78,6 +79,33 @@ def per_level(
         if apart or uneven:
             out[name] = entries
     return out
+
+
+def clearest_splits(
+    by_level: dict[str, list[dict[str, Any]]],
+) -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The factors whose levels split a range's runs most clearly: per factor, the levels
+    with a NaN run inside the range against those whose runs there all stayed finite,
+    kept when both exist. Of those, the ones with the smallest one-sided Fisher p of the
+    NaN levels' runs against the others' (several when they split as clearly), as
+    ``(factor, nan levels, finite levels)``. A flaky range (some runs NaN at the edge)
+    reads as the levels it fails at: ``lr above 0.16`` NaN only with ``dtype=amp-fp16``."""
+    found = []
+    for factor, entries in by_level.items():
+        bad = [e for e in entries if e["nan"]]
+        good = [e for e in entries if e["total"] and not e["nan"]]
+        if bad and good:
+            p = fisher_greater(
+                sum(e["nan"] for e in bad),
+                sum(e["total"] for e in bad),
+                0,
+                sum(e["total"] for e in good),
+            )
+            found.append((p, factor, bad, good))
+    if not found:
+        return []
+    clearest = min(p for p, *_ in found)
+    return [(factor, bad, good) for p, factor, bad, good in found if p <= clearest * (1 + 1e-9)]
 
 
 def _edge(values: np.ndarray, nan: np.ndarray, above: bool) -> float | None:

@@ -2,7 +2,8 @@
 
 The failing configurations worth confirming, the least certain first (:func:`to_confirm`),
 the passing run nearest a failing one (:func:`nearest_passing`), the other values an
-isolation may try (:func:`alternatives`), and an isolation of a confirmed failure run
+isolation may try (:func:`alternatives`) and those it asks about first (:func:`suspects`),
+and an isolation of a confirmed failure run
 through the prober (:func:`isolate_confirmed`).
 """
 
@@ -13,7 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nansearch.analysis.causes import find_causes
+from nansearch.analysis.causes import ABOVE, BELOW, Condition, Evidence, explained, find_causes
+from nansearch.analysis.ranges import clearest_splits, midpoint, per_level
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation, isolate
 from nansearch.search.plan import continuous_names
@@ -120,6 +122,46 @@ def alternatives(
     return out
 
 
+def suspects(
+    failing: dict[str, Any],
+    reference: dict[str, Any],
+    results: Sequence[TrialResult],
+    factors: Sequence[Factor],
+) -> dict[str, Any]:
+    """The shared values an isolation asks about first, each with the level to change it to.
+
+    When the failing run and its reference differ in a continuous value (a learning rate
+    above the passing one's), the runs on the failing side of the two that no other
+    cause explains are split by the levels of each other factor
+    (:func:`~nansearch.analysis.ranges.per_level`). A value both runs share is a suspect
+    when its factor splits those runs most clearly
+    (:func:`~nansearch.analysis.ranges.clearest_splits`), the failing run's level among
+    those with a NaN run there and the other levels' runs all finite; it is changed to
+    the finite level with the most runs there. The counts cannot tell yet whether the
+    range needs that value (too few runs); one probe of the failing run can."""
+    names = [f.name for f in factors]
+    continuous = continuous_names(factors)
+    ev = Evidence(results, continuous, names)
+    causes = find_causes(results, names, continuous)
+    background = ~explained(ev, [c for c in causes if not c.holds(failing)])
+    out: dict[str, Any] = {}
+    for name in continuous:
+        a, b = failing.get(name), reference.get(name)
+        if a is None or b is None or not (a > 0 and b > 0) or math.isclose(a, b, rel_tol=1e-9):
+            continue
+        condition = Condition(name, ABOVE if a > b else BELOW, midpoint(a, b))
+        by_level = per_level(ev, (condition,), condition, background)
+        for factor, bad, good in clearest_splits(by_level):
+            value = str(failing.get(factor))
+            if value != str(reference.get(factor)) or value not in {e["value"] for e in bad}:
+                continue
+            level = max(good, key=lambda e: e["total"])["value"]
+            choices = next((getattr(f.distribution(), "choices", ()) for f in factors
+                            if f.name == factor), ())  # fmt: skip
+            out[factor] = next((c for c in choices if str(c) == level), level)
+    return out
+
+
 def isolate_confirmed(
     results: list[TrialResult], prober: Prober, confirmed: Confirmation, continuous: list[str]
 ) -> Isolation | None:
@@ -139,12 +181,15 @@ def isolate_confirmed(
                 return True
         return False
 
+    factors = prober.search.factors
+    asked = suspects(failing.params, reference.params, results, factors)
     isolation = isolate(
         failing.params,
         reference.params,
         probe,
         continuous,
-        alternatives(failing.params, results, continuous, prober.search.factors),
+        {**alternatives(failing.params, results, continuous, factors), **asked},
+        suspects=list(asked),
     )
     isolation.trial, isolation.reference_trial = origin, reference.number
     return isolation

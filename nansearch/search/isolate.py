@@ -16,6 +16,13 @@ runs): if the failure goes away, the value joins the set. Last, a continuous val
 the set is bisected (on a log scale) between its passing and failing values, so it
 reads as a range.
 
+The caller may name suspects: values the runs' counts already point at (the only dtype
+a range's NaN runs held). A differing suspect is flipped back first, and a shared one
+is changed before the other shared values: when a flaky failure's repeated probes
+spend the budget after a few questions, those are the questions the counts cannot
+answer yet. An isolation the budget stops keeps what it showed: the flips that fixed it
+and the shared values whose change fixed it (:attr:`Isolation.shown`).
+
 The algorithm only asks a question, "does this configuration fail?", through a probe
 function; running trials, repeating them where a failure is flaky and spending the
 budget are the caller's job (:mod:`nansearch.search.phases`).
@@ -77,6 +84,15 @@ class Isolation:
             elif str(params[name]) != str(self.failing[name]):
                 return False
         return bool(self.minimal)
+
+    @property
+    def shown(self) -> list[str]:
+        """The values shown needed: all of the minimal set once complete; before that,
+        only those a probe showed (a flip back that fixed it, a shared value whose change
+        fixed it), not those merely not ruled out yet."""
+        if self.complete:
+            return list(self.minimal)
+        return [n for n in self.failing if n in self.needed or n in self.context]
 
     def describe(self, name: str) -> str:
         if name in self.ranges:
@@ -142,8 +158,10 @@ class Isolator:
         continuous: Sequence[str] = (),
         alternatives: dict[str, Any] | None = None,
         bisect_steps: int = 3,
+        suspects: Sequence[str] = (),
     ):
         self.result = Isolation(dict(failing), dict(reference), differences(failing, reference))
+        self.suspects = [n for n in suspects if n in failing]
         self.probe = probe
         self.continuous = set(continuous)
         self.alternatives = {
@@ -189,20 +207,30 @@ class Isolator:
         if not diffs:
             return result
         try:
-            result.needed = [n for n in diffs if not self.fails(set(diffs) - {n})]
+            first = [n for n in diffs if n in self.suspects]
+            for name in first + [n for n in diffs if n not in first]:
+                if not self.fails(set(diffs) - {name}):
+                    result.needed.append(name)
+            result.needed = [n for n in diffs if n in result.needed]
             start = result.needed if result.needed and self.fails(result.needed) else diffs
             result.minimal = self.ddmin(list(start))
-            result.context = [n for n in self.alternatives if self.needs_shared(n)]
+            shared = [n for n in self.suspects if n in self.alternatives]
+            shared += [n for n in self.alternatives if n not in shared]
+            for name in shared:
+                if self.needs_shared(name):
+                    result.context.append(name)
             result.minimal = [n for n in result.failing if n in {*result.minimal, *result.context}]
             for name in result.minimal:
                 if name in self.continuous:
                     self.bisect(name)
             result.complete = True
         except OutOfBudget:
+            result.needed = [n for n in diffs if n in result.needed]
             if not result.minimal:
                 # the smallest failing set seen so far
                 failing = [set(k) for k, v in self.known.items() if v]
                 result.minimal = [n for n in diffs if n in min(failing, key=len)]
+            result.minimal = [n for n in result.failing if n in {*result.minimal, *result.context}]
         return result
 
     def ddmin(self, changes: list[str]) -> list[str]:
@@ -273,10 +301,12 @@ def isolate(
     continuous: Sequence[str] = (),
     alternatives: dict[str, Any] | None = None,
     bisect_steps: int = 3,
+    suspects: Sequence[str] = (),
 ) -> Isolation:
     """Delta debugging: the smallest set of ``failing``'s values that still fails.
 
     ``alternatives`` gives, per factor, a value to try in place of a value that
-    ``failing`` and ``reference`` share.
+    ``failing`` and ``reference`` share; ``suspects``, the values to ask about first.
     """
-    return Isolator(failing, reference, probe, continuous, alternatives, bisect_steps).run()
+    isolator = Isolator(failing, reference, probe, continuous, alternatives, bisect_steps, suspects)
+    return isolator.run()
