@@ -181,6 +181,40 @@ def test_a_learning_rate_fix_goes_below_the_edge_by_the_longer_run_and_the_usual
     assert audit_changes(item, audit, {**failing, "lr": 0.005}, "adamw") == []
 
 
+def test_every_learning_rate_fix_of_one_cause_is_the_same_step_scaled_rate():
+    """The counts' edge, an isolation's reference run and a bisected edge all give a
+    passing rate of a 20-step trial: each goes down by the ratio of the steps, so the
+    high rate under amp-fp16 gets one rate whichever evidence its conclusion rests on."""
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    factors, _ = prepare(cfg)
+    base = {"checkpoint": "opt-lm", "init": "reinit-normal", "dtype": "amp-fp16"}
+    failing = {**base, "batch": "padded-row", "lr": 0.186}
+    reference = {**base, "batch": "long-sequence", "lr": 0.137}
+    stopped = {"trial": 39, "failing": failing, "reference": reference, "complete": False,
+               "minimal": {"lr": 0.186}, "needed_alone": ["lr"], "ranges": {}}  # fmt: skip
+    alone = {"kind": "isolated", "isolation": stopped}
+    counted = {"kind": "cause", "rule": "lr above 0.16", "boundary": {"lr": [0.137, 0.186]},
+               "conditions": [{"factor": "lr", "op": ">=", "value": 0.16}]}  # fmt: skip
+    merged = {**counted, "isolation": stopped}
+    bisected = {**alone, "isolation": {**stopped, "complete": True,
+                                       "ranges": {"lr": {"passes": 0.14, "fails": 0.186}}}}  # fmt: skip
+    for item in (alone, counted, merged, bisected):
+        change = smallest_change(item, failing, reference, factors, [item], 20, 200, "adamw")
+        assert change == {"lr": 0.01}, item
+    # a lower passing rate goes down as far: 0.04 over 20 steps is 0.004 over 200
+    low = {**alone, "isolation": {**stopped, "reference": {**reference, "lr": 0.04}}}
+    change = smallest_change(low, failing, {**reference, "lr": 0.04}, factors, [low], 20, 200)
+    assert change == {"lr": 0.004}
+    # an isolation stopped early that showed the shared dtype needed offers the dtype too,
+    # beside the rate: of the dtypes, the one that changes least, never fp16 (a cause)
+    fp16 = {"kind": "cause", "conditions": [{"factor": "dtype", "op": "=", "value": "fp16"}]}
+    shown = {**merged, "isolation": {**stopped, "needed_shared": ["dtype"],
+                                     "minimal": {"dtype": "amp-fp16", "lr": 0.186}}}  # fmt: skip
+    change = smallest_change(shown, failing, reference, factors, [fp16, shown], 20, 200)
+    assert change is not None and set(change) <= {"lr", "dtype"}
+    assert change.get("lr", 0.01) == 0.01 and change.get("dtype") not in ("fp16", "amp-fp16")
+
+
 def test_a_fix_starts_from_a_failing_run_no_other_conclusion_explains():
     """A run above the learning-rate edge that also has every label ignored fails at step
     0 whatever its rate; the fix for the rate starts from a run only the rate explains."""

@@ -59,6 +59,15 @@ def long_run_lr(passing: float, steps: int, verify_steps: int, optimizer: str) -
     return float(f"{value:.2g}")
 
 
+def lower_lr(new: Any, failing: Any, steps: int, verify_steps: int, optimizer: str) -> Any:
+    """A passing learning rate below the failing one, as the longer run needs it
+    (:func:`long_run_lr`), wherever it came from: the edge the isolation bisected, the
+    counts' last passing run, or the reference run's own rate."""
+    if isinstance(new, (int, float)) and isinstance(failing, (int, float)) and 0 < new < failing:
+        return long_run_lr(float(new), steps, verify_steps, optimizer)
+    return new
+
+
 def smallest_change(
     item: dict[str, Any],
     failing: dict[str, Any],
@@ -78,16 +87,22 @@ def smallest_change(
     continuous = continuous_names(factors)
     ranges = {k: v["passes"] for k, v in (iso.get("ranges") or {}).items()}
     boundary = {k: v[0] for k, v in (item.get("boundary") or {}).items() if v and v[0]}
-    if iso.get("needed_alone"):
+    if iso and not iso.get("complete", True):
+        names = _shown(item)  # stopped early: only what the counts and its probes showed
+    elif iso.get("needed_alone"):
         names = [n for n in iso["needed_alone"] if n in iso.get("minimal", {})] or list(
             iso["needed_alone"]
         )
     elif iso.get("minimal"):
         names = list(iso["minimal"])
         if len(names) > 1:  # no single flip fixed it: all of them back to the reference
-            return (
-                {n: ranges.get(n, (reference or {}).get(n)) for n in names} if reference else None
-            )
+            if not reference:
+                return None
+            back = {n: ranges.get(n, reference.get(n)) for n in names}
+            return {
+                n: lower_lr(v, failing.get(n), steps, verify_steps, optimizer) if n == "lr" else v
+                for n, v in back.items()
+            }
     else:
         names = [c["factor"] for c in item.get("conditions") or []]
     candidates = []
@@ -98,8 +113,8 @@ def smallest_change(
             new = edge or (reference or {}).get(name)
             if new is None or value is None or new <= 0 or value <= 0:
                 continue
-            if edge and name == "lr" and new < value:
-                new = long_run_lr(new, steps, verify_steps, optimizer)
+            if name == "lr":
+                new = lower_lr(new, value, steps, verify_steps, optimizer)
             candidates.append((abs(math.log10(new / value)), order, name, new))
             continue
         for level in _levels(factors, name):
@@ -117,6 +132,16 @@ def smallest_change(
         return None
     _, _, name, value = min(candidates, key=lambda c: (c[0], c[1]))
     return {name: value}
+
+
+def _shown(item: dict[str, Any]) -> list[str]:
+    """The values a conclusion's failure is shown to need when its isolation stopped early:
+    its rule's, then those the isolation's probes showed (a flip back that fixed it, a
+    shared value whose change fixed it); not the values it merely did not rule out."""
+    iso = item.get("isolation") or {}
+    names = [c["factor"] for c in item.get("conditions") or []]
+    names += list(iso.get("needed_alone") or []) + list(iso.get("needed_shared") or [])
+    return list(dict.fromkeys(names))
 
 
 def _failing_run(
@@ -159,20 +184,32 @@ def clean_reference(
     failing: dict[str, Any],
     reference: dict[str, Any] | None,
     smallest: dict[str, Any] | None = None,
+    steps: int = 0,
+    verify_steps: int = 0,
+    optimizer: str = "adamw",
 ) -> dict[str, Any] | None:
     """The failing configuration with every value the failure needs set as the passing
     reference had it, all else kept: what the fix's loss trend is held against. A
-    learning rate goes no higher than the ``smallest`` change's: one that passed a trial
-    may still diverge over the longer run."""
+    learning rate goes no higher than a fix's from the same edge (:func:`lower_lr`), nor
+    than the ``smallest`` change's: one that passed a trial may still diverge over the longer run."""
     if reference is None:
         return None
     iso = item.get("isolation") or {}
-    names = list(iso.get("minimal") or {}) or [c["factor"] for c in item.get("conditions") or []]
+    if iso and not iso.get("complete", True):
+        names = _shown(item)
+    else:
+        names = list(iso.get("minimal") or {})
+        names = names or [c["factor"] for c in item.get("conditions") or []]
     ranges = {k: v["passes"] for k, v in (iso.get("ranges") or {}).items()}
+    boundary = {k: v[0] for k, v in (item.get("boundary") or {}).items() if v and v[0]}
     clean = dict(failing)
     for name in names:
         if name in reference:
             clean[name] = ranges.get(name, reference[name])
+            edge = ranges.get(name) or boundary.get(name) or reference[name]
+            scaled = lower_lr(edge, failing.get(name), steps, verify_steps, optimizer)
+            if name == "lr" and isinstance(scaled, float) and scaled < clean[name]:
+                clean[name] = scaled  # no higher than a fix's rate from the same edge
         lower = (smallest or {}).get(name)
         if name == "lr" and isinstance(lower, float) and lower < clean.get(name, lower):
             clean[name] = lower
@@ -212,7 +249,9 @@ def plan_fixes(
         smallest = smallest_change(
             item, failing.params, reference, factors, conclusions, trial_steps, steps, optimizer
         )
-        clean = clean_reference(item, failing.params, reference, smallest)
+        clean = clean_reference(
+            item, failing.params, reference, smallest, trial_steps, steps, optimizer
+        )
         if smallest:
             fixes.append(
                 Fix(index, rule, "isolation", smallest, dict(failing.params), clean, steps,
