@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ def opt_config(**overrides: int):
     OPT's own special-token ids; ``overrides`` resize it (the overhead benchmark)."""
     from transformers import OPTConfig
 
-    sizes = {
+    sizes: dict[str, Any] = {
         "vocab_size": 512,
         "hidden_size": 128,
         "num_hidden_layers": 2,
@@ -62,12 +63,14 @@ def opt_config(**overrides: int):
         "max_position_embeddings": 128,
         "word_embed_proj_dim": 128,
         **overrides,
+        # not a named argument of OPTConfig in every transformers release: passed through
+        # its keyword arguments, as an attribute of the config
+        "activation_dropout": 0.0,
     }
     return OPTConfig(
         **sizes,
         dropout=0.0,
         attention_dropout=0.0,
-        activation_dropout=0.0,
         pad_token_id=1,
         bos_token_id=2,
         eos_token_id=2,

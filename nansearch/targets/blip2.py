@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import Blip2ForConditionalGeneration
@@ -19,7 +21,7 @@ class Blip2Target(Target):
         self.cfg = cfg
 
     def load(self, checkpoint: str) -> Loaded:
-        kwargs = {"dtype": torch.float32}
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
         if self.cfg.attn_implementation:
             kwargs["attn_implementation"] = self.cfg.attn_implementation
         model, info = from_pretrained(Blip2ForConditionalGeneration, checkpoint, **kwargs)
@@ -28,16 +30,17 @@ class Blip2Target(Target):
     def make_batch(
         self, model: nn.Module, generator: torch.Generator, seq_len: int | None = None
     ) -> dict[str, torch.Tensor]:
-        vision = model.config.vision_config
+        config: Any = model.config  # a PretrainedConfig; nn.Module types attributes as tensors
+        vision = config.vision_config
         size = vision.image_size
         pixels = torch.randn(self.cfg.batch_size, 3, size, size, generator=generator)
         vocab = self.vocab_size(model) or 260
         # question and answer tokens after the image's query tokens
         ids = corpus_batch(generator, self.cfg.batch_size, seq_len or self.cfg.seq_len, vocab)
-        image_token = getattr(model.config, "image_token_id", None) or getattr(
-            model.config, "image_token_index", None
+        image_token = getattr(config, "image_token_id", None) or getattr(
+            config, "image_token_index", None
         )
-        n_query = model.config.num_query_tokens
+        n_query = config.num_query_tokens
         if image_token is not None:
             prefix = torch.full((ids.shape[0], n_query), image_token, dtype=ids.dtype)
             ids = torch.cat([prefix, ids], dim=1)
