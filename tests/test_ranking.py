@@ -507,6 +507,10 @@ def test_an_isolation_stopped_early_is_evidence_for_its_cause_not_a_conclusion()
     )
     assert "Beyond the counts' rule, this run needs dtype=amp-fp16 too." in item["text"]
     assert item["isolation_adds"] == {"dtype": "amp-fp16"}
+    # one that completed with a value beyond the rule names a narrower rule of its own
+    iso.complete = True
+    kinds = [c["kind"] for c in conclude(results, [cause], [iso], [check])]
+    assert kinds[:2] == ["cause", "isolated"]
     # an isolation of another cause's run is not taken for this one's
     other = Isolation({**failing, "lr": 0.01}, reference, ["lr"], minimal=["lr"], trial=3)
     assert all(c["kind"] != "cause" or "Isolated" not in c["text"]

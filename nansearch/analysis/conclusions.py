@@ -244,10 +244,11 @@ def conclude(
         text = sentence(cause)
         match = next((i for i in isolations if isolated_by(cause, i)), None)
         extra: list[str] = []
-        if match is None:  # an isolation of one of its runs, stopped early or narrower
+        if match is None:  # an isolation of one of its runs that found its values so far
             for iso in isolations:
                 more = isolation_extends(cause, iso) if id(iso) not in used else None
-                if more is not None:
+                # one that went on to a narrower rule of its own is a conclusion of its own
+                if more is not None and not (more and iso.complete):
                     match, extra = iso, more
                     break
         item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
