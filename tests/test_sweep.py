@@ -42,6 +42,12 @@ def test_demo_sweep_writes_the_study_folder(tmp_path):
     )
     assert "phases" not in study.user_attrs
     assert set(study.user_attrs["phase_budgets"]) >= {"cover", "confirm", "isolate"}
+    # the ranking replays from the study's files to the same bytes, fixes aside
+    from benchmarks.replay import replay
+
+    again = replay(folder, tmp_path / "replayed").read_text()
+    before = {k: v for k, v in ranking.items() if k not in ("ignored", "fixes")}
+    assert again == json.dumps(before, indent=2) + "\n"
 
 
 def test_the_cover_holds_every_pair_of_levels_and_the_learning_rate_in_strata():
