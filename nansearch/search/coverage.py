@@ -11,7 +11,7 @@ for it: every pair, and every triple when the queue's trials left could hold the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, Cause
@@ -98,14 +98,7 @@ def unexplored(
 
 
 def unexplored_in(space: Space, results: Sequence[TrialResult], causes: Sequence[Cause]) -> set:
-    seen: set = set()
-    for result in results:
-        if result.outcome == "error" or any(c.holds(result.params) for c in causes):
-            continue
-        row = space.row(result.params)
-        if row is not None:
-            seen |= space.row_pairs(row)
-    return {p for p in space.all - seen if not space.inside(p, causes)}
+    return _untried(space, results, causes, space.all, space.row_pairs)
 
 
 def untried(
@@ -116,14 +109,26 @@ def untried(
 
 
 def untried_in(space: Space, results: Sequence[TrialResult], causes: Sequence[Cause]) -> set:
+    return _untried(space, results, causes, space.triples, pairwise.row_triples)
+
+
+def _untried(
+    space: Space,
+    results: Sequence[TrialResult],
+    causes: Sequence[Cause],
+    every: set,
+    held_by: Callable[[Sequence[int]], set],
+) -> set:
+    """The members of ``every`` (pairs or triples) outside the known causes that no
+    unexplained run has held; ``held_by`` gives those a run's row holds."""
     seen: set = set()
     for result in results:
         if result.outcome == "error" or any(c.holds(result.params) for c in causes):
             continue
         row = space.row(result.params)
         if row is not None:
-            seen |= pairwise.row_triples(row)
-    return {t for t in space.triples - seen if not space.inside(t, causes)}
+            seen |= held_by(row)
+    return {levels for levels in every - seen if not space.inside(levels, causes)}
 
 
 def triples_wait(missing: set, left: int | None) -> bool:

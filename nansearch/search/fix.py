@@ -227,5 +227,12 @@ def format_conclusions(ranking: dict[str, Any]) -> str:
 
 def none_held(fixes: Sequence[Fix]) -> str:
     """The line for a conclusion none of whose fixes held, naming what was tried."""
-    tried = ", ".join(" ".join(fix.overrides) for fix in fixes)
-    return f"no fix held: tried {tried}; the cause stands unfixed"
+    return f"no fix held: {tried(fixes)}"
+
+
+def tried(fixes: Sequence[Fix]) -> str:
+    """What was tried for a conclusion none of whose fixes held; empty if one held."""
+    if not fixes or any(fix.verdict == "verified" for fix in fixes):
+        return ""
+    overrides = ", ".join(" ".join(fix.overrides) for fix in fixes)
+    return f"tried {overrides}; the cause stands unfixed"

@@ -8,6 +8,7 @@ from typing import Any
 
 from nansearch.report.sections._base import Section, fmt
 from nansearch.report.sections.reruns import rerun_card
+from nansearch.search.fix import Fix, tried
 
 
 def conclusions_section(
@@ -22,7 +23,7 @@ def conclusions_section(
             "number": i + 1,
             "text": str(item.get("text", "")),
             "fixes": fixes(ranking, i),
-            "none_held": none_held(fixes(ranking, i)),
+            "none_held": tried(own_fixes(ranking, i)),
             "reruns": [c for c in cards if c["serves"] == i + 1],
         }
         for i, item in enumerate(items)
@@ -74,11 +75,11 @@ def ignored_section(ranking: dict[str, Any]) -> Section | None:
     return Section("ignored", "Ignored factors", "ignored", rows, note)
 
 
-def none_held(shown: list[dict[str, Any]]) -> str:
-    """What was tried, for a conclusion none of whose fixes held; empty otherwise."""
-    if not shown or any(fix["verified"] for fix in shown):
-        return ""
-    return "tried " + ", ".join(fix["overrides"] for fix in shown) + "; the cause stands unfixed"
+def own_fixes(ranking: dict[str, Any], index: int) -> list[Fix]:
+    """The fixes of conclusion ``index``."""
+    return [
+        Fix.from_json(fix) for fix in ranking.get("fixes") or [] if fix.get("conclusion") == index
+    ]
 
 
 def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
