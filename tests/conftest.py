@@ -50,6 +50,20 @@ def isolated(tmp_path, monkeypatch, demo_cache):
     torch.random.set_rng_state(state)
 
 
+# The demo OPT under plain SGD with three factors whose one triple of values goes NaN
+# together (tests/test_three_way.py): fp16, weights re-initialized at std 2, a padded row.
+THREE_WAY_SWEEP = """include: [{repo}/configs/opt-target.yaml]
+optimizer: {{name: sgd}}
+factors:
+  checkpoint: {{levels: {{opt-lm: 'demo:opt-lm'}}}}
+  dtype: {{levels: [fp32, bf16, fp16]}}
+  lr: {{low: 1.0e-4, high: 1.0e-2}}
+  init: {{levels: {{pretrained: {{scheme: pretrained}}, normal-large: {{scheme: normal, std: 2.0}}}}}}
+  batch: {{levels: [clean, padded-row]}}
+"""
+THREE_WAY_TRIPLE = {"dtype": "fp16", "init": "normal-large", "batch": "padded-row"}
+
+
 def demo_overrides(study: str = "t", trials: int = 6, steps: int = 4, **extra) -> list[str]:
     """Overrides that turn the demo into a small, fast sweep inside the current folder."""
     items = {

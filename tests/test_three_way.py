@@ -12,7 +12,8 @@ from nansearch.factors import build_factors
 from nansearch.search.isolate import isolate
 from nansearch.targets import build_target
 from nansearch.trial.runner import TrialResult, TrialRunner
-from tests.conftest import REPO
+from tests.conftest import REPO, THREE_WAY_SWEEP
+from tests.conftest import THREE_WAY_TRIPLE as TRIPLE
 
 LEVELS = {
     "dtype": ["fp32", "bf16", "fp16"],
@@ -21,7 +22,6 @@ LEVELS = {
 }
 NAMES, CONTINUOUS = [*LEVELS, "lr"], ["lr"]
 AXES = [*LEVELS.items(), ("lr", Bins.log_spaced(1e-4, 1e-2))]
-TRIPLE = {"dtype": "fp16", "init": "normal-large", "batch": "padded-row"}
 RULE = "dtype=fp16 with init=normal-large with batch=padded-row"
 
 
@@ -134,17 +134,6 @@ def test_isolation_returns_three_values_when_all_three_are_needed():
     assert len(calls) <= 12
 
 
-SWEEP = """include: [{repo}/configs/opt-target.yaml]
-optimizer: {{name: sgd}}
-factors:
-  checkpoint: {{levels: {{opt-lm: 'demo:opt-lm'}}}}
-  dtype: {{levels: [fp32, bf16, fp16]}}
-  lr: {{low: 1.0e-4, high: 1.0e-2}}
-  init: {{levels: {{pretrained: {{scheme: pretrained}}, normal-large: {{scheme: normal, std: 2.0}}}}}}
-  batch: {{levels: [clean, padded-row]}}
-"""
-
-
 def test_isolation_returns_three_values_on_real_runs(tmp_path):
     """The demo OPT, plain SGD: a padded row's attention scores, all masked with fp16's
     lowest value, round to -inf when weights re-initialized at std 2 push every score of
@@ -152,7 +141,7 @@ def test_isolation_returns_three_values_on_real_runs(tmp_path):
     0 (every head's highest above -6, 10 from the edge); fp32 and bf16 mask with -3.4e38,
     which no score reaches."""
     path = tmp_path / "three.yaml"
-    path.write_text(SWEEP.format(repo=REPO))
+    path.write_text(THREE_WAY_SWEEP.format(repo=REPO))
     cfg = load_config(str(path), ["steps=3", "tracking.wandb=off"])
     runner = TrialRunner(cfg, build_factors(cfg), build_target(cfg.target))
     outcomes = []

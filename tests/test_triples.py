@@ -16,7 +16,8 @@ from nansearch.search.queue import PHASE_ATTR, take
 from nansearch.search.set_aside import SetAsideSampler, known_causes
 from nansearch.search.study import distributions
 from nansearch.trial.runner import TrialResult
-from tests.conftest import REPO, demo_overrides
+from tests.conftest import REPO, THREE_WAY_SWEEP, demo_overrides
+from tests.conftest import THREE_WAY_TRIPLE as TRIPLE
 
 SWEEP = """include: [{repo}/configs/opt-target.yaml]
 optimizer: {{name: sgd}}
@@ -149,18 +150,6 @@ def test_the_triples_are_waited_for_only_when_the_trials_left_could_hold_them():
     assert set().union(*(pairwise.row_triples(r) for r in rows)) == missing
 
 
-SMALL_THREE = """include: [{repo}/configs/opt-target.yaml]
-optimizer: {{name: sgd}}
-factors:
-  checkpoint: {{levels: {{opt-lm: 'demo:opt-lm'}}}}
-  dtype: {{levels: [fp32, bf16, fp16]}}
-  lr: {{low: 1.0e-4, high: 1.0e-2}}
-  init: {{levels: {{pretrained: {{scheme: pretrained}}, normal-large: {{scheme: normal, std: 2.0}}}}}}
-  batch: {{levels: [clean, padded-row]}}
-"""
-TRIPLE = {"dtype": "fp16", "init": "normal-large", "batch": "padded-row"}
-
-
 def test_a_sweep_whose_cover_misses_a_three_value_cause_tries_it_and_names_it(tmp_path):
     """The demo OPT under plain SGD (tests/test_three_way.py): NaN at step 0 only with
     all three of fp16, weights re-initialized at std 2 and a fully padded row. With seed 3
@@ -168,7 +157,7 @@ def test_a_sweep_whose_cover_misses_a_three_value_cause_tries_it_and_names_it(tm
     each pair without its third stays finite, so the pairs alone would let the search
     settle with no cause. Focus goes after the untried triples first and runs them."""
     path = tmp_path / "three.yaml"
-    path.write_text(SMALL_THREE.format(repo=REPO))
+    path.write_text(THREE_WAY_SWEEP.format(repo=REPO))
     overrides = demo_overrides(trials=40, steps=3, seed=3)
     cfg = load_config(str(path), overrides)
     factors = build_factors(cfg)

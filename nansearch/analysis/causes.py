@@ -333,16 +333,14 @@ def isolated_by(cause: Cause, isolation: Isolation) -> bool:
     """Whether a completed isolation returned exactly a cause's values (ranges by side)."""
     if not isolation.complete or len(isolation.minimal) != len(cause.conditions):
         return False
-    for condition in cause.conditions:
-        if condition.factor not in isolation.minimal:
-            return False
-        if condition.factor in isolation.ranges:
-            passing, failing = isolation.ranges[condition.factor]
-            if condition.op == EQUALS or (failing > passing) != (condition.op == ABOVE):
-                return False
-        elif str(isolation.failing[condition.factor]) != str(condition.value):
-            return False
-    return True
+    return all(
+        _found_needed(condition, isolation)
+        and (
+            condition.factor in isolation.ranges
+            or str(isolation.failing[condition.factor]) == str(condition.value)
+        )
+        for condition in cause.conditions
+    )
 
 
 def isolation_extends(cause: Cause, isolation: Isolation) -> list[str] | None:
@@ -354,12 +352,18 @@ def isolation_extends(cause: Cause, isolation: Isolation) -> list[str] | None:
     when it speaks of something else."""
     if not isolation.minimal or not cause.holds(isolation.failing):
         return None
-    for condition in cause.conditions:
-        if condition.factor not in isolation.minimal:
-            return None
-        if condition.factor in isolation.ranges:
-            passing, failing = isolation.ranges[condition.factor]
-            if condition.op == EQUALS or (failing > passing) != (condition.op == ABOVE):
-                return None
+    if not all(_found_needed(condition, isolation) for condition in cause.conditions):
+        return None
     own = {c.factor for c in cause.conditions}
     return [name for name in isolation.shown if name not in own]
+
+
+def _found_needed(condition: Condition, isolation: Isolation) -> bool:
+    """Whether an isolation found a condition's factor needed, a range on the side the
+    condition names (a value's own level is left to the caller)."""
+    if condition.factor not in isolation.minimal:
+        return False
+    if condition.factor in isolation.ranges:
+        passing, failing = isolation.ranges[condition.factor]
+        return condition.op != EQUALS and (failing > passing) == (condition.op == ABOVE)
+    return True
