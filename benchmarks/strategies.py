@@ -82,6 +82,8 @@ LR_GRID = 12
 TARGET = 1 / 3  # nansearch's trials to the answer, over random search's
 SEEDS_ENV = "NANSEARCH_BENCH_SEEDS"  # seeds per scenario (default 10, 3 with --quick)
 SCENARIOS_ENV = "NANSEARCH_SCENARIOS"  # the scenarios to run, comma-separated
+# a file for every seed's judged results: two trees that rank alike write the same file
+JUDGED_ENV = "NANSEARCH_BENCH_JUDGED"
 
 Truth = Callable[["Named"], bool]
 
@@ -408,6 +410,18 @@ def named_from(run: Run, factors: list[Factor], truths: tuple[Truth, ...]) -> in
     return first
 
 
+def judged_record(run: Run, factors: list[Factor]) -> dict[str, Any]:
+    """What the ranking code made of one run, for :data:`JUDGED_ENV`: its trials in order,
+    and the causes the conclusions name (with what named each) after every trial count."""
+    return {
+        "trials": [[r.number, r.phase, r.params, r.outcome, r.first_bad_step] for r in run.results],
+        "named": [
+            [[n.text, *n.evidence] for n in run.named(factors, count)]
+            for count in range(1, len(run) + 1)
+        ],
+    }
+
+
 def nansearch_run(cfg: SweepConfig, oracle: Oracle, factors: list[Factor], folder: Path) -> Run:
     """The sweep's search and probes, its trials in the order they ran (the probes it runs
     during the search among them), each confirmation and isolation known from the count
@@ -459,6 +473,8 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
     oracle = Oracle(base, factors)
     truths = scenario.causes
     out: dict[str, Any] = {"answer": scenario.answer, "strategies": {}}
+    record = bool(os.environ.get(JUDGED_ENV))
+    judged_seeds: dict[str, list[dict[str, Any]]] = {}
 
     def judged(run: Run, count: int | None = None) -> bool:
         if scenario.truth is not None:
@@ -485,6 +501,13 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
                 full = runs[BUDGETS[-1]]
                 for budget in BUDGETS:
                     right[budget] += judged(runs[budget])
+                if record:
+                    judged_seeds.setdefault(strategy, []).append(
+                        {
+                            "seed": seed,
+                            **{f"budget_{b}": judged_record(runs[b], factors) for b in BUDGETS},
+                        }
+                    )
             else:
                 sampler = (
                     optuna.samplers.RandomSampler(seed=seed)
@@ -494,11 +517,22 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
                 full = baseline_run(base, oracle, factors, sampler, BUDGETS[-1])
                 for budget in BUDGETS:
                     right[budget] += judged(full, budget)
+                if record:
+                    judged_seeds.setdefault(strategy, []).append(
+                        {"seed": seed, **judged_record(full, factors)}
+                    )
             if scenario.truth is not None:
                 firsts.append(right_from(full, factors, scenario.truth))
             alls.append(named_from(full, factors, truths))
             false.append(verdict(full, factors, truths)[1])
             used.append(len(full))
+            if record:
+                judged_seeds[strategy][-1]["verdict"] = {
+                    "trials_to_first": firsts[-1] if firsts else None,
+                    "trials_to_all": alls[-1],
+                    "false_causes_at_end": false[-1],
+                    "trials_run": used[-1],
+                }
         out["strategies"][strategy] = {
             "trials_to_first": firsts,
             "trials_to_all": alls,
@@ -506,6 +540,8 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
             "right": right,
             "trials_run": used,
         }
+    if record:
+        out["judged"] = judged_seeds
     out["configurations_trained"] = len(oracle.known)
     out["training_seconds"] = oracle.seconds
     return out
@@ -568,6 +604,7 @@ def run() -> str:
         for scenario in scenarios:
             details[scenario.name] = scenario_rows(scenario, seeds, Path(tmp))
             progress(scenario, details[scenario.name])
+    judged = {name: data.pop("judged", None) for name, data in details.items()}
     env = environment()
     lines = [
         "Strategies: trials until the true cause is ranked first for good (single causes),",
@@ -633,4 +670,12 @@ def run() -> str:
               "verdicts": verdicts, "details": details}  # fmt: skip
     path.write_text(json.dumps(record, indent=2) + "\n")
     lines.append(f"  written to {path}")
+    judged_path = os.environ.get(JUDGED_ENV)
+    if judged_path:
+        every = {
+            name: {"answer": d["answer"], "seeds": seeds, "strategies": judged[name]}
+            for name, d in details.items()
+        }
+        Path(judged_path).write_text(json.dumps(every, indent=1, sort_keys=True) + "\n")
+        lines.append(f"  every seed's judged results written to {judged_path}")
     return "\n".join(lines)
