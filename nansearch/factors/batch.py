@@ -53,12 +53,21 @@ def no_counted_label(labels: torch.Tensor | None) -> str | None:
     return None
 
 
+def _batch(setup: TrialSetup) -> dict[str, torch.Tensor]:
+    """The batch a level changes: the runner builds the target's batch before the batch
+    stage, so there is always one by then."""
+    if setup.batch is None:
+        raise NansearchError("a batch level ran before the target's batch was built")
+    return setup.batch
+
+
 def _clean(setup: TrialSetup) -> None:
     pass
 
 
 def _labels_all_ignored(setup: TrialSetup) -> None:
-    setup.batch["labels"] = torch.full_like(setup.batch["labels"], -100)
+    batch = _batch(setup)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
 
 
 def _truncated_answers(setup: TrialSetup) -> None:
@@ -70,11 +79,12 @@ def _truncated_answers(setup: TrialSetup) -> None:
     mean loss is 0/0, for half the seeds: a flaky failure whose rate is set by the data
     the seed draws, not by rounding.
     """
-    labels = setup.batch.get("labels")
+    batch = _batch(setup)
+    labels = batch.get("labels")
     if labels is None or labels.dim() != 2:
         raise LevelNotApplicable(
             "batch level 'truncated-answers' needs token labels of shape (rows, positions); "
-            f"this target's batch has {', '.join(setup.batch)}"
+            f"this target's batch has {', '.join(batch)}"
         )
     rows, length = labels.shape
     labels[:, : length // 2] = -100
@@ -83,7 +93,7 @@ def _truncated_answers(setup: TrialSetup) -> None:
 
 
 def _padded_row(setup: TrialSetup) -> None:
-    batch = setup.batch
+    batch = _batch(setup)
     config = getattr(setup.model, "config", None)
     config = getattr(config, "text_config", None) or config
     pad = getattr(config, "pad_token_id", None)
@@ -95,14 +105,15 @@ def _padded_row(setup: TrialSetup) -> None:
 
 
 def _nan_input(setup: TrialSetup) -> None:
-    floats = [k for k, v in setup.batch.items() if v.is_floating_point()]
+    batch = _batch(setup)
+    floats = [k for k, v in batch.items() if v.is_floating_point()]
     if not floats:
         raise LevelNotApplicable(
             "batch level 'nan-input' needs a float input such as pixel_values; "
-            f"this target's batch has only {', '.join(setup.batch)}"
+            f"this target's batch has only {', '.join(batch)}"
         )
     for key in floats:
-        value = setup.batch[key]
+        value = batch[key]
         patch = value[0].view(-1)
         patch[: max(1, patch.numel() // 16)] = float("nan")
 
@@ -124,7 +135,8 @@ def _vocab_edge_ids(setup: TrialSetup) -> None:
             "batch level 'vocab-edge-ids' needs a model config with vocab_size"
         )
     reserved = _reserved_ids(setup)
-    ids, labels = setup.batch["input_ids"], setup.batch.get("labels")
+    batch = _batch(setup)
+    ids, labels = batch["input_ids"], batch.get("labels")
     text = ~torch.isin(ids, torch.tensor(sorted(reserved), dtype=ids.dtype))
     top = torch.tensor([i for i in range(vocab - 1, -1, -1) if i not in reserved][: ids.shape[1]])
     for row in range(ids.shape[0]):
@@ -138,16 +150,17 @@ def _vocab_edge_ids(setup: TrialSetup) -> None:
 
 def _long_sequence(setup: TrialSetup) -> None:
     positions = setup.target.max_positions(setup.model)
-    current = setup.batch["input_ids"].shape[1]
+    batch = _batch(setup)
+    current = batch["input_ids"].shape[1]
     length = positions if positions else 4 * current
-    setup.batch = setup.target.lengthen(setup.model, setup.batch, length, setup.generator)
+    setup.batch = setup.target.lengthen(setup.model, batch, length, setup.generator)
 
 
 def _out_of_range_ids(setup: TrialSetup) -> None:
     vocab = setup.target.vocab_size(setup.model)
     if vocab is None:
         raise LevelNotApplicable("batch level 'out-of-range-ids' needs a config with vocab_size")
-    setup.batch["input_ids"][0, -1] = vocab
+    _batch(setup)["input_ids"][0, -1] = vocab
 
 
 def load_batch_file(path: str) -> dict[str, torch.Tensor]:
