@@ -4,7 +4,12 @@ Five scenarios, each a real NaN mechanism with a known answer (the factor values
 needs), searched among factors that do not matter:
 
 - ``fp16-adam``: pure fp16 weights under AdamW (eps rounds to 0): ``dtype=fp16``.
-- ``lr-too-high``: plain SGD in fp32 diverges to inf, then NaN: ``lr above`` an edge.
+- ``lr-too-high``: plain SGD diverges to inf, then NaN: ``lr above`` an edge, which is
+  lower in bf16 than in fp32. Its truth is measured, not written down
+  (:class:`benchmarks.edges.Edge`): every configuration trained on the grid, a cause
+  true when its edge is the runs' own within a grid step and each value it names
+  moves that edge (``dtype=bf16 with lr above e`` can be true, ``batch=X with lr above
+  e`` only if that batch's runs go NaN differently at the edge).
 - ``masked-row``: a row that is all padding, under hand-written eager attention that
   masks with -inf (``sweeps/custom_target.py``): ``batch=padded-row``.
 - ``labels-ignored``: every label -100, mean loss over no token: ``batch=labels-all-ignored``.
@@ -64,6 +69,7 @@ from typing import Any
 import optuna
 
 from benchmarks._common import REPO, RESULTS, demo_ready, describe, environment, quick
+from benchmarks.edges import Edge
 from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, Condition, find_causes
 from nansearch.analysis.conclusions import conclude
 from nansearch.config import SweepConfig, load_config
@@ -164,9 +170,9 @@ SCENARIOS = [
     ),
     Scenario(
         "lr-too-high",
-        "lr above ~2 (SGD)",
+        "lr above its measured edge, per level where the edge moves (SGD)",
         factors_yaml(lr="{low: 1.0e-2, high: 100.0}", optimizer="sgd"),
-        above("lr", 0.3, 100.0),  # its edge moves with the init and the dtype
+        Edge("lr"),  # measured: its edge moves with the dtype
     ),
     Scenario(
         "masked-row",
@@ -465,21 +471,30 @@ def baseline_run(
     return Run(results)
 
 
+def measured(truth: Truth, oracle: Oracle, factors: list[Factor]) -> Truth:
+    """A truth ready to judge: a range cause's edge measured on the oracle's runs."""
+    return truth.measure(oracle, factors) if isinstance(truth, Edge) else truth
+
+
 def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any]:
     sweep = scenario.write(folder)
     common = ["tracking.wandb=off", f"out={folder}"]
     base = load_config(sweep, [*common, f"trials={BUDGETS[-1]}"])
     factors, _ = prepare(base)
     oracle = Oracle(base, factors)
-    truths = scenario.causes
+    truths = tuple(measured(t, oracle, factors) for t in scenario.causes)
+    truth = truths[0] if scenario.truth is not None else None
     out: dict[str, Any] = {"answer": scenario.answer, "strategies": {}}
     record = bool(os.environ.get(JUDGED_ENV))
     judged_seeds: dict[str, list[dict[str, Any]]] = {}
+    edges = [t.describe([f.name for f in factors]) for t in truths if isinstance(t, Edge)]
+    if edges:
+        out["measured_edges"] = edges
 
     def judged(run: Run, count: int | None = None) -> bool:
-        if scenario.truth is not None:
+        if truth is not None:
             cause = top_cause(run, factors, count)
-            return cause is not None and scenario.truth(cause)
+            return cause is not None and truth(cause)
         return verdict(run, factors, truths, count)[0]
 
     for strategy in ("nansearch", "random", "tpe"):
@@ -521,8 +536,8 @@ def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any
                     judged_seeds.setdefault(strategy, []).append(
                         {"seed": seed, **judged_record(full, factors)}
                     )
-            if scenario.truth is not None:
-                firsts.append(right_from(full, factors, scenario.truth))
+            if truth is not None:
+                firsts.append(right_from(full, factors, truth))
             alls.append(named_from(full, factors, truths))
             false.append(verdict(full, factors, truths)[1])
             used.append(len(full))

@@ -113,3 +113,41 @@ def test_nansearch_is_judged_by_its_conclusions_from_the_count_its_probes_ended(
     # the same trials without the probes' conclusions: the counts alone name nothing yet
     counts = Run(order)
     assert verdict(counts, FACTORS, truth, done) == (False, 0)
+
+
+def test_a_measured_edge_accepts_a_level_that_moves_it_and_no_level_that_does_not():
+    from benchmarks.edges import Edge, Grid
+    from benchmarks.strategies import Named
+    from nansearch.analysis.causes import Condition
+
+    # bf16 goes NaN from the 5th grid value, fp32 from the 7th; the batch changes nothing
+    grid = Grid([0.01 * 2.0**i for i in range(10)])
+    for dtype, start in (("bf16", 4), ("fp32", 6)):
+        for batch in ("clean", "vocab-edge-ids"):
+            for rep in range(3):
+                for i in range(10):
+                    grid.rows.append(
+                        ({"dtype": dtype, "batch": batch, "rep": str(rep)}, i, i >= start)
+                    )
+    edge = Edge("lr")
+    edge.measured = grid
+
+    def named(*conditions):
+        return Named(tuple(Condition(*c) for c in conditions))
+
+    # from all finite to all NaN in one step: the edge is halfway on the log scale
+    assert abs(grid.edge({"dtype": "bf16"}) - (0.08 * 0.16) ** 0.5) < 1e-9
+    assert abs(grid.edge({"dtype": "fp32"}) - (0.32 * 0.64) ** 0.5) < 1e-9
+    assert abs(grid.edge({}) - 0.16) < 1e-9  # half of the runs NaN from 0.16 on
+    assert grid.moves({"dtype": "bf16"}, "dtype", "bf16")
+    assert not grid.moves({"batch": "clean"}, "batch", "clean")
+    assert edge(named(("dtype", "=", "bf16"), ("lr", ">=", 0.12)))
+    assert edge(named(("dtype", "=", "fp32"), ("lr", ">=", 0.5)))
+    assert edge(named(("lr", ">=", 0.3)))  # all runs: the rate crosses 1/2 between them
+    # a level that does not move the edge is a false condition, whatever its edge
+    assert not edge(named(("batch", "=", "vocab-edge-ids"), ("lr", ">=", 0.3)))
+    # an edge more than a grid step off, the other side, or no range at all: false
+    assert not edge(named(("dtype", "=", "bf16"), ("lr", ">=", 0.5)))
+    assert not edge(named(("dtype", "=", "fp32"), ("lr", ">=", 0.12)))
+    assert not edge(named(("lr", "<=", 0.3)))
+    assert not edge(named(("dtype", "=", "bf16")))
