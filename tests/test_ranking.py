@@ -515,3 +515,42 @@ def test_an_isolation_stopped_early_is_evidence_for_its_cause_not_a_conclusion()
     other = Isolation({**failing, "lr": 0.01}, reference, ["lr"], minimal=["lr"], trial=3)
     assert all(c["kind"] != "cause" or "Isolated" not in c["text"]
                for c in conclude(results, [cause], [other], []))  # fmt: skip
+
+
+def test_an_isolation_that_only_nudged_a_range_edge_stays_under_its_cause():
+    from nansearch.analysis.causes import ABOVE, Cause, Condition
+    from nansearch.analysis.conclusions import conclude
+    from nansearch.search.isolate import Isolation
+
+    # plain SGD: lr above 2 fails with either init; the failing run, at 3.5 near the
+    # edge, passed once its init was flipped, so its isolation needed init=pretrained
+    cause = Cause(
+        (Condition("lr", ABOVE, 2.0),), 6, 6, 1e-5, 1e-4, 10,
+        others=[{"text": "lr below 2", "factor": "lr", "nan": 0, "total": 1}],
+        boundary={"lr": (0.6, 3.5)},
+    )  # fmt: skip
+    base = {"dtype": "bf16", "batch": "clean"}
+    failing = {**base, "init": "pretrained", "lr": 3.5}
+    reference = {**base, "init": "reinit-normal", "lr": 0.6}
+    results = [trial(0, reference, False), trial(1, failing, True)]
+    results += [
+        trial(2 + i, {**base, "init": "reinit-normal", "lr": 8.0 + i}, True) for i in range(5)
+    ]
+    iso = Isolation(failing, reference, ["init", "lr"], minimal=["init", "lr"],
+                    needed=["init", "lr"], ranges={"lr": (1.5, 3.5)}, complete=True,
+                    trial=1, reference_trial=0)  # fmt: skip
+    check = Confirmation(1, failing, runs=[10, 11, 12], nan=3)
+    items = conclude(results, [cause], [iso], [check])
+    assert [c["kind"] for c in items] == ["cause"]
+    assert items[0]["evidence"] == ["counts", "isolation", "confirmation"]
+    assert items[0]["isolation_adds"] == {"init": "pretrained"}
+    # where every NaN run inside the range held the level, the level may be the cause's
+    only = [r for r in results if r.params["init"] == "pretrained" or not r.is_nan]
+    kinds = [c["kind"] for c in conclude(only, [cause], [iso], [check])]
+    assert kinds[:2] == ["cause", "isolated-cause"]
+    # nor does one whose failing run lies below the counted edge: it stays an isolation
+    low = Isolation({**failing, "lr": 1.8}, reference, ["init", "lr"], minimal=["init", "lr"],
+                    needed=["init", "lr"], ranges={"lr": (1.0, 1.8)}, complete=True,
+                    trial=1, reference_trial=0)  # fmt: skip
+    kinds = [c["kind"] for c in conclude(results, [cause], [low], [check])]
+    assert "isolated-cause" not in kinds and "isolated" in kinds

@@ -230,6 +230,36 @@ def _evidence(iso: Isolation | None, confirmed: dict) -> list[str]:
     return out
 
 
+def _edge_nudged(
+    results: Sequence[TrialResult],
+    iso: Isolation,
+    names: Sequence[str] | None = None,
+    cause: Cause | None = None,
+) -> bool:
+    """Whether a complete isolation's factor values ``names`` (default: all of them)
+    beside a range only moved its failing run's edge: for each, the counts hold NaN runs
+    inside the rule (``cause``'s, or the isolation's own) with another level of it in its
+    place. Near a range's edge a failure flips with anything that nudges the edge
+    (another init, another batch), so a flip that fixed one run there does not make the
+    value needed; whether a level has an edge of its own is the counts' to say, as a
+    cause of their own (``dtype=bf16 with lr above 2``)."""
+    values = [n for n in (iso.minimal if names is None else names) if n not in iso.ranges]
+    if not iso.ranges or not values:
+        return False
+    if cause is not None and all(c.op == EQUALS for c in cause.conditions):
+        return False
+
+    def elsewhere(name: str, params: dict[str, Any]) -> bool:
+        if name not in params or str(params[name]) == str(iso.failing[name]):
+            return False
+        if cause is not None:
+            return cause.holds(params)
+        return iso.holds({**params, name: iso.failing[name]})
+
+    nan = [r.params for r in results if r.is_nan]
+    return all(any(elsewhere(name, params) for params in nan) for name in values)
+
+
 def conclude(
     results: Sequence[TrialResult],
     causes: Sequence[Cause],
@@ -247,8 +277,11 @@ def conclude(
         if match is None:  # an isolation of one of its runs that found its values so far
             for iso in isolations:
                 more = isolation_extends(cause, iso) if id(iso) not in used else None
-                # one that went on to a narrower rule of its own is a conclusion of its own
-                if more is not None and not (more and iso.complete):
+                # one that went on to a narrower rule of its own is a conclusion of its own,
+                # unless its values beside a range only nudged the edge
+                if more is not None and not (
+                    more and iso.complete and not _edge_nudged(results, iso, more, cause)
+                ):
                     match, extra = iso, more
                     break
         item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
@@ -270,7 +303,8 @@ def conclude(
         if id(iso) in used or not iso.minimal:
             continue
         check = confirmed.get(iso.trial)
-        if iso.complete and check is not None and check.runs and check.label == "deterministic":
+        named = iso.complete and not _edge_nudged(results, iso)
+        if named and check is not None and check.runs and check.label == "deterministic":
             # delta debugging names a rare cause before the counts can: every probe that
             # kept its values failed, every probe that flipped one back passed
             held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
