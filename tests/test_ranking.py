@@ -554,3 +554,14 @@ def test_an_isolation_that_only_nudged_a_range_edge_stays_under_its_cause():
                     trial=1, reference_trial=0)  # fmt: skip
     kinds = [c["kind"] for c in conclude(results, [cause], [low], [check])]
     assert "isolated-cause" not in kinds and "isolated" in kinds
+    # NaN runs another cause explains at any learning rate (fp16) show nothing about the edge
+    fp16 = Cause(
+        (Condition("dtype", "=", "fp16"),), 5, 5, 1e-5, 1e-4, 10,
+        others=[{"text": "other dtype values", "factor": "dtype", "nan": 6, "total": 7}],
+    )  # fmt: skip
+    loud = [r for r in only if r.is_nan or r.params["lr"] < 1]
+    loud += [trial(20 + i, {**failing, "init": "reinit-normal", "dtype": "fp16", "lr": 8.0 + i},
+                   True) for i in range(5)]  # fmt: skip
+    iso.failing = failing
+    kinds = [c["kind"] for c in conclude(loud, [cause, fp16], [iso], [check])]
+    assert "isolated-cause" in kinds

@@ -233,15 +233,17 @@ def _evidence(iso: Isolation | None, confirmed: dict) -> list[str]:
 def _edge_nudged(
     results: Sequence[TrialResult],
     iso: Isolation,
+    causes: Sequence[Cause],
     names: Sequence[str] | None = None,
     cause: Cause | None = None,
 ) -> bool:
     """Whether a complete isolation's factor values ``names`` (default: all of them)
     beside a range only moved its failing run's edge: for each, the counts hold NaN runs
     inside the rule (``cause``'s, or the isolation's own) with another level of it in its
-    place. Near a range's edge a failure flips with anything that nudges the edge
-    (another init, another batch), so a flip that fixed one run there does not make the
-    value needed; whether a level has an edge of its own is the counts' to say, as a
+    place, NaN runs that no cause without that range explains (an fp16 run is NaN at any
+    learning rate). Near a range's edge a failure flips with anything that nudges the
+    edge (another init, another batch), so a flip that fixed one run there does not make
+    the value needed; whether a level has an edge of its own is the counts' to say, as a
     cause of their own (``dtype=bf16 with lr above 2``)."""
     values = [n for n in (iso.minimal if names is None else names) if n not in iso.ranges]
     if not iso.ranges or not values:
@@ -256,7 +258,8 @@ def _edge_nudged(
             return cause.holds(params)
         return iso.holds({**params, name: iso.failing[name]})
 
-    nan = [r.params for r in results if r.is_nan]
+    apart = [c for c in causes if not any(k.factor in iso.ranges for k in c.conditions)]
+    nan = [r.params for r in results if r.is_nan and not any(c.holds(r.params) for c in apart)]
     return all(any(elsewhere(name, params) for params in nan) for name in values)
 
 
@@ -280,7 +283,7 @@ def conclude(
                 # one that went on to a narrower rule of its own is a conclusion of its own,
                 # unless its values beside a range only nudged the edge
                 if more is not None and not (
-                    more and iso.complete and not _edge_nudged(results, iso, more, cause)
+                    more and iso.complete and not _edge_nudged(results, iso, causes, more, cause)
                 ):
                     match, extra = iso, more
                     break
@@ -303,7 +306,7 @@ def conclude(
         if id(iso) in used or not iso.minimal:
             continue
         check = confirmed.get(iso.trial)
-        named = iso.complete and not _edge_nudged(results, iso)
+        named = iso.complete and not _edge_nudged(results, iso, causes)
         if named and check is not None and check.runs and check.label == "deterministic":
             # delta debugging names a rare cause before the counts can: every probe that
             # kept its values failed, every probe that flipped one back passed
