@@ -372,11 +372,10 @@ class Run:
             return [Named(c.conditions) for c in causes]
         out = []
         for item in conclude(results, causes, isolations, confirmations):
-            if item["kind"] == "cause":
-                conditions = tuple(Condition(**c) for c in item["conditions"])
-                out.append(Named(conditions, tuple(item["evidence"])))
-            elif item["kind"] == "isolated-cause":
-                out.append(as_named(Isolation.from_json(item["isolation"])))
+            if item.cause is not None:
+                out.append(Named(item.cause.conditions, tuple(item.evidence or ())))
+            elif item.kind == "isolated-cause" and item.isolation is not None:
+                out.append(as_named(item.isolation))
         return out
 
 

@@ -82,38 +82,36 @@ def tiny_gpt():
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_fully_masked_row_is_born_in_the_attention_block(tiny_gpt, dtype):
     record = rerun(tiny_gpt, {**TINY_GPT, "dtype": dtype, "batch": "padded-row"}, steps=2)
-    assert (record["stage"], record["module"], record["first_bad_step"]) == (
+    assert (record.stage, record.module, record.first_bad_step) == (
         "forward",
         "blocks.0",
         0,
     )
-    assert record["diagnosis"] == (
+    assert record.diagnosis == (
         "step 0: first non-finite output in blocks.0 (Block): a row of the attention mask is all zero"
     )
-    born = record["findings"]["forward"]
+    born = record.findings["forward"]
     assert born["rows"] == [0] and born["output_inf"] == 0
     assert born["dtype"] == {"fp32": "float32", "fp16": "float16"}[dtype]
     # op by op: the softmax over the all -inf row made the NaN, inside blocks.0
-    assert (record["op"]["op"], record["op"]["module"], record["op"]["made"]) == (
+    assert (record.op["op"], record.op["module"], record.op["made"]) == (
         "softmax",
         "blocks.0",
         "nan",
     )
-    assert record["op"]["input_neginf"]
-    assert [t["module"] for t in record["trail"]] == ["tok", "pos", "blocks.0.ln1", "blocks.0.qkv"]
+    assert record.op["input_neginf"]
+    assert [t["module"] for t in record.trail] == ["tok", "pos", "blocks.0.ln1", "blocks.0.qkv"]
 
 
 def test_uninitialized_missing_weights_are_traced_to_the_checkpoint(demo):
     params = {**OPT, "checkpoint": "blip2-full", "init": "uninitialized-missing"}
     record = rerun(demo, params, steps=2)
-    assert (record["stage"], record["first_bad_step"]) == ("forward", 0)
-    assert "non-finite values" in record["diagnosis"]
-    assert "the checkpoint did not hold them (37 of the model's weights" in record["diagnosis"]
+    assert (record.stage, record.first_bad_step) == ("forward", 0)
+    assert "non-finite values" in record.diagnosis
+    assert "the checkpoint did not hold them (37 of the model's weights" in record.diagnosis
     # the audit's fix for a wrapped checkpoint, not only "check the model class"
-    assert (
-        "never loaded): the audit's fix: Load the language-only checkpoint" in (record["diagnosis"])
-    )
-    assert "strip 'language_model.' from the checkpoint's keys" in record["diagnosis"]
+    assert "never loaded): the audit's fix: Load the language-only checkpoint" in (record.diagnosis)
+    assert "strip 'language_model.' from the checkpoint's keys" in record.diagnosis
 
 
 def test_a_trial_that_holds_two_causes_names_both(demo):
@@ -133,14 +131,14 @@ def test_a_trial_that_holds_two_causes_names_both(demo):
     ]
     trial = TrialResult(params=params, seed=0, steps=2, number=5)
     record = rerun_trial(demo, trial, seeds=0, holds=holds)
-    assert record["stage"] == "forward"  # the uninitialized weights fail before the loss
-    assert record["diagnosis"].endswith(
+    assert record.stage == "forward"  # the uninitialized weights fail before the loss
+    assert record.diagnosis.endswith(
         "; the trial holds 2 of the study's causes, checkpoint=blip2-full with "
         "init=uninitialized-missing (conclusion 2) and batch=labels-all-ignored "
         "(conclusion 3): this is where the first NaN of any of them was born"
     )
     alone = rerun_trial(demo, trial, seeds=0, holds=holds[:1])
-    assert "holds" not in alone["diagnosis"]
+    assert "holds" not in alone.diagnosis
 
 
 def test_a_bias_past_fp16s_range_is_named_with_its_channel(tmp_path):
@@ -157,36 +155,36 @@ def test_a_bias_past_fp16s_range_is_named_with_its_channel(tmp_path):
         ],
     )
     record = rerun(runner, {**OPT, "checkpoint": "big-bias", "dtype": "amp-fp16"}, steps=1)
-    assert (record["stage"], record["module"], record["first_bad_step"]) == (
+    assert (record.stage, record.module, record.first_bad_step) == (
         "forward",
         "model.decoder.layers.0.fc2",
         0,
     )
-    operands = {o["name"]: o for o in record["op"]["operands"]}
+    operands = {o["name"]: o for o in record.op["operands"]}
     assert set(operands) == {"input", "weight", "bias"}
     assert operands["bias"]["absmax"] == 9e4 and operands["bias"]["channel"] == 17
     assert operands["input"]["absmax"] < 100 and operands["weight"]["absmax"] < 10
-    assert record["diagnosis"].startswith(
+    assert record.diagnosis.startswith(
         "step 0: first non-finite output in model.decoder.layers.0.fc2 (Linear): linear "
         "overflowed float16 (max 65504): its bias holds 9e+04 at channel 17, past float16's "
         "range (input up to "
     )
-    born = record["findings"]["forward"]
+    born = record.findings["forward"]
     assert (born["weight_peak"], born["weight_channel"]) == ("bias", 17)
 
 
 def test_pure_fp16_adam_update_is_named_with_its_eps(demo):
     record = rerun(demo, {**OPT, "dtype": "fp16"}, steps=2)
-    assert (record["stage"], record["outcome"], record["first_bad_step"]) == (
+    assert (record.stage, record.outcome, record.first_bad_step) == (
         "optimizer",
         "nonfinite-params",
         0,
     )
-    assert record["diagnosis"].startswith("step 0: parameters of model.decoder.embed_tokens")
-    assert record["diagnosis"].endswith(
+    assert record.diagnosis.startswith("step 0: parameters of model.decoder.embed_tokens")
+    assert record.diagnosis.endswith(
         "became NaN in the optimizer update: AdamW eps 1e-08 is 0 in float16"
     )
-    update = record["findings"]["update"]
+    update = record.findings["update"]
     assert update["eps_in_dtype"] == 0.0 and update["dtype"] == "float16"
     assert not update["nonfinite_grad"]  # the gradients were finite; the update was not
     assert 0 < update["zero_second_moment"] <= update["nonfinite_values"]
@@ -205,14 +203,14 @@ def test_nan_pixels_are_traced_to_the_vision_models_first_module(tmp_path):
         ],
     )
     record = rerun(runner, {**OPT, "checkpoint": "tiny", "batch": "nan-input"}, steps=2)
-    assert (record["stage"], record["first_bad_step"]) == ("forward", 0)
-    assert record["module"].startswith("vision_model.embeddings.")
-    assert record["diagnosis"].startswith(
+    assert (record.stage, record.first_bad_step) == ("forward", 0)
+    assert record.module.startswith("vision_model.embeddings.")
+    assert record.diagnosis.startswith(
         "step 0: the batch holds non-finite values in pixel_values (192 NaN of 6144 values); "
         "the first module to receive them is vision_model.embeddings."
     )
     # nothing was born: the NaN came in with the batch
-    assert "forward" not in record["findings"] and record["op"] is None
+    assert "forward" not in record.findings and record.op is None
 
 
 def test_a_diverging_learning_rate_names_the_op_that_overflowed_fp16(demo):
@@ -221,19 +219,19 @@ def test_a_diverging_learning_rate_names_the_op_that_overflowed_fp16(demo):
     # kernels); the scores grow as lr**4, so at 6 they are 30x past it. The projections
     # themselves stay 15x under fp16's maximum, so the scores are the first to overflow.
     record = rerun(demo, {**OPT, "dtype": "amp-fp16", "lr": 6.0}, steps=2)
-    assert (record["stage"], record["outcome"], record["first_bad_step"]) == (
+    assert (record.stage, record.outcome, record.first_bad_step) == (
         "forward",
         "nonfinite-logits",
         1,
     )
-    assert record["module"] == "model.decoder.layers.0.self_attn"
-    assert record["op"]["module"] == record["module"] and record["op"]["made"] == "inf"
-    assert record["diagnosis"].startswith(
+    assert record.module == "model.decoder.layers.0.self_attn"
+    assert record.op["module"] == record.module and record.op["made"] == "inf"
+    assert record.diagnosis.startswith(
         "step 1: first non-finite output in model.decoder.layers.0.self_attn (OPTAttention): "
         "matmul overflowed float16 (max 65504) on inputs up to "
     )
     # the trail shows the projections' outputs grown far beyond the layer norm's
-    trail = {t["module"]: t["absmax"] for t in record["trail"]}
+    trail = {t["module"]: t["absmax"] for t in record.trail}
     norm = trail["model.decoder.layers.0.self_attn_layer_norm"]
     assert norm < 40
     assert all(trail[f"model.decoder.layers.0.self_attn.{p}_proj"] > 30 * norm for p in "qkv")
@@ -251,13 +249,13 @@ def test_a_nan_gradient_is_named_by_anomaly_mode(tmp_path):
         ],
     )
     record = rerun(runner, {**TINY_GPT, "batch": "clean"}, steps=2)
-    assert (record["stage"], record["outcome"], record["first_bad_step"]) == (
+    assert (record.stage, record.outcome, record.first_bad_step) == (
         "backward",
         "nonfinite-grad",
         0,
     )
-    assert record["module"] == "embed"
-    assert record["diagnosis"] == (
+    assert record.module == "embed"
+    assert record.diagnosis == (
         "step 0: the gradient went NaN in PowBackward0, with a finite forward pass and loss; "
         "the forward code that made it: `dist = (z[:, None] - z[None]).pow(2).sum(-1).sqrt()` "
         "(metric.py:14)"
@@ -267,8 +265,8 @@ def test_a_nan_gradient_is_named_by_anomaly_mode(tmp_path):
 
 def test_labels_all_ignored_is_a_loss_stage_nan(tiny_gpt):
     record = rerun(tiny_gpt, {**TINY_GPT, "batch": "labels-all-ignored"}, steps=2)
-    assert (record["stage"], record["module"]) == ("loss", None)
-    assert record["diagnosis"] == (
+    assert (record.stage, record.module) == ("loss", None)
+    assert record.diagnosis == (
         "step 0: the loss is NaN with finite logits: every label is ignored (-100)"
     )
 

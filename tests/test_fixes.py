@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from nansearch.analysis.causes import Cause, Condition
+from nansearch.analysis.conclusion import Conclusion
 from nansearch.config import load_config
 from nansearch.report.page import load_study, render
 from nansearch.search.fix import Fix, format_conclusions
@@ -110,10 +112,14 @@ def test_the_demo_fp16_fix_is_amp_fp16_and_the_audit_adds_a_larger_eps():
 def test_fixes_show_under_their_conclusion_on_the_terminal_and_in_the_report(tmp_path):
     fix = Fix(0, "dtype=fp16", "audit", {"optimizer.eps": 1e-4}, {"dtype": "fp16"}, None, 200,
               [1, 2, 3], verdict="verified", why="every seed finite")  # fmt: skip
+    fp16 = Cause((Condition("dtype", "=", "fp16"),), nan=4, total=4, p_value=0.01,
+                 p_adjusted=0.01, tried=1)  # fmt: skip
     ranking = {
         "study": "s",
         "factors": [],
-        "conclusions": [{"kind": "cause", "text": "dtype=fp16 alone is sufficient."}],
+        "conclusions": [
+            Conclusion("dtype=fp16 alone is sufficient.", "cause", cause=fp16).to_json()
+        ],
         "fixes": [fix.to_json()],
     }
     printed = format_conclusions(ranking)

@@ -177,7 +177,7 @@ def test_a_sweep_of_the_own_loop_example_records_and_reruns_its_trials(tmp_path)
     assert all(math.isfinite(line["score"]) for line in lines)
     reruns = rerun_study(tmp_path / "runs" / "t", top=1, seeds=1)
     record = reruns.records[0]
-    assert record["reproduced"] and record["first_bad_step"] is not None
+    assert record.reproduced and record.first_bad_step is not None
 
 
 def test_the_trial_helpers_apply_each_level_to_the_users_objects(builtin, tmp_path):

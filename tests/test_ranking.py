@@ -489,31 +489,29 @@ def test_an_isolation_stopped_early_is_evidence_for_its_cause_not_a_conclusion()
     iso = Isolation(failing, reference, ["batch", "lr"], minimal=["lr"], needed=["lr"],
                     probes=[{"fails": False}, {"fails": True}], trial=39, reference_trial=7)  # fmt: skip
     check = Confirmation(39, failing, runs=[51, 52, 53], nan=1)
-    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c["kind"] != "unexplained"]
-    assert item["kind"] == "cause" and item["evidence"] == ["counts", "isolation", "confirmation"]
-    assert (
-        "stopped early (the isolate budget was spent): needs lr=0.19 (flipping it back"
-        in (item["text"])
+    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c.kind != "unexplained"]
+    assert item.kind == "cause" and item.evidence == ["counts", "isolation", "confirmation"]
+    assert "stopped early (the isolate budget was spent): needs lr=0.19 (flipping it back" in (
+        item.text
     )
-    assert "flaky: NaN in 2/4 runs" in item["text"]
+    assert "flaky: NaN in 2/4 runs" in item.text
     # one that went on to show the shared dtype needed narrows the counted range
     iso.context, iso.probes = ["dtype"], [*iso.probes, {"changed": "dtype", "to": "fp32",
                                                         "fails": False}]  # fmt: skip
     iso.minimal = ["dtype", "lr"]
-    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c["kind"] == "cause"]
-    assert (
-        "needs dtype=amp-fp16 (changing it, which both runs shared, to fp32 fixes it)"
-        in (item["text"])
+    (item,) = [c for c in conclude(results, [cause], [iso], [check]) if c.kind == "cause"]
+    assert "needs dtype=amp-fp16 (changing it, which both runs shared, to fp32 fixes it)" in (
+        item.text
     )
-    assert "Beyond the counts' rule, this run needs dtype=amp-fp16 too." in item["text"]
-    assert item["isolation_adds"] == {"dtype": "amp-fp16"}
+    assert "Beyond the counts' rule, this run needs dtype=amp-fp16 too." in item.text
+    assert item.isolation_adds == {"dtype": "amp-fp16"}
     # one that completed with a value beyond the rule names a narrower rule of its own
     iso.complete = True
-    kinds = [c["kind"] for c in conclude(results, [cause], [iso], [check])]
+    kinds = [c.kind for c in conclude(results, [cause], [iso], [check])]
     assert kinds[:2] == ["cause", "isolated"]
     # an isolation of another cause's run is not taken for this one's
     other = Isolation({**failing, "lr": 0.01}, reference, ["lr"], minimal=["lr"], trial=3)
-    assert all(c["kind"] != "cause" or "Isolated" not in c["text"]
+    assert all(c.kind != "cause" or "Isolated" not in c.text
                for c in conclude(results, [cause], [other], []))  # fmt: skip
 
 
@@ -541,18 +539,18 @@ def test_an_isolation_that_only_nudged_a_range_edge_stays_under_its_cause():
                     trial=1, reference_trial=0)  # fmt: skip
     check = Confirmation(1, failing, runs=[10, 11, 12], nan=3)
     items = conclude(results, [cause], [iso], [check])
-    assert [c["kind"] for c in items] == ["cause"]
-    assert items[0]["evidence"] == ["counts", "isolation", "confirmation"]
-    assert items[0]["isolation_adds"] == {"init": "pretrained"}
+    assert [c.kind for c in items] == ["cause"]
+    assert items[0].evidence == ["counts", "isolation", "confirmation"]
+    assert items[0].isolation_adds == {"init": "pretrained"}
     # where every NaN run inside the range held the level, the level may be the cause's
     only = [r for r in results if r.params["init"] == "pretrained" or not r.is_nan]
-    kinds = [c["kind"] for c in conclude(only, [cause], [iso], [check])]
+    kinds = [c.kind for c in conclude(only, [cause], [iso], [check])]
     assert kinds[:2] == ["cause", "isolated-cause"]
     # nor does one whose failing run lies below the counted edge: it stays an isolation
     low = Isolation({**failing, "lr": 1.8}, reference, ["init", "lr"], minimal=["init", "lr"],
                     needed=["init", "lr"], ranges={"lr": (1.0, 1.8)}, complete=True,
                     trial=1, reference_trial=0)  # fmt: skip
-    kinds = [c["kind"] for c in conclude(results, [cause], [low], [check])]
+    kinds = [c.kind for c in conclude(results, [cause], [low], [check])]
     assert "isolated-cause" not in kinds and "isolated" in kinds
     # NaN runs another cause explains at any learning rate (fp16) show nothing about the edge
     fp16 = Cause(
@@ -563,5 +561,5 @@ def test_an_isolation_that_only_nudged_a_range_edge_stays_under_its_cause():
     loud += [trial(20 + i, {**failing, "init": "reinit-normal", "dtype": "fp16", "lr": 8.0 + i},
                    True) for i in range(5)]  # fmt: skip
     iso.failing = failing
-    kinds = [c["kind"] for c in conclude(loud, [cause, fp16], [iso], [check])]
+    kinds = [c.kind for c in conclude(loud, [cause, fp16], [iso], [check])]
     assert "isolated-cause" in kinds

@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from nansearch.analysis.ranking import Bins
+from nansearch.analysis.ranking import Bins, factor_table
 from nansearch.cli.main import main as cli_main
 from nansearch.cli.report import report
 from nansearch.cli.sweep import sweep
@@ -424,7 +424,8 @@ def test_sections_appear_only_for_the_files_present(swept, study):
 
 def test_range_levels_match_the_ranking_bins():
     bins = Bins.log_spaced(1e-4, 1.0)
-    factor = {"kind": "range", "levels": [{"value": label} for label in bins.labels()]}
+    factor = factor_table([], "lr", bins, [])
+    assert factor.kind == "range" and [r.value for r in factor.levels] == bins.labels()
     level = leveler(factor)
     rng = random.Random(0)
     values = [10 ** rng.uniform(-4, 0) for _ in range(200)] + list(bins.edges)
@@ -432,7 +433,9 @@ def test_range_levels_match_the_ranking_bins():
         assert level(value) == bins.label(bins.index(value)), value
     assert level("fp16") is None and math.isclose(bins.edges[-1], 1.0)
     # labels that no log-spaced bins produce are left out rather than guessed
-    assert leveler({"kind": "range", "levels": [{"value": "a..b"}]})(0.5) is None
+    factor.levels = factor.levels[:1]
+    factor.levels[0].value = "a..b"
+    assert leveler(factor)(0.5) is None
 
 
 def test_report_command_names_the_studies_it_knows(study, capsys):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from nansearch.analysis.conclusion import Conclusion
 from nansearch.analysis.ranking import rank
 from nansearch.cli.main import main as cli_main
 from nansearch.cli.sweep import sweep
@@ -87,9 +88,13 @@ def test_a_rerun_reproduces_each_trials_first_bad_step(runs):
         assert record["seed_rate"] == {"nan": 1, "total": 1}
         assert [s["seed"] for s in record["seeds"]] == fresh_seeds(trial["seed"], 1)
     pure_record, autocast_record = outcome.records
-    assert pure_record["stage"] == "optimizer" and pure_record["first_bad_step"] == 0
-    assert autocast_record["stage"] == "forward" and autocast_record["first_bad_step"] == 1
-    assert "overflowed float16" in autocast_record["diagnosis"]
+    assert pure_record.stage == "optimizer" and pure_record.first_bad_step == 0
+    assert autocast_record.stage == "forward" and autocast_record.first_bad_step == 1
+    assert "overflowed float16" in autocast_record.diagnosis
+    # the typed record is what its file holds
+    assert [r.to_json() for r in outcome.records] == [
+        json.loads(p.read_text()) for p in outcome.files
+    ]
 
 
 def test_make_rerun_prints_the_diagnosis_of_the_latest_study(runs):
@@ -118,9 +123,9 @@ def test_trials_come_from_the_optuna_storage_without_trials_jsonl(runs):
 
     outcome = rerun_study(runs / "t", top=1, seeds=0, on_record=heard.append)
     again = rerun_study(runs / "t", top=1, seeds=0, on_record=broken)  # must not stop it
-    assert heard == outcome.records and again.records[0]["trial"] == heard[0]["trial"]
-    assert heard[0]["reproduced"] and heard[0]["seed"] == expected[heard[0]["trial"]]["seed"]
-    assert heard[0]["seed_rate"] == {"nan": 0, "total": 0}
+    assert heard == outcome.records and again.records[0].trial == heard[0].trial
+    assert heard[0].reproduced and heard[0].seed == expected[heard[0].trial]["seed"]
+    assert heard[0].seed_rate == {"nan": 0, "total": 0}
 
 
 def test_bad_input_is_a_clear_error(runs, capsys):
@@ -191,13 +196,14 @@ def test_select_takes_one_trial_per_conclusion_before_a_second_of_any():
 
     before = [r.number for r in sorted(results, key=lambda r: (-r.score, r.number))[:3]]
     assert before == [0, 1, 2]  # what ranking by score alone reran: dtype=fp16 three times
-    picks = select(results, 3, None, conclusions)
+    typed = [Conclusion.from_json(c) for c in conclusions]
+    picks = select(results, 3, None, typed)
     # trial 0 holds both causes: each cause gets a trial that holds it alone
     assert [(p.trial.number, p.serves) for p in picks] == [(1, 0), (9, 1), (25, 2)]
-    assert [p.trial.number for p in select(results, 5, None, conclusions)] == [1, 9, 25, 0, 2]
-    (named,) = select(results, 3, [0], conclusions)
+    assert [p.trial.number for p in select(results, 5, None, typed)] == [1, 9, 25, 0, 2]
+    (named,) = select(results, 3, [0], typed)
     assert (named.serves, named.holds) == (0, (0, 1))
-    assert served(named, conclusions) == {
+    assert served(named, typed) == {
         "serves": {"conclusion": 1, "kind": "cause", "rule": "dtype=fp16"},
         "holds": [
             {"conclusion": 1, "kind": "cause", "rule": "dtype=fp16"},

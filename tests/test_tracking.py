@@ -18,6 +18,7 @@ import wandb
 from nansearch.cli.main import main as cli_main
 from nansearch.cli.sweep import sweep, tracking_lines
 from nansearch.config import load_config
+from nansearch.diagnose.record import RerunRecord
 from nansearch.tracking.tracker import (
     Background,
     FinishedStudy,
@@ -179,17 +180,19 @@ def test_a_rerun_is_logged_with_its_trial_and_diagnosis(tmp_path):
     assert tracker.mode == "offline"  # no credentials in the tests
     tracker.start(cfg)
     tracker.log_rerun(
-        {
-            "trial": 7,
-            "params": {"dtype": "fp16", "lr": 0.3},
-            "diagnosis": "step 1: parameters became NaN in the optimizer update",
-            "reproduced": True,
-            "seed_rate": {"nan": 3, "total": 3},
-            "first_bad_step": 1,
-            "stage": "optimizer",
-            "module": "model.decoder.layers.0.fc1",
-            "trail": [{"module": "model.decoder.layers.0", "absmax": 310.5}],
-        }
+        RerunRecord.from_json(
+            {
+                "trial": 7,
+                "params": {"dtype": "fp16", "lr": 0.3},
+                "diagnosis": "step 1: parameters became NaN in the optimizer update",
+                "reproduced": True,
+                "seed_rate": {"nan": 3, "total": 3},
+                "first_bad_step": 1,
+                "stage": "optimizer",
+                "module": "model.decoder.layers.0.fc1",
+                "trail": [{"module": "model.decoder.layers.0", "absmax": 310.5}],
+            }
+        )
     )
     tracker.close()
     (run,) = offline_runs(tmp_path / "runs" / "s")
@@ -333,9 +336,9 @@ RANKING = {
     "finite": 7,
     "errors": 0,
     "factors": [
-        {"name": "dtype", "kind": "categorical", "effect": 1.0, "levels": []},
-        {"name": "lr", "kind": "range", "effect": 0.4, "levels": []},
-        {"name": "batch", "kind": "categorical", "effect": 0.2, "levels": []},
+        {"name": "dtype", "kind": "categorical", "effect": 1.0, "p_value": 0.01, "levels": []},
+        {"name": "lr", "kind": "range", "effect": 0.4, "p_value": 0.2, "levels": []},
+        {"name": "batch", "kind": "categorical", "effect": 0.2, "p_value": 0.5, "levels": []},
     ],
     "conclusions": [{"text": "dtype=fp16 alone is sufficient: 4/4 runs NaN"}],
 }

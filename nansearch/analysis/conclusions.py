@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nansearch.analysis.causes import EQUALS, Cause, Condition, isolated_by, isolation_extends
+from nansearch.analysis.conclusion import Conclusion
 from nansearch.analysis.ranges import clearest_splits
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation, fmt, midpoint
@@ -268,10 +269,10 @@ def conclude(
     causes: Sequence[Cause],
     isolations: Sequence[Isolation] = (),
     confirmations: Sequence[Confirmation] = (),
-) -> list[dict[str, Any]]:
-    """The conclusions, most certain first, each a dict with ``text`` and its counts."""
+) -> list[Conclusion]:
+    """The conclusions, most certain first, each with its sentence and its counts."""
     confirmed = {c.trial: c for c in confirmations}
-    out: list[dict[str, Any]] = []
+    out: list[Conclusion] = []
     used: set[int] = set()
     for cause in causes:
         text = sentence(cause)
@@ -287,7 +288,7 @@ def conclude(
                 ):
                     match, extra = iso, more
                     break
-        item: dict[str, Any] = {"kind": "cause", **cause.to_json()}
+        item = Conclusion(text, "cause", cause=cause)
         if match is not None:
             used.add(id(match))
             counted = {c.factor: c.value for c in cause.conditions if c.op != EQUALS}
@@ -295,13 +296,13 @@ def conclude(
             if extra:
                 needs = " with ".join(match.describe(name) for name in extra)
                 text += f" Beyond the counts' rule, this run needs {needs} too."
-                item["isolation_adds"] = {name: match.failing[name] for name in extra}
+                item.isolation_adds = {name: match.failing[name] for name in extra}
             text += _confirmation_text(confirmed.get(match.trial))
-            item["isolation"] = match.to_json()
-            if match.trial in confirmed:
-                item["confirmation"] = confirmed[match.trial].to_json()
-        item["evidence"] = _evidence(match, confirmed)
-        out.append({"text": text, **item})
+            item.isolation = match
+            item.confirmation = confirmed.get(match.trial)
+        item.text = text
+        item.evidence = _evidence(match, confirmed)
+        out.append(item)
     for iso in isolations:
         if id(iso) in used or not iso.minimal:
             continue
@@ -311,126 +312,90 @@ def conclude(
             # delta debugging names a rare cause before the counts can: every probe that
             # kept its values failed, every probe that flipped one back passed
             held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
-            counts = {"nan": sum(r.is_nan for r in held), "total": len(held)}
+            nan, total = sum(r.is_nan for r in held), len(held)
             text = (
                 f"{iso.text} causes NaN, named by the isolation and the confirmation "
-                f"(the counts alone are too few to be significant yet: {counts['nan']}/"
-                f"{counts['total']} runs NaN): {_isolation_text(iso)}"
+                f"(the counts alone are too few to be significant yet: {nan}/"
+                f"{total} runs NaN): {_isolation_text(iso)}"
                 f"{_confirmation_text(check)}"
             )
             out.append(
-                {
-                    "text": text,
-                    "kind": "isolated-cause",
-                    "rule": iso.text,
-                    **counts,
-                    "isolation": iso.to_json(),
-                    "confirmation": check.to_json(),
-                    "evidence": ["isolation", "confirmation"],
-                }
+                Conclusion(
+                    text,
+                    "isolated-cause",
+                    rule=iso.text,
+                    nan=nan,
+                    total=total,
+                    isolation=iso,
+                    confirmation=check,
+                    evidence=["isolation", "confirmation"],
+                )
             )
             continue
         text = f"Not yet significant across runs: {_isolation_text(iso)}{_confirmation_text(check)}"
         out.append(
-            {
-                "text": text,
-                "kind": "isolated",
-                "isolation": iso.to_json(),
-                "evidence": _evidence(iso, confirmed)[1:],
-            }
+            Conclusion(text, "isolated", isolation=iso, evidence=_evidence(iso, confirmed)[1:])
         )
     scored = [r for r in results if r.outcome != "error"]
-    nan = [r for r in scored if r.is_nan]
+    nan_runs = [r for r in scored if r.is_nan]
     if results and not scored:
         first = first_error(results)
         out.append(
-            {
-                "text": f"Every one of the {len(results)} runs ended in an error, so the sweep "
+            Conclusion(
+                f"Every one of the {len(results)} runs ended in an error, so the sweep "
                 f"says nothing about NaN; the first, trial {first.number}: "
                 f"{error_line(first)}",
-                "kind": "all-errors",
-                "nan": 0,
-                "total": len(results),
-                "trial": first.number,
-                "error": error_line(first),
-            }
+                "all-errors",
+                nan=0,
+                total=len(results),
+                trial=first.number,
+                error=error_line(first),
+            )
         )
         return out
-    if not nan:
+    if not nan_runs:
         steps = max((r.steps for r in results), default=0)
-        item = {
-            "text": f"No cause found: no run went NaN in {len(scored)} runs of {steps} steps, "
+        item = Conclusion(
+            f"No cause found: no run went NaN in {len(scored)} runs of {steps} steps, "
             "so none of the searched values causes NaN at this length.",
-            "kind": "no-nan",
-            "nan": 0,
-            "total": len(scored),
-        }
+            "no-nan",
+            nan=0,
+            total=len(scored),
+        )
         closest = highest_instability(scored)
         if closest is not None:
-            item["text"] += " " + closest["text"]
-            item["highest_instability"] = closest
+            item.text += " " + closest["text"]
+            item.highest_instability = closest
         out.append(item)
     else:
         loose = [
             r
-            for r in nan
+            for r in nan_runs
             if not any(c.holds(r.params) for c in causes)
             and not any(i.complete and i.holds(r.params) for i in isolations)
         ]
         if loose:
             shown = ", ".join(str(r.number) for r in loose[:5])
             out.append(
-                {
-                    "text": f"{len(loose)} of {len(nan)} NaN runs are explained by no "
+                Conclusion(
+                    f"{len(loose)} of {len(nan_runs)} NaN runs are explained by no "
                     f"conclusion yet: too few or too mixed to be significant (trials {shown}"
                     f"{', ...' if len(loose) > 5 else ''}).",
-                    "kind": "unexplained",
-                    "nan": len(loose),
-                    "total": len(nan),
-                    "trials": [r.number for r in loose],
-                }
+                    "unexplained",
+                    nan=len(loose),
+                    total=len(nan_runs),
+                    trials=[r.number for r in loose],
+                )
             )
     errors = len(results) - len(scored)
     if errors:
         out.append(
-            {
-                "text": f"{errors} runs ended in an error and count neither as NaN nor as "
+            Conclusion(
+                f"{errors} runs ended in an error and count neither as NaN nor as "
                 "finite (see errors per level).",
-                "kind": "errors",
-                "nan": 0,
-                "total": errors,
-            }
+                "errors",
+                nan=0,
+                total=errors,
+            )
         )
     return out
-
-
-# -- reading conclusions back (``ranking.json``) --------------------------------------------
-
-# the kinds that name a rule of factor values
-SPEAKS_OF_CAUSE = ("cause", "isolated-cause", "isolated")
-
-
-def rule(item: dict[str, Any]) -> str:
-    """What a conclusion is about, in a few words: its rule, or the runs it counts."""
-    if item.get("kind") == "cause":
-        return item["rule"]
-    if item.get("kind") in ("isolated", "isolated-cause"):
-        return item["isolation"]["text"]
-    if item.get("kind") == "unexplained":
-        return "NaN runs no conclusion explains"
-    return item.get("kind", "")
-
-
-def speaks_of(item: dict[str, Any], result: TrialResult) -> bool:
-    """Whether a conclusion, as ``ranking.json`` holds it, explains this trial's values."""
-    kind = item.get("kind")
-    if kind == "cause":
-        return all(
-            Condition(c["factor"], c["op"], c["value"]).holds(result.params)
-            for c in item["conditions"]
-        )
-    if kind in ("isolated", "isolated-cause"):
-        return Isolation.from_json(item["isolation"]).holds(result.params)
-    if kind == "unexplained":
-        return result.number in item.get("trials", ())
-    return False

@@ -19,20 +19,35 @@ The ranking has two halves that rest on different trials, on purpose:
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nansearch.analysis.causes import Cause, find_causes
+from nansearch.analysis.conclusion import Conclusion
 from nansearch.analysis.interactions import Interaction, find_interactions, with_causes
-from nansearch.analysis.stats import fisher_two_sided, wilson
+from nansearch.analysis.tables import Bins, FactorTable, factor_table, level_of
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation
 from nansearch.trial.runner import PHASES, QUEUED, TrialResult
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Bins",
+    "Conclusion",
+    "FactorTable",
+    "Ranking",
+    "axes_kinds",
+    "factor_table",
+    "find_ranking",
+    "format_conclusions",
+    "format_table",
+    "importance",
+    "level_of",
+    "rank",
+]
 
 
 def _phase_order(item: tuple[str, int]) -> tuple[int, str]:
@@ -40,101 +55,10 @@ def _phase_order(item: tuple[str, int]) -> tuple[int, str]:
     return (PHASES.index(phase) if phase in PHASES else len(PHASES), phase)
 
 
-@dataclass(frozen=True)
-class Bins:
-    """Log-spaced ranges for a continuous factor, so a rate rests on several trials."""
-
-    edges: tuple[float, ...]
-
-    @classmethod
-    def log_spaced(cls, low: float, high: float, count: int = 4) -> Bins:
-        if high <= low:
-            return cls((low, high))
-        step = (math.log10(high) - math.log10(low)) / count
-        return cls(tuple(10 ** (math.log10(low) + i * step) for i in range(count + 1)))
-
-    def label(self, index: int) -> str:
-        return f"{self.edges[index]:.2g}..{self.edges[index + 1]:.2g}"
-
-    def index(self, value: float) -> int:
-        for i in range(len(self.edges) - 2, -1, -1):
-            if value >= self.edges[i]:
-                return i
-        return 0
-
-    def labels(self) -> list[str]:
-        return [self.label(i) for i in range(len(self.edges) - 1)]
-
-
-def level_of(value: Any, bins: Bins | None) -> str:
-    if bins is not None and isinstance(value, (int, float)):
-        return bins.label(bins.index(float(value)))
-    return str(value)
-
-
 def axes_kinds(factors: Sequence[tuple[str, list[Any] | Bins]]) -> tuple[list[str], list[str]]:
     """The factor names, and those that are continuous (grouped into ranges)."""
     names = [name for name, _ in factors]
     return names, [name for name, levels in factors if isinstance(levels, Bins)]
-
-
-def _empty() -> dict[str, int]:
-    return {"nan": 0, "total": 0, "errors": 0}
-
-
-def factor_table(
-    results: list[TrialResult], name: str, levels: list[Any] | Bins, causes: Sequence[Cause]
-) -> dict[str, Any]:
-    """One factor's levels: raw counts, Wilson interval, and counts with other causes absent."""
-    bins = levels if isinstance(levels, Bins) else None
-    names = levels.labels() if isinstance(levels, Bins) else [str(v) for v in levels]
-    counts = {level: _empty() for level in names}
-    alone = {level: _empty() for level in names}
-    others = [c for c in causes if all(x.factor != name for x in c.conditions)]
-    for result in results:
-        if name not in result.params:
-            continue
-        level = level_of(result.params[name], bins)
-        slots = [counts.setdefault(level, _empty())]
-        if not any(c.holds(result.params) for c in others):
-            slots.append(alone.setdefault(level, _empty()))
-        for slot in slots:
-            if result.outcome == "error":
-                slot["errors"] += 1
-            else:
-                slot["total"] += 1
-                slot["nan"] += int(result.is_nan)
-    nan_all = sum(a["nan"] for a in alone.values())
-    total_all = sum(a["total"] for a in alone.values())
-    rows: list[dict[str, Any]] = []
-    for level, c in counts.items():
-        a = alone.get(level, _empty())
-        rest_nan, rest_total = nan_all - a["nan"], total_all - a["total"]
-        rate = a["nan"] / a["total"] if a["total"] else None
-        rest = rest_nan / rest_total if rest_total else None
-        ratio, p = fisher_two_sided(a["nan"], a["total"], rest_nan, rest_total)
-        low, high = wilson(c["nan"], c["total"])
-        rows.append(
-            {
-                "value": level,
-                **c,
-                "rate": c["nan"] / c["total"] if c["total"] else None,
-                "ci_low": low,
-                "ci_high": high,
-                "alone": {"nan": a["nan"], "total": a["total"], "rate": rate},
-                "effect": None if rate is None or rest is None else rate - rest,
-                "odds_ratio": ratio,
-                "p_value": p,
-            }
-        )
-    effects = [abs(r["effect"]) for r in rows if r["effect"] is not None]
-    return {
-        "name": name,
-        "kind": "range" if bins else "categorical",
-        "effect": max(effects, default=0.0),
-        "p_value": min((r["p_value"] for r in rows), default=1.0),
-        "levels": rows,
-    }
 
 
 def importance(
@@ -174,9 +98,9 @@ def importance(
 class Ranking:
     """What :func:`find_ranking` found: ``ranking.json`` from ``trials`` to ``factors``.
 
-    The causes, interactions, isolations (``minimal_causes``, each with its confirmation)
-    and confirmations are typed; the conclusions and the factor tables are still the
-    dicts ranking.json holds. The sweep writes it with its own keys around it (study,
+    Every part is typed: the conclusions, the causes, the interactions, the isolations
+    (``minimal_causes``, each with its confirmation), the confirmations and the factor
+    tables. The sweep writes it with its own keys around it (study,
     settled, unspent, horizon, at_risk, ignored, fixes).
     """
 
@@ -187,13 +111,13 @@ class Ranking:
     outcomes: dict[str, int]
     phases: dict[str, int]
     basis: str
-    conclusions: list[dict[str, Any]]
+    conclusions: list[Conclusion]
     causes: list[Cause]
     interactions: list[Interaction]
     isolations: list[Isolation]
     confirmations: list[Confirmation]
     importance: dict[str, float]
-    factors: list[dict[str, Any]]
+    factors: list[FactorTable]
 
     def to_json(self) -> dict[str, Any]:
         """ranking.json's sections, in its documented order."""
@@ -206,7 +130,7 @@ class Ranking:
             "outcomes": self.outcomes,
             "phases": self.phases,
             "basis": self.basis,
-            "conclusions": self.conclusions,
+            "conclusions": [c.to_json() for c in self.conclusions],
             "causes": [c.to_json() for c in self.causes],
             "interactions": [i.to_json() for i in self.interactions],
             "minimal_causes": [
@@ -220,7 +144,7 @@ class Ranking:
             ],
             "confirmations": [c.to_json() for c in self.confirmations],
             "importance": self.importance,
-            "factors": self.factors,
+            "factors": [f.to_json() for f in self.factors],
         }
 
     @classmethod
@@ -234,13 +158,13 @@ class Ranking:
             outcomes=dict(data.get("outcomes") or {}),
             phases=dict(data.get("phases") or {}),
             basis=data.get("basis", ""),
-            conclusions=list(data.get("conclusions") or []),
+            conclusions=[Conclusion.from_json(c) for c in data.get("conclusions") or []],
             causes=[Cause.from_json(c) for c in data.get("causes") or []],
             interactions=[Interaction.from_json(i) for i in data.get("interactions") or []],
             isolations=[Isolation.from_json(i) for i in data.get("minimal_causes") or []],
             confirmations=[Confirmation.from_json(c) for c in data.get("confirmations") or []],
             importance=dict(data.get("importance") or {}),
-            factors=list(data.get("factors") or []),
+            factors=[FactorTable.from_json(f) for f in data.get("factors") or []],
         )
 
 
@@ -290,8 +214,8 @@ def find_ranking(
     tables = [factor_table(searched, name, levels, causes) for name, levels in factors]
     weights = importance(searched, distributions, seed) if distributions else {}
     for table in tables:
-        table["importance"] = weights.get(table["name"])
-    tables.sort(key=lambda f: (-f["effect"], f["p_value"]))
+        table.importance = weights.get(table.name)
+    tables.sort(key=lambda f: (-f.effect, f.p_value))
     scored = [r for r in results if r.outcome != "error"]
     return Ranking(
         trials=len(results),
@@ -324,38 +248,39 @@ def basis(searched: int, total: int) -> str:
 
 
 def format_table(ranking: dict[str, Any]) -> str:
-    """The ranking as a plain-text table, factors in rank order."""
-    phases = ", ".join(f"{k} {v}" for k, v in ranking.get("phases", {}).items())
+    """The ranking (``ranking.json`` as the sweep wrote it) as a plain-text table, factors
+    in rank order."""
+    typed = Ranking.from_json(ranking)
+    phases = ", ".join(f"{k} {v}" for k, v in typed.phases.items())
     lines = [
-        f"{ranking['trials']} trials ({phases}): {ranking['nan']} NaN, "
-        f"{ranking['finite']} finite, {ranking['errors']} errors",
+        f"{typed.trials} trials ({phases}): {typed.nan} NaN, "
+        f"{typed.finite} finite, {typed.errors} errors",
         *([ranking["unspent"]["text"]] if ranking.get("unspent") else []),
-        ranking.get("basis", ""),
+        typed.basis,
         "'alone' counts the runs no other cause explains; effect and p (Fisher) rest on them",
         "",
         f"{'rank':<5}{'factor':<12}{'level':<22}{'NaN/total':>10}{'rate':>7}  95% CI   "
         f"{'alone':>8}{'effect':>8}{'p':>9}",
     ]
-    for i, factor in enumerate(ranking["factors"], 1):
-        levels = sorted(factor["levels"], key=lambda r: -(r["rate"] or 0))
-        weight = factor.get("importance")
+    for i, factor in enumerate(typed.factors, 1):
+        levels = sorted(factor.levels, key=lambda r: -(r.rate or 0))
+        weight = factor.importance
         for j, row in enumerate(levels):
-            head = f"{i:<5}{factor['name']:<12}" if j == 0 else " " * 17
-            rate = "-" if row["rate"] is None else f"{row['rate']:.0%}"
-            alone = row.get("alone", {})
-            effect = "-" if row.get("effect") is None else f"{row['effect']:+.2f}"
-            errors = f"  ({row['errors']} errors)" if row["errors"] else ""
+            head = f"{i:<5}{factor.name:<12}" if j == 0 else " " * 17
+            rate = "-" if row.rate is None else f"{row.rate:.0%}"
+            effect = "-" if row.effect is None else f"{row.effect:+.2f}"
+            errors = f"  ({row.errors} errors)" if row.errors else ""
             note = f"  fANOVA {weight:.2f}" if j == 0 and weight is not None else ""
             lines.append(
-                f"{head}{row['value'][:21]:<22}{row['nan']:>4}/{row['total']:<5}{rate:>7}"
-                f"  {row['ci_low']:.2f}-{row['ci_high']:.2f}"
-                f"{alone.get('nan', 0):>5}/{alone.get('total', 0):<3}{effect:>7}"
-                f"{row.get('p_value', 1.0):>9.1g}{errors}{note}"
+                f"{head}{row.value[:21]:<22}{row.nan:>4}/{row.total:<5}{rate:>7}"
+                f"  {row.ci_low:.2f}-{row.ci_high:.2f}"
+                f"{row.alone_nan:>5}/{row.alone_total:<3}{effect:>7}"
+                f"{row.p_value:>9.1g}{errors}{note}"
             )
     return "\n".join(lines)
 
 
 def format_conclusions(ranking: dict[str, Any]) -> str:
     """The conclusions, numbered, one paragraph each."""
-    items = ranking.get("conclusions", [])
-    return "\n".join(f"{i}. {c['text']}" for i, c in enumerate(items, 1))
+    items = [Conclusion.from_json(c) for c in ranking.get("conclusions", [])]
+    return "\n".join(f"{i}. {c.text}" for i, c in enumerate(items, 1))

@@ -83,17 +83,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"study {outcome.study_dir}: no failing trial to rerun")
         return 0
     for record, path in zip(outcome.records, outcome.files, strict=True):
-        params = " ".join(f"{k}={_short(v)}" for k, v in record["params"].items())
-        rate = record["seed_rate"]
-        same = "reproduced" if record["reproduced"] else "did NOT reproduce"
-        print(f"trial {record['trial']}  {params}")
-        serves = record.get("serves")
-        if serves is not None:
-            print(f"  serves conclusion {serves['conclusion']}: {serves['rule']}")
-        print(f"  {record['diagnosis']}")
-        print(
-            f"  {same} with seed {record['seed']}; NaN in {rate['nan']}/{rate['total']} fresh seeds"
-        )
+        params = " ".join(f"{k}={_short(v)}" for k, v in record.params.items())
+        rate = record.seed_rate
+        same = "reproduced" if record.reproduced else "did NOT reproduce"
+        print(f"trial {record.trial}  {params}")
+        if record.serves is not None:
+            print(f"  serves conclusion {record.serves['conclusion']}: {record.serves['rule']}")
+        print(f"  {record.diagnosis}")
+        print(f"  {same} with seed {record.seed}; NaN in {rate['nan']}/{rate['total']} fresh seeds")
         print(f"  {path}")
     return 0
 

@@ -26,12 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nansearch.analysis.conclusions import SPEAKS_OF_CAUSE, rule, speaks_of
+from nansearch.analysis.conclusion import Conclusion
 from nansearch.audit import AUDIT_FILE, Finding, read_audit
 from nansearch.audit.checkpoint import audit_checkpoints
 from nansearch.config import NansearchError, SweepConfig, load_config
 from nansearch.diagnose.diagnostics import Diagnostics
 from nansearch.diagnose.explain import STAGES, diagnose, op_within, several
+from nansearch.diagnose.record import RerunRecord
 from nansearch.search.prepare import prepare
 from nansearch.search.storage import open_storage
 from nansearch.search.study import read_trials, recorded
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 RERUNS = "reruns"
 
-RecordCallback = Callable[[dict[str, Any]], None]
+RecordCallback = Callable[[RerunRecord], None]
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RerunOutcome:
     """What a rerun produced, for the command line to print and for tests to check."""
 
     study_dir: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RerunRecord] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
@@ -107,7 +108,7 @@ def select(
     results: list[TrialResult],
     top: int,
     numbers: list[int] | None,
-    conclusions: Sequence[dict[str, Any]] = (),
+    conclusions: Sequence[Conclusion] = (),
 ) -> list[Pick]:
     """The trials named by number, or ``top`` failing trials that cover the conclusions.
 
@@ -124,8 +125,8 @@ def select(
                 raise NansearchError(f"--trial {number}: no such trial (trials: {valid})")
         return [_pick(by_number[n], None, conclusions) for n in dict.fromkeys(numbers)]
     failing = sorted((r for r in results if r.is_nan), key=lambda r: (-(r.score or 0), r.number))
-    causal = [i for i, c in enumerate(conclusions) if c.get("kind") in SPEAKS_OF_CAUSE]
-    holds = {r.number: [i for i in causal if speaks_of(conclusions[i], r)] for r in failing}
+    causal = [i for i, c in enumerate(conclusions) if c.names_cause]
+    holds = {r.number: [i for i in causal if conclusions[i].speaks_of(r)] for r in failing}
     chosen: list[Pick] = []
     seen: set[str] = set()
 
@@ -141,42 +142,43 @@ def select(
         fresh = [r for r in mine if json.dumps(r.params, sort_keys=True, default=str) not in seen]
         if fresh:
             take(fresh[0], index)
-    loose = next((i for i, c in enumerate(conclusions) if c.get("kind") == "unexplained"), None)
+    loose = next((i for i, c in enumerate(conclusions) if c.kind == "unexplained"), None)
     for result in failing:
-        if loose is not None and speaks_of(conclusions[loose], result):
+        if loose is not None and conclusions[loose].speaks_of(result):
             take(result, loose)
     for result in failing:
         take(result, holds[result.number][0] if holds[result.number] else None)
     return chosen
 
 
-def _pick(result: TrialResult, serves: int | None, conclusions: Sequence[dict[str, Any]]) -> Pick:
+def _pick(result: TrialResult, serves: int | None, conclusions: Sequence[Conclusion]) -> Pick:
     """A :class:`Pick`; ``serves`` defaults to the first conclusion that explains the trial."""
-    speaking = tuple(i for i, c in enumerate(conclusions) if speaks_of(c, result))
+    speaking = tuple(i for i, c in enumerate(conclusions) if c.speaks_of(result))
     if serves is None and speaking:
         serves = speaking[0]
-    causal = tuple(i for i in speaking if conclusions[i].get("kind") in SPEAKS_OF_CAUSE)
+    causal = tuple(i for i in speaking if conclusions[i].names_cause)
     return Pick(result, serves, causal)
 
 
-def study_conclusions(study_dir: Path) -> list[dict[str, Any]]:
+def study_conclusions(study_dir: Path) -> list[Conclusion]:
     """The conclusions of the study's ``ranking.json``; none when it has no ranking yet."""
     path = study_dir / "ranking.json"
     if not path.is_file():
         return []
     try:
-        return list(json.loads(path.read_text()).get("conclusions") or [])
-    except (OSError, ValueError) as exc:
+        items = json.loads(path.read_text()).get("conclusions") or []
+        return [Conclusion.from_json(c) for c in items]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable (%s); reruns are chosen by score alone", path, exc)
         return []
 
 
-def served(pick: Pick, conclusions: list[dict[str, Any]]) -> dict[str, Any]:
+def served(pick: Pick, conclusions: Sequence[Conclusion]) -> dict[str, Any]:
     """What a rerun record says about the conclusions it speaks to (numbered from 1)."""
 
     def entry(index: int) -> dict[str, Any]:
         item = conclusions[index]
-        return {"conclusion": index + 1, "kind": item.get("kind"), "rule": rule(item)}
+        return {"conclusion": index + 1, "kind": item.kind, "rule": item.about}
 
     return {
         "serves": entry(pick.serves) if pick.serves is not None else None,
@@ -225,7 +227,7 @@ def rerun_trial(
     seeds: int,
     holds: Sequence[dict[str, Any]] = (),
     fixes: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> RerunRecord:
     """Rerun one trial with diagnostics, then with fresh seeds; the record to save.
 
     ``holds`` are the study's conclusions whose rule the trial carries (from
@@ -258,7 +260,7 @@ def rerun_trial(
     sentence += several(holds)
     fresh = [runner.run(trial.params, seed, trial.steps) for seed in fresh_seeds(trial.seed, seeds)]
     op = op_within(diag.forward, deep) if stage == "forward" else None
-    return _finite(
+    record = _finite(
         {
             "trial": trial.number,
             "params": trial.params,
@@ -287,6 +289,7 @@ def rerun_trial(
             "seconds": time.perf_counter() - start,
         }
     )
+    return RerunRecord.from_json(record)
 
 
 def rerun_study(
@@ -319,13 +322,11 @@ def rerun_study(
         trial = pick.trial
         log.info("rerunning trial %d with diagnostics", trial.number)
         about = served(pick, conclusions)
-        record = {
-            "study": cfg.study,
-            **rerun_trial(runner, trial, seeds, about["holds"], fixes),
-        }
-        record.update(about)
+        record = rerun_trial(runner, trial, seeds, about["holds"], fixes)
+        record.study = cfg.study
+        record.serves, record.holds = about["serves"], about["holds"]
         path = folder / f"trial-{trial.number}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        path.write_text(json.dumps(record.to_json(), indent=2) + "\n")
         outcome.records.append(record)
         outcome.files.append(path)
         if on_record is not None:

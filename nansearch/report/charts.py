@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from html import escape
 
+from nansearch.analysis.tables import Level
+
 PALETTE = ("#c0392b", "#2471a3", "#d68910", "#1e8449", "#7d3c98", "#17a589", "#566573", "#ba4a00")
 NAN_RED = "#c0392b"
 FONT = 'font-family="system-ui,sans-serif" font-size="12"'
@@ -43,7 +45,7 @@ def rate_color(rate: float | None) -> str:
     return "#{:02x}{:02x}{:02x}".format(*mix)
 
 
-def rate_bars(rows: Sequence[dict], title: str) -> str:
+def rate_bars(rows: Sequence[Level], title: str) -> str:
     """NaN rate per level as bars, with the 95% interval as a whisker and ``k/n``."""
     left, width, row_h, top = 170, 320, 24, 24
     height = top + row_h * len(rows) + 24
@@ -56,25 +58,25 @@ def rate_bars(rows: Sequence[dict], title: str) -> str:
         body.append(_text(x, height - 6, f"{tick:.0%}", "middle", 'fill="#666"'))
     for i, row in enumerate(rows):
         y = top + i * row_h
-        label = str(row["value"])
+        label = row.value
         body.append(f"<g><title>{escape(label)}</title>")
         body.append(_text(left - 8, y + 15, _clip(label), "end"))
         body.append("</g>")
-        if not row["total"]:
+        if not row.total:
             body.append(_text(left + 4, y + 15, "no finished trials", extra='fill="#999"'))
             continue
-        rate = row["rate"] or 0.0
+        rate = row.rate or 0.0
         body.append(
             f'<rect x="{left}" y="{y + 4}" width="{rate * width:.1f}" height="{row_h - 8}" '
             f'fill="{NAN_RED}" fill-opacity="0.75"/>'
         )
-        lo, hi = left + row["ci_low"] * width, left + row["ci_high"] * width
+        lo, hi = left + row.ci_low * width, left + row.ci_high * width
         mid = y + row_h / 2
         body.append(
             f'<path d="M{lo:.1f},{mid:.1f}H{hi:.1f}M{lo:.1f},{mid - 5:.1f}V{mid + 5:.1f}'
             f'M{hi:.1f},{mid - 5:.1f}V{mid + 5:.1f}" stroke="#222" fill="none"/>'
         )
-        body.append(_text(left + width + 8, y + 15, f"{row['nan']}/{row['total']}"))
+        body.append(_text(left + width + 8, y + 15, f"{row.nan}/{row.total}"))
     return _svg(left + width + 60, height, body, title)
 
 

@@ -20,6 +20,7 @@ import jinja2
 
 from nansearch import jsonl
 from nansearch.config import NansearchError
+from nansearch.diagnose.record import RerunRecord
 from nansearch.report.sections import (
     STEP_KEYS,
     at_risk_section,
@@ -50,7 +51,7 @@ class StudyFiles:
     ranking: dict[str, Any]
     trials: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] | None = None
-    reruns: list[dict[str, Any]] = field(default_factory=list)
+    reruns: list[RerunRecord] = field(default_factory=list)
     config_text: str | None = None
 
 
@@ -88,8 +89,11 @@ def load_study(study_dir: Path) -> StudyFiles:
         trials=read_trial_lines(trials_path) if trials_path.is_file() else [],
         audit=_read_json(audit_path) if audit_path.is_file() else None,
         reruns=sorted(
-            (_read_json(p) for p in sorted((study_dir / "reruns").glob("*.json"))),
-            key=lambda r: (r.get("trial") is None, r.get("trial")),
+            (
+                RerunRecord.from_json(_read_json(p))
+                for p in sorted((study_dir / "reruns").glob("*.json"))
+            ),
+            key=lambda r: (r.trial is None, r.trial),
         ),
         config_text=config_path.read_text() if config_path.is_file() else None,
     )

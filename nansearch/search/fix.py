@@ -211,10 +211,12 @@ def _judge_trend(fix: Fix, ours: float, theirs: float | None) -> None:
 
 def format_conclusions(ranking: dict[str, Any]) -> str:
     """The conclusions, numbered, each followed by its fixes."""
+    from nansearch.analysis.conclusion import Conclusion
+
     fixes = [Fix.from_json(fix) for fix in ranking.get("fixes") or []]
     lines = []
     for i, item in enumerate(ranking.get("conclusions") or [], 1):
-        lines.append(f"{i}. {item['text']}")
+        lines.append(f"{i}. {Conclusion.from_json(item).text}")
         own = [fix for fix in fixes if fix.conclusion == i - 1]
         for fix in own:
             lines.append(f"   -> {fix.text}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nansearch.config.schema import SweepConfig
+from nansearch.diagnose.record import RerunRecord
 from nansearch.trial.runner import TrialResult
 
 
@@ -38,7 +39,7 @@ class Tracker:
         """Those of a resumed study's ``results`` whose run was never written."""
         return []
 
-    def log_rerun(self, record: dict[str, Any]) -> None:
+    def log_rerun(self, record: RerunRecord) -> None:
         """One diagnostic rerun of a trial (``nansearch rerun``)."""
 
     def log_fix(self, record: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nansearch.config.schema import SweepConfig
+from nansearch.diagnose.record import RerunRecord
 from nansearch.tracking._base import FinishedStudy, Tracker
 from nansearch.trial.runner import TrialResult
 
@@ -69,7 +70,7 @@ class Background(Tracker):
         if self.thread is not None:
             self.queue.join()
 
-    def log_rerun(self, record: dict[str, Any]) -> None:
+    def log_rerun(self, record: RerunRecord) -> None:
         self.wait()
         self.inner.log_rerun(record)
 

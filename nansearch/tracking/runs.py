@@ -120,32 +120,33 @@ def log_analysis(run: Any, study: FinishedStudy) -> None:
     code ignores, audit, report."""
     import wandb
 
+    from nansearch.analysis.ranking import Ranking
+
     ranking, results, audit = study.ranking, study.results, study.audit
+    typed = Ranking.from_json(ranking)
     study_dir = Path(study.study_dir)
 
     row_keys = ["nan", "total", "errors", "rate", "ci_low", "ci_high"]
     table = wandb.Table(columns=["rank", "factor", "kind", "effect", "level", *row_keys])
     logged: dict[str, Any] = {"ranking": table}
-    for rank, factor in enumerate(ranking.get("factors", []), 1):
+    for rank, factor in enumerate(typed.factors, 1):
         per_level = wandb.Table(columns=["level", *row_keys])
-        for row in factor["levels"]:
-            values = [row.get(key) for key in row_keys]
-            table.add_data(
-                rank, factor["name"], factor["kind"], factor["effect"], row["value"], *values
-            )
-            per_level.add_data(row["value"], *values)
-        logged[f"nan_rate/{factor['name']}"] = wandb.plot.bar(
-            per_level, "level", "rate", title=f"NaN rate per {factor['name']} level"
+        for row in factor.levels:
+            values = [getattr(row, key) for key in row_keys]
+            table.add_data(rank, factor.name, factor.kind, factor.effect, row.value, *values)
+            per_level.add_data(row.value, *values)
+        logged[f"nan_rate/{factor.name}"] = wandb.plot.bar(
+            per_level, "level", "rate", title=f"NaN rate per {factor.name} level"
         )
 
-    importance = ranking.get("importance") or {}
+    importance = typed.importance
     if importance:
         imp = wandb.Table(columns=["factor", "importance"], data=list(importance.items()))
         logged["importance"] = wandb.plot.bar(
             imp, "factor", "importance", title="fANOVA importance for the instability score"
         )
 
-    names = [f["name"] for f in ranking.get("factors", [])]
+    names = [f.name for f in typed.factors]
     names += sorted({k for r in results for k in r.params} - set(names))
     trials = wandb.Table(
         allow_mixed_types=True,
@@ -177,7 +178,7 @@ def log_analysis(run: Any, study: FinishedStudy) -> None:
         )
     logged["trials"] = trials
 
-    conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
+    conclusions = [c.text for c in typed.conclusions]
     if conclusions:
         logged["conclusions"] = wandb.Table(columns=["conclusion"], data=[[c] for c in conclusions])
     for key in ("interactions", "minimal_causes", "at_risk", "ignored", "fixes"):
@@ -191,11 +192,11 @@ def log_analysis(run: Any, study: FinishedStudy) -> None:
     # under study/ so that no count hides a table of the same name
     run.summary.update(
         {
-            "study/trials": ranking.get("trials"),
-            "study/nan": ranking.get("nan"),
-            "study/finite": ranking.get("finite"),
-            "study/errors": ranking.get("errors"),
-            "study/outcomes": ranking.get("outcomes", {}),
+            "study/trials": typed.trials,
+            "study/nan": typed.nan,
+            "study/finite": typed.finite,
+            "study/errors": typed.errors,
+            "study/outcomes": typed.outcomes,
             "study/top_factor": names[0] if names else None,
             "study/importance": importance,
             "study/audit_findings": len(findings),

@@ -26,9 +26,12 @@ def _require():
 
 def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]) -> list:
     """The report's blocks: conclusions, the trials' panels, the analysis tables."""
+    from nansearch.analysis.ranking import Ranking
+
     wr, expr = _require()
-    factors = ranking.get("factors", [])
-    names = [f["name"] for f in factors]
+    typed = Ranking.from_json(ranking)
+    factors = typed.factors
+    names = [f.name for f in factors]
 
     def runset(job_type: str, title: str, *more):
         return wr.Runset(
@@ -51,22 +54,21 @@ def report_blocks(project: str, entity: str, study: str, ranking: dict[str, Any]
         wr.ParameterImportancePlot(with_respect_to="score"),
     ]
     for factor in factors:
-        if factor["kind"] == "categorical":
+        if factor.kind == "categorical":
             panels.append(
                 wr.BarPlot(
-                    title=f"NaN rate per {factor['name']} level",
+                    title=f"NaN rate per {factor.name} level",
                     metrics=["nan"],
-                    groupby=wr.Config(factor["name"]),
+                    groupby=wr.Config(factor.name),
                     groupby_aggfunc="mean",
                     orientation="h",
                 )
             )
     panels.append(wr.LinePlot(title="max |logit| per step", x="Step", y=["logit_absmax"]))
 
-    conclusions = [c.get("text", "") for c in ranking.get("conclusions") or []]
+    conclusions = [c.text for c in typed.conclusions]
     summary = (
-        f"{ranking.get('trials', 0)} trials: {ranking.get('nan', 0)} NaN, "
-        f"{ranking.get('finite', 0)} finite, {ranking.get('errors', 0)} errors."
+        f"{typed.trials} trials: {typed.nan} NaN, {typed.finite} finite, {typed.errors} errors."
     )
     blocks: list = [wr.P(summary)]
     if conclusions:

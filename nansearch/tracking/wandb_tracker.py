@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from nansearch import jsonl
 from nansearch.config.schema import SweepConfig
+from nansearch.diagnose.record import RerunRecord
 from nansearch.tracking._base import FinishedStudy, Tracker
 from nansearch.tracking.runs import (
     finite_or_none,
@@ -195,21 +196,19 @@ class WandbTracker(Tracker):
             except jsonl.WriteError as exc:  # a resumed sweep logs the run again
                 log.warning("W&B: %s", exc)
 
-    def log_rerun(self, record: dict[str, Any]) -> None:
+    def log_rerun(self, record: RerunRecord) -> None:
         import wandb
 
-        config = {"trial": record["trial"], **record.get("params", {})}
+        config = {"trial": record.trial, **record.params}
         summary = {
             key: value
-            for key, value in record.items()
+            for key, value in record.to_json().items()
             if key not in ("trial", "params") and scalar_or_flat(value)
         }
-        tags = ["rerun"]
-        if "reproduced" in record:
-            tags.append("reproduced" if record["reproduced"] else "not-reproduced")
+        tags = ["rerun", "reproduced" if record.reproduced else "not-reproduced"]
 
         def write(run) -> None:
-            trail = record.get("trail") or []
+            trail = record.trail
             if trail:
                 table = wandb.Table(columns=["module", "absmax"])
                 for row in trail:
@@ -218,10 +217,10 @@ class WandbTracker(Tracker):
             run.summary.update(summary)
 
         self._record(
-            f"rerun of trial {record['trial']}",
+            f"rerun of trial {record.trial}",
             write,
             job_type="rerun",
-            name=f"rerun-trial-{record['trial']}",
+            name=f"rerun-trial-{record.trial}",
             config=config,
             tags=tags,
         )

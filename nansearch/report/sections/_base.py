@@ -1,5 +1,6 @@
 """What every section shares: :class:`Section`, the value formats, the trial links, and
-the mapping of a trial's value to the ranking's level label."""
+the factor tables read from ``ranking.json`` and the mapping of a trial's value to a
+table's level label."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from nansearch.analysis.ranking import Bins
+from nansearch.analysis.tables import Bins, FactorTable
 
 TRIAL_REFERENCE = re.compile(r"\b(trials?) ((?:\d+)(?:, \d+)*)")
 
@@ -52,10 +53,15 @@ def trial_links(text: Any) -> Markup:
     return Markup(TRIAL_REFERENCE.sub(link, str(escape(str(text)))))
 
 
-def leveler(factor: dict[str, Any]) -> Callable[[Any], str | None]:
+def factor_tables(ranking: dict[str, Any]) -> list[FactorTable]:
+    """The factor tables of ``ranking.json``, in rank order."""
+    return [FactorTable.from_json(f) for f in ranking.get("factors", [])]
+
+
+def leveler(factor: FactorTable) -> Callable[[Any], str | None]:
     """Maps a trial's value of ``factor`` to the ranking's level label."""
-    labels = [str(row["value"]) for row in factor["levels"]]
-    if factor.get("kind") != "range":
+    labels = [row.value for row in factor.levels]
+    if factor.kind != "range":
         return lambda value: str(value) if str(value) in labels else None
     bins = range_bins(labels)
 

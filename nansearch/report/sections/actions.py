@@ -6,22 +6,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from nansearch.analysis.conclusion import Conclusion
+from nansearch.diagnose.record import RerunRecord
 from nansearch.report.sections._base import Section, fmt
 from nansearch.report.sections.reruns import rerun_card
 from nansearch.search.fix import Fix, tried
 
 
 def conclusions_section(
-    ranking: dict[str, Any], reruns: Sequence[dict[str, Any]] = ()
+    ranking: dict[str, Any], reruns: Sequence[RerunRecord] = ()
 ) -> Section | None:
-    items = ranking.get("conclusions") or []
+    items = [Conclusion.from_json(c) for c in ranking.get("conclusions") or []]
     if not items:
         return None
     cards = [rerun_card(r) for r in reruns]
     shown = [
         {
             "number": i + 1,
-            "text": str(item.get("text", "")),
+            "text": item.text,
             "fixes": fixes(ranking, i),
             "none_held": tried(own_fixes(ranking, i)),
             "reruns": [c for c in cards if c["serves"] == i + 1],
@@ -86,16 +88,15 @@ def fixes(ranking: dict[str, Any], index: int) -> list[dict[str, Any]]:
     """The fixes of conclusion ``index``, as its template lists them under it."""
     return [
         {
-            "verified": bool(fix.get("verified")),
-            "verdict": str(fix.get("verdict")),
-            "overrides": " ".join(fix.get("overrides") or []),
-            "label": str(fix.get("label") or ""),
-            "source": "the audit" if fix.get("source") == "audit" else "smallest change",
-            "steps": fix.get("steps"),
-            "seeds": fmt(fix.get("seeds") or []),
-            "why": str(fix.get("why", "")),
-            "rerun": str(fix.get("rerun") or ""),
+            "verified": fix.verdict == "verified",
+            "verdict": fix.verdict,
+            "overrides": " ".join(fix.overrides),
+            "label": fix.label,
+            "source": "the audit" if fix.source == "audit" else "smallest change",
+            "steps": fix.steps,
+            "seeds": fmt(fix.seeds),
+            "why": fix.why,
+            "rerun": fix.rerun,
         }
-        for fix in ranking.get("fixes") or []
-        if fix.get("conclusion") == index
+        for fix in own_fixes(ranking, index)
     ]

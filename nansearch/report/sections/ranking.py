@@ -7,8 +7,9 @@ from typing import Any
 
 from markupsafe import Markup
 
+from nansearch.analysis.interactions import Interaction
 from nansearch.report import charts
-from nansearch.report.sections._base import Section, fmt, fmt_p, fmt_rate
+from nansearch.report.sections._base import Section, factor_tables, fmt, fmt_p, fmt_rate
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation
 
@@ -16,27 +17,24 @@ from nansearch.search.isolate import Isolation
 def ranking_section(ranking: dict[str, Any]) -> Section | None:
     importance = ranking.get("importance") or {}
     rows = []
-    for rank, factor in enumerate(ranking.get("factors", []), 1):
-        levels = sorted(factor["levels"], key=lambda r: -(r["rate"] or 0))
+    for rank, factor in enumerate(factor_tables(ranking), 1):
+        levels = sorted(factor.levels, key=lambda r: -(r.rate or 0))
         for j, row in enumerate(levels):
-            alone = row.get("alone") or {}
             rows.append(
                 {
                     "first": j == 0,
                     "rank": rank,
-                    "factor": factor["name"],
-                    "factor_effect": f"{factor['effect']:.2f}",
-                    "importance": fmt(importance.get(factor["name"])),
-                    "level": str(row["value"]),
-                    "counts": f"{row['nan']} / {row['total']}",
-                    "rate": fmt_rate(row["rate"]),
-                    "interval": f"{row['ci_low']:.2f}–{row['ci_high']:.2f}"
-                    if row["total"]
-                    else "–",
-                    "alone": f"{alone.get('nan', 0)} / {alone.get('total', 0)}",
-                    "effect": "–" if row.get("effect") is None else f"{row['effect']:+.2f}",
-                    "p": fmt_p(row.get("p_value")),
-                    "errors": str(row.get("errors", 0) or ""),
+                    "factor": factor.name,
+                    "factor_effect": f"{factor.effect:.2f}",
+                    "importance": fmt(importance.get(factor.name)),
+                    "level": row.value,
+                    "counts": f"{row.nan} / {row.total}",
+                    "rate": fmt_rate(row.rate),
+                    "interval": f"{row.ci_low:.2f}–{row.ci_high:.2f}" if row.total else "–",
+                    "alone": f"{row.alone_nan} / {row.alone_total}",
+                    "effect": "–" if row.effect is None else f"{row.effect:+.2f}",
+                    "p": fmt_p(row.p_value),
+                    "errors": str(row.errors or ""),
                 }
             )
     note = (
@@ -54,8 +52,8 @@ def ranking_section(ranking: dict[str, Any]) -> Section | None:
 
 def rates_section(ranking: dict[str, Any]) -> Section | None:
     figures = [
-        Markup(charts.rate_bars(f["levels"], "NaN rate per " + f["name"] + " level"))
-        for f in ranking.get("factors", [])
+        Markup(charts.rate_bars(f.levels, "NaN rate per " + f.name + " level"))
+        for f in factor_tables(ranking)
     ]
     note = (
         "Bars: the share of the finished cover and focus trials that went non-finite; "
@@ -74,15 +72,11 @@ def importance_section(ranking: dict[str, Any]) -> Section | None:
 
 
 def interactions_section(ranking: dict[str, Any]) -> Section | None:
-    items = ranking.get("interactions") or []
+    items = [Interaction.from_json(i) for i in ranking.get("interactions") or []]
     if not items:
         return None
     shown = [
-        {
-            "text": str(item.get("text", "")),
-            "p": fmt_p(item.get("p_value")),
-            "p_adjusted": fmt_p(item.get("p_adjusted")),
-        }
+        {"text": item.text, "p": fmt_p(item.p_value), "p_adjusted": fmt_p(item.p_adjusted)}
         for item in items
     ]
     note = (

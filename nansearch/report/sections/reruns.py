@@ -6,44 +6,43 @@ from typing import Any
 
 from markupsafe import Markup
 
+from nansearch.diagnose.record import RerunRecord
 from nansearch.report import charts
 from nansearch.report.sections._base import Section, fmt, number
 
 
-def rerun_card(record: dict[str, Any]) -> dict[str, Any]:
+def rerun_card(record: RerunRecord) -> dict[str, Any]:
     """A rerun's card: its diagnosis, the facts behind it and, for a NaN born in the forward
     pass, the magnitudes of the modules that ran before it."""
-    seed = record.get("seed_rate") or {}
-    reproduced = record.get("reproduced")
+    seed = record.seed_rate
+    reproduced = record.reproduced
     facts = [
         ("reproduced", "yes" if reproduced is True else "no" if reproduced is False else "–"),
         (
             "fresh seeds",
             f"{seed.get('nan', '–')}/{seed.get('total', '–')} NaN" if seed else "–",
         ),
-        ("first bad step", fmt(record.get("first_bad_step"))),
-        ("stage", fmt(record.get("stage"))),
-        ("module", fmt(record.get("module"))),
+        ("first bad step", fmt(record.first_bad_step)),
+        ("stage", fmt(record.stage)),
+        ("module", fmt(record.module)),
     ]
     chart = None
-    trail = record.get("trail") or []
-    if trail and record.get("stage") == "forward":
-        rows = [(str(t.get("module")), number(t.get("absmax"))) for t in trail]
+    if record.trail and record.stage == "forward":
+        rows = [(str(t.get("module")), number(t.get("absmax"))) for t in record.trail]
         chart = Markup(
             charts.value_bars(rows, "max |output| per module, last before the failure", log=True)
         )
-    serves = record.get("serves") or {}
     return {
-        "trial": record.get("trial"),
-        "params": fmt(record.get("params") or {}),
-        "diagnosis": str(record.get("diagnosis", "")),
-        "serves": serves.get("conclusion"),
+        "trial": record.trial,
+        "params": fmt(record.params),
+        "diagnosis": record.diagnosis,
+        "serves": record.serves_conclusion,
         "facts": facts,
         "chart": chart,
     }
 
 
-def reruns_section(reruns: list[dict[str, Any]], conclusions: int = 0) -> Section | None:
+def reruns_section(reruns: list[RerunRecord], conclusions: int = 0) -> Section | None:
     """The reruns that serve no conclusion on the page (the others sit under theirs)."""
     cards = [rerun_card(r) for r in reruns]
     loose = [c for c in cards if not c["serves"] or c["serves"] > conclusions]

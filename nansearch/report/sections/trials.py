@@ -9,7 +9,7 @@ from typing import Any
 from markupsafe import Markup
 
 from nansearch.report import charts
-from nansearch.report.sections._base import Section, fmt, is_nan, leveler
+from nansearch.report.sections._base import Section, factor_tables, fmt, is_nan, leveler
 
 STEP_KEYS = ("loss", "logit_absmax", "grad_norm")
 CURVES = 5
@@ -17,7 +17,7 @@ MAX_PAIRS = 10
 
 
 def pairs_section(ranking: dict[str, Any], trials: list[dict[str, Any]]) -> Section | None:
-    factors = [f for f in ranking.get("factors", []) if len(f["levels"]) > 1]
+    factors = [f for f in factor_tables(ranking) if len(f.levels) > 1]
     finished = [t for t in trials if t.get("outcome") != "error"]
     if len(factors) < 2 or not finished:
         return None
@@ -25,18 +25,18 @@ def pairs_section(ranking: dict[str, Any], trials: list[dict[str, Any]]) -> Sect
     figures = []
     for a, b in list(combinations(range(len(factors)), 2))[:MAX_PAIRS]:
         fa, fb = factors[a], factors[b]
-        ya = [str(r["value"]) for r in fa["levels"]]
-        xb = [str(r["value"]) for r in fb["levels"]]
+        ya = [r.value for r in fa.levels]
+        xb = [r.value for r in fb.levels]
         cells: dict[tuple[int, int], tuple[int, int]] = {}
         for trial in finished:
             params = trial.get("params", {})
-            la, lb = maps[a](params.get(fa["name"])), maps[b](params.get(fb["name"]))
+            la, lb = maps[a](params.get(fa.name)), maps[b](params.get(fb.name))
             if la is None or lb is None:
                 continue
             key = (ya.index(la), xb.index(lb))
             nan, total = cells.get(key, (0, 0))
             cells[key] = (nan + is_nan(trial), total + 1)
-        figures.append(Markup(charts.heatmap(fb["name"], xb, fa["name"], ya, cells)))
+        figures.append(Markup(charts.heatmap(fb.name, xb, fa.name, ya, cells)))
     note = (
         "Each cell: NaN / finished trials with both levels, every trial of the study; "
         "darker is a higher NaN rate."
@@ -48,8 +48,8 @@ def first_bad_step_section(ranking: dict[str, Any], trials: list[dict[str, Any]]
     finished = [t for t in trials if t.get("outcome") != "error" and "dtype" in t.get("params", {})]
     if not finished:
         return None
-    dtype = next((f for f in ranking.get("factors", []) if f["name"] == "dtype"), None)
-    levels = [str(r["value"]) for r in dtype["levels"]] if dtype else []
+    dtype = next((f for f in factor_tables(ranking) if f.name == "dtype"), None)
+    levels = [r.value for r in dtype.levels] if dtype else []
     levels += sorted({str(t["params"]["dtype"]) for t in finished} - set(levels))
     rows = []
     for level in levels:
