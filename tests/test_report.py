@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from nansearch.analysis.ranking import Bins, factor_table
+from nansearch.analysis.ranking import Bins, FactorTable, factor_table
 from nansearch.cli.main import main as cli_main
 from nansearch.cli.report import report
 from nansearch.cli.sweep import sweep
@@ -424,17 +424,24 @@ def test_sections_appear_only_for_the_files_present(swept, study):
 
 def test_range_levels_match_the_ranking_bins():
     bins = Bins.log_spaced(1e-4, 1.0)
-    factor = factor_table([], "lr", bins, [])
+    factor = FactorTable.from_json(
+        json.loads(json.dumps(factor_table([], "lr", bins, []).to_json()))
+    )
     assert factor.kind == "range" and [r.value for r in factor.levels] == bins.labels()
+    assert factor.edges == list(bins.edges)  # stored, not parsed back from the labels
     level = leveler(factor)
     rng = random.Random(0)
     values = [10 ** rng.uniform(-4, 0) for _ in range(200)] + list(bins.edges)
     for value in values:
         assert level(value) == bins.label(bins.index(value)), value
     assert level("fp16") is None and math.isclose(bins.edges[-1], 1.0)
-    # labels that no log-spaced bins produce are left out rather than guessed
-    factor.levels = factor.levels[:1]
-    factor.levels[0].value = "a..b"
+    # bins that are not log-spaced between their ends, which their labels alone would
+    # not give back
+    close = Bins((1.0e-3, 1.2e-3, 1.4e-3))
+    table = factor_table([], "lr", close, [])
+    assert leveler(table)(1.3e-3) == close.label(1) and leveler(table)(1.1e-3) == close.label(0)
+    # a table with no edges stored (a ranking.json from before they were) maps nothing
+    factor.edges = None
     assert leveler(factor)(0.5) is None
 
 

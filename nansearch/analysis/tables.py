@@ -109,7 +109,9 @@ class Level:
 @dataclass
 class FactorTable:
     """One factor's table: its levels in their order, the largest effect among them, the
-    smallest p-value, and its fANOVA importance when the ranking had one."""
+    smallest p-value, and its fANOVA importance when the ranking had one. A range's
+    ``edges`` are its bins' edges, so that a reader maps a value to its level from them
+    rather than from the levels' rounded labels."""
 
     name: str
     kind: str  # "categorical", or "range" for a continuous factor's bins
@@ -117,11 +119,18 @@ class FactorTable:
     p_value: float
     levels: list[Level]
     importance: float | None = None
+    edges: list[float] | None = None  # a range's bin edges, low to high
+
+    @property
+    def bins(self) -> Bins | None:
+        """A range's bins, from its stored edges; None for a categorical factor."""
+        return Bins(tuple(self.edges)) if self.kind == "range" and self.edges else None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
+            **({"edges": self.edges} if self.edges is not None else {}),
             "effect": self.effect,
             "p_value": self.p_value,
             "levels": [level.to_json() for level in self.levels],
@@ -137,6 +146,7 @@ class FactorTable:
             p_value=data["p_value"],
             levels=[Level.from_json(level) for level in data.get("levels") or []],
             importance=data.get("importance"),
+            edges=data.get("edges"),
         )
 
 
@@ -203,4 +213,5 @@ def factor_table(
         effect=max(effects, default=0.0),
         p_value=min((r.p_value for r in rows), default=1.0),
         levels=rows,
+        edges=list(bins.edges) if bins else None,
     )

@@ -21,7 +21,6 @@ from nansearch.report.sections._base import (
     is_nan,
     leveler,
     number,
-    range_bins,
     trial_links,
 )
 from nansearch.report.sections.actions import (
@@ -66,7 +65,6 @@ __all__ = [
     "minimal_causes_section",
     "number",
     "pairs_section",
-    "range_bins",
     "ranking_section",
     "rates_section",
     "rerun_card",

@@ -12,7 +12,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from nansearch.analysis.tables import Bins, FactorTable
+from nansearch.analysis.tables import FactorTable
 
 TRIAL_REFERENCE = re.compile(r"\b(trials?) ((?:\d+)(?:, \d+)*)")
 
@@ -59,11 +59,13 @@ def factor_tables(ranking: dict[str, Any]) -> list[FactorTable]:
 
 
 def leveler(factor: FactorTable) -> Callable[[Any], str | None]:
-    """Maps a trial's value of ``factor`` to the ranking's level label."""
+    """Maps a trial's value of ``factor`` to the ranking's level label: a range's value by
+    the bin edges its table stores (none stored, as in a ranking.json from before they
+    were: no level)."""
     labels = [row.value for row in factor.levels]
     if factor.kind != "range":
         return lambda value: str(value) if str(value) in labels else None
-    bins = range_bins(labels)
+    bins = factor.bins
 
     def level(value: Any) -> str | None:
         if bins is None or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -71,16 +73,6 @@ def leveler(factor: FactorTable) -> Callable[[Any], str | None]:
         return bins.label(bins.index(float(value)))
 
     return level
-
-
-def range_bins(labels: list[str]) -> Bins | None:
-    """The log-spaced bins whose labels ("low..high") the ranking shows, or None."""
-    try:
-        low, high = float(labels[0].split("..")[0]), float(labels[-1].split("..")[1])
-    except (IndexError, ValueError):
-        return None
-    bins = Bins.log_spaced(low, high, len(labels))
-    return bins if bins.labels() == labels else None
 
 
 @dataclass
