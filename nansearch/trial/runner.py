@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -24,88 +23,37 @@ from nansearch.config.schema import OptimizerConfig, SweepConfig
 from nansearch.errors import NansearchError
 from nansearch.factors import Factor, TrialSetup
 from nansearch.factors._base import STAGES
+from nansearch.factors.checkpoint import CheckpointFactor
 from nansearch.targets._base import CheckpointCache, Target
 from nansearch.trial.limit import TrialTimedOut, limit_for, time_limit
-
-OUTCOMES = (
-    "finite",
-    "nonfinite-logits",
-    "nonfinite-loss",
-    "nonfinite-grad",
-    "nonfinite-params",
-    "error",
+from nansearch.trial.result import (  # re-exported: what a trial did is read from here too
+    NONFINITE,
+    OUTCOMES,
+    PHASES,
+    PROBES,
+    QUEUED,
+    TrialResult,
+    _json_safe,  # noqa: F401  (nansearch.inject reads it from here)
+    instability_score,
 )
-NONFINITE = OUTCOMES[1:5]
-# The phase a trial ran in, in the order a sweep runs them: the queue's trials, then the
-# probes of a failing one. "search" is the focus phase of studies from older versions.
-QUEUED = ("cover", "focus", "search")
-PROBES = ("confirm", "isolate")
-PHASES = (*QUEUED, *PROBES)
 
-
-@dataclass
-class TrialResult:
-    """What one trial did: the outcome, when it went wrong, and the per-step trail."""
-
-    params: dict[str, Any]
-    seed: int
-    steps: int
-    outcome: str = "finite"
-    first_bad_step: int | None = None
-    loss: list[float] = field(default_factory=list)
-    logit_absmax: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
-    skipped_steps: int = 0  # amp-fp16: steps the GradScaler skipped for an overflow
-    skipped_batches: int = 0  # factors.batch.skip_empty_labels: steps with no counted label
-    loss_scale: list[float] = field(default_factory=list)  # amp-fp16: the scale of each step
-    score: float | None = None
-    seconds: float = 0.0
-    device: str = "cpu"
-    compute_dtype: str = "float32"
-    error: str | None = None
-    number: int | None = None
-    phase: str = "focus"  # cover | focus | confirm | isolate
-    origin: int | None = None  # confirm and isolate: the failing trial this run probes
-
-    @property
-    def is_nan(self) -> bool:
-        return self.outcome in NONFINITE
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict: non-finite numbers become the strings "nan", "inf", "-inf"."""
-        return {key: _json_safe(value) for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrialResult:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("loss", "logit_absmax", "grad_norm", "loss_scale"):
-            known[key] = [float(v) for v in known.get(key, [])]
-        return cls(**known)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def instability_score(result: TrialResult) -> float | None:
-    """1 or more for a non-finite run (earlier failure higher); below 1 for a finite run.
-
-    A finite run scores by how close its largest logit came to the compute dtype's
-    maximum, on a log scale, so the sampler is drawn toward the edge of the range.
-    """
-    if result.outcome == "error":
-        return None
-    if result.is_nan:
-        return 1.0 + (result.steps - result.first_bad_step) / result.steps
-    peak = max((v for v in result.logit_absmax if math.isfinite(v)), default=0.0)
-    limit = torch.finfo(getattr(torch, result.compute_dtype)).max
-    return min(0.999, math.log1p(peak) / math.log1p(limit))
+__all__ = [
+    "NONFINITE",
+    "OUTCOMES",
+    "PHASES",
+    "PROBES",
+    "QUEUED",
+    "StepObserver",
+    "TrialResult",
+    "TrialRunner",
+    "cpu_threads",
+    "instability_score",
+    "make_optimizer",
+    "on_device",
+    "pick_device",
+    "read_step",
+    "train",
+]
 
 
 def pick_device(name: str) -> torch.device:
@@ -155,7 +103,7 @@ def _total_norm(
 
 
 def read_step(
-    checked: list[torch.Tensor], params: list[torch.Tensor], device: torch.device
+    checked: list[torch.Tensor], params: Sequence[torch.Tensor], device: torch.device
 ) -> list[float]:
     """The step's figures (max |logit|, loss, gradient norm, parameter norm, maybe the
     scale) read back to the host in one read. A norm of ``params``' gradients or of
@@ -197,6 +145,20 @@ class StepObserver:
         pass
 
 
+class OwnLoop(Protocol):
+    """A target whose own code runs each trial (``Target.owns_loop``)."""
+
+    def run_trial(
+        self,
+        runner: TrialRunner,
+        params: dict[str, Any],
+        seed: int,
+        steps: int,
+        result: TrialResult,
+        observer: StepObserver | None = None,
+    ) -> None: ...
+
+
 class TrialRunner:
     """Builds and runs trials in one process; checkpoints are read once and copied."""
 
@@ -221,7 +183,8 @@ class TrialRunner:
         if checkpoint is None or "checkpoint" not in params:
             return []
         level = params["checkpoint"]
-        return list(self.cache.peek(checkpoint.paths[level], level).missing_keys)
+        paths = cast(CheckpointFactor, checkpoint).paths
+        return list(self.cache.peek(paths[level], level).missing_keys)
 
     def prepare(self, params: dict[str, Any], seed: int) -> TrialSetup:
         """The trial's model, batch and settings, shaped by every factor in stage order."""
@@ -263,7 +226,8 @@ class TrialRunner:
             with time_limit(limit), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 if self.target.owns_loop:  # the user's own training code is the trial
-                    self.target.run_trial(self, params, seed, steps, result, observer)
+                    own = cast(OwnLoop, self.target)
+                    own.run_trial(self, params, seed, steps, result, observer)
                 else:
                     setup = self.prepare(params, seed)
                     train(setup, result, steps, self.cfg.optimizer, self.device, observer)
@@ -295,6 +259,7 @@ def on_device(
     """
     model = setup.model.to(device)
     model.train()
+    assert setup.batch is not None  # TrialRunner.prepare builds it
     pure = setup.autocast_dtype is None
     batch = {
         key: value.to(device=device, dtype=setup.param_dtype)
@@ -345,7 +310,7 @@ def train(
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             # the scale this step ran at, kept on the device until the step's one read
-            scale = scaler._get_scale_async().clone()
+            scale = cast(torch.Tensor, scaler._get_scale_async()).clone()  # set by scale()
             scaler.unscale_(optimizer)
         # no name holds the gradients past this line, so zero_grad frees them for reuse
         grad_norm = _total_norm([p.grad for p in params if p.grad is not None], logits.device)
