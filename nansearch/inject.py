@@ -24,7 +24,10 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from nansearch.diagnose.diagnostics import Diagnostics
 
 ENV = "NANSEARCH_INJECT"
 
@@ -47,11 +50,11 @@ class Injected:
             float(settings.get("min_loss_scale", 1.0)),
             on_step=self._write_step,
         )
-        self.diagnose = settings.get("diagnose")
+        self.diagnose: dict[str, Any] | None = settings.get("diagnose")
         # a W&B run this process holds before the script starts is not the script's: a
         # forked copy inherits the sweep's caller's run, which it must leave alone
         self.inherited_run = getattr(sys.modules.get("wandb"), "run", None)
-        self.diagnostics = None
+        self.diagnostics: Diagnostics | None = None
         self.depth = 0
         self.tops: dict[int, Any] = {}  # outermost modules seen, by id
         self.params: list[Any] | None = None
@@ -142,7 +145,7 @@ class Injected:
         init = [f for f in factors if f.stage == "init"]
         batch = [f for f in factors if f.stage == "batch"]
         generator = torch.Generator().manual_seed(int(settings.get("seed", 0)))
-        real = PreTrainedModel.from_pretrained.__func__
+        real = PreTrainedModel.from_pretrained.__func__  # type: ignore[attr-defined]
 
         def reshape(module, args, kwargs):
             tensors = {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
@@ -168,7 +171,7 @@ class Injected:
                 model.register_forward_pre_hook(reshape, with_kwargs=True)
             return (model, info) if wants_info else model
 
-        PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+        PreTrainedModel.from_pretrained = classmethod(from_pretrained)  # type: ignore[method-assign,assignment]
 
     def _scale(self):
         enabled = [s for s in self._scalers if s.is_enabled()]
@@ -220,7 +223,7 @@ class Injected:
 
     def _grads(self) -> None:
         device = self.params[0].device if self.params else self.torch.device("cpu")
-        self.check.see_grads(self.params, device)
+        self.check.see_grads(cast("list[Any]", self.params), device)
 
     def _finish(self) -> None:
         if self.params is None:
@@ -249,13 +252,14 @@ class Injected:
     def _attach_diagnostics(self, module) -> None:
         from nansearch.diagnose.diagnostics import Diagnostics
 
-        self.diagnostics = Diagnostics(
-            op_step=self.diagnose.get("op_step"),
-            anomaly_step=self.diagnose.get("anomaly_step"),
-            trail=self.diagnose.get("trail") or 16,
+        diagnose = cast("dict[str, Any]", self.diagnose)  # attached only when it is set
+        self.diagnostics = diagnostics = Diagnostics(
+            op_step=diagnose.get("op_step"),
+            anomaly_step=diagnose.get("anomaly_step"),
+            trail=diagnose.get("trail") or 16,
         )
-        self.diagnostics.attach(module, None, None)
-        self.diagnostics.before_forward(0)
+        diagnostics.attach(module, None, None)
+        diagnostics.before_forward(0)
 
     def read_batches(self) -> None:
         """In a rerun: each step's batch as a loaded model receives it (its labels, masks and
@@ -265,7 +269,7 @@ class Injected:
         except ImportError:
             return
         torch, injected = self.torch, self
-        loader = PreTrainedModel.from_pretrained.__func__
+        loader = PreTrainedModel.from_pretrained.__func__  # type: ignore[attr-defined]
 
         def read_batch(module, args, kwargs):
             batch = {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
@@ -280,7 +284,7 @@ class Injected:
             model.register_forward_pre_hook(read_batch, with_kwargs=True)
             return loaded
 
-        PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+        PreTrainedModel.from_pretrained = classmethod(from_pretrained)  # type: ignore[method-assign,assignment]
 
     # -- reporting --------------------------------------------------------------------------
 

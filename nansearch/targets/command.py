@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from nansearch.config.schema import SweepConfig, TargetConfig, to_yaml
 from nansearch.errors import NansearchError
@@ -35,6 +35,8 @@ from nansearch.targets.causal_lm import CausalLMTarget
 from nansearch.trial import limit as time_limit
 
 if TYPE_CHECKING:
+    from nansearch.factors.checkpoint import CheckpointFactor
+    from nansearch.factors.init import InitFactor
     from nansearch.trial.runner import StepObserver, TrialResult, TrialRunner
 
 TAIL = 2000  # characters of a failed process's output kept in the trial's error
@@ -60,7 +62,8 @@ class CommandTarget(CausalLMTarget):
         checkpoint = next((f for f in runner.factors if f.name == "checkpoint"), None)
         if checkpoint is not None and "checkpoint" in params:
             values["checkpoint_level"] = params["checkpoint"]
-            values["checkpoint"] = resolve_checkpoint(checkpoint.paths[params["checkpoint"]])
+            paths = cast("CheckpointFactor", checkpoint).paths
+            values["checkpoint"] = resolve_checkpoint(paths[params["checkpoint"]])
         param_dtype, autocast_dtype, _ = DTYPE_LEVELS[params.get("dtype", "fp32")]
         values["param_dtype"] = str(param_dtype).removeprefix("torch.")
         values["autocast_dtype"] = str(autocast_dtype or "none").removeprefix("torch.")
@@ -77,6 +80,7 @@ class CommandTarget(CausalLMTarget):
         observer: StepObserver | None = None,
     ) -> None:
         """Run the script once for this trial, writing what it did into ``result``."""
+        diagnostics: Any = observer  # a rerun's Diagnostics, read through its own fields
         values = self.values(runner, params, seed, steps)
         self.limit = runner.time_limit
         result.compute_dtype = (
@@ -84,8 +88,8 @@ class CommandTarget(CausalLMTarget):
             if values["autocast_dtype"] != "none"
             else values["param_dtype"]
         )
-        with tempfile.TemporaryDirectory(prefix="nansearch-trial-") as folder:
-            folder = Path(folder)
+        with tempfile.TemporaryDirectory(prefix="nansearch-trial-") as tmp:
+            folder = Path(tmp)
             if self.cfg.config:
                 values["config"] = str(self._write_config(folder, values))
             report = folder / "report.jsonl"
@@ -100,16 +104,16 @@ class CommandTarget(CausalLMTarget):
                 settings["sweep"] = to_yaml(runner.cfg)  # the child builds the factors
             if observer is not None and hasattr(observer, "load_json"):
                 settings["diagnose"] = {
-                    "op_step": observer.op_step,
-                    "anomaly_step": observer.anomaly_step,
-                    "trail": observer.trail.maxlen,
+                    "op_step": diagnostics.op_step,
+                    "anomaly_step": diagnostics.anomaly_step,
+                    "trail": diagnostics.trail.maxlen,
                 }
             code, output, timed_out = self._start(values, settings, runner)
             rows = _read_report(report)
         self._judge(result, rows, code, output, timed_out)
         last = rows[-1] if rows and "end" in rows[-1] else {}
         if observer is not None and last.get("diagnostics"):
-            observer.load_json(last["diagnostics"])
+            diagnostics.load_json(last["diagnostics"])
 
     # -- inside -----------------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class CommandTarget(CausalLMTarget):
         for factor in runner.factors:
             value = params.get(factor.name)
             if factor.name == "init":
-                if factor.schemes[value].scheme != "pretrained":
+                if cast("InitFactor", factor).schemes[cast(str, value)].scheme != "pretrained":
                     return True
             elif factor.name == "batch":
                 if value != "clean":
@@ -131,7 +135,7 @@ class CommandTarget(CausalLMTarget):
     def _write_config(self, folder: Path, values: dict[str, Any]) -> Path:
         from omegaconf import OmegaConf
 
-        source = Path(self.cfg.config)
+        source = Path(cast(str, self.cfg.config))  # written only when it is set
         data = OmegaConf.load(source)
         for name, dotted in self.cfg.keys.items():
             OmegaConf.update(data, dotted, values[name], merge=False)
@@ -165,10 +169,11 @@ class CommandTarget(CausalLMTarget):
             "NANSEARCH_INJECT": json.dumps(settings),
         }
         output = Path(settings["report"]).with_name("output.log")
+        program = cast(str, self.cfg.program)  # the config's checks require it
         if self._can_fork():
-            code, timed_out = self._fork([self.cfg.program, *args], extra, output)
+            code, timed_out = self._fork([program, *args], extra, output)
         else:
-            code, timed_out = self._spawn([self.cfg.program, *args], extra, output)
+            code, timed_out = self._spawn([program, *args], extra, output)
         return code, output.read_text(errors="replace") if output.is_file() else "", timed_out
 
     def _can_fork(self) -> bool:
@@ -229,8 +234,8 @@ class CommandTarget(CausalLMTarget):
                 os.dup2(sink, 2)
                 # whatever this process's sys.stdout was (a test runner's capture), the
                 # script prints into its output file
-                sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-                sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+                sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)  # type: ignore[misc]  # noqa: SIM115
+                sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)  # type: ignore[misc]  # noqa: SIM115
                 import faulthandler
 
                 faulthandler.enable(sys.stderr, all_threads=False)  # a crash's stack, in its output

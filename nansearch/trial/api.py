@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from torch import nn
 from nansearch.config.schema import OptimizerConfig
 from nansearch.errors import NansearchError
 from nansearch.factors import Factor, TrialSetup
+from nansearch.factors.checkpoint import CheckpointFactor
 from nansearch.factors.dtype import DTYPE_LEVELS
 from nansearch.targets._base import CheckpointCache, Loaded, Target
 from nansearch.trial.checks import NonFinite, StepCheck, TrialEnded, logits_and_loss
@@ -101,7 +102,7 @@ class Trial:
             return None
         from nansearch.targets.loading import resolve_checkpoint
 
-        return resolve_checkpoint(factor.paths[self.params["checkpoint"]])
+        return resolve_checkpoint(cast(CheckpointFactor, factor).paths[self.params["checkpoint"]])
 
     def _factor(self, name: str) -> Factor | None:
         return next((f for f in self._factors if f.name == name), None)
@@ -121,13 +122,14 @@ class Trial:
         if factor is None or "checkpoint" not in self.params:
             raise NansearchError("trial.load: the sweep has no checkpoint level to load")
         level = self.params["checkpoint"]
+        paths = cast(CheckpointFactor, factor).paths
         if cls is None or cls is getattr(self._target, "cls", None):
-            setup.loaded = self._cache.get(factor.paths[level], level=level)
+            setup.loaded = self._cache.get(paths[level], level=level)
         else:
             from nansearch.targets.loading import from_pretrained
 
-            model, info = from_pretrained(cls, factor.paths[level], dtype=torch.float32, **kwargs)
-            setup.loaded = Loaded.from_info(model, factor.paths[level], info)
+            model, info = from_pretrained(cls, paths[level], dtype=torch.float32, **kwargs)
+            setup.loaded = Loaded.from_info(model, paths[level], info)
         self._apply(setup, ("init", "dtype"))
         setup.model.to(device=self.device, dtype=self.param_dtype).train()
         self._setup, self._model = setup, setup.model
@@ -182,7 +184,7 @@ class Trial:
         self._attach(self._model, optimizer)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
-            self.check.scale = self.scaler._get_scale_async().clone()
+            self.check.scale = cast(torch.Tensor, self.scaler._get_scale_async()).clone()
             self.scaler.unscale_(optimizer)
         self.check.see_grads(params, loss.device)
         if self._observer is not None:
@@ -226,7 +228,7 @@ class Trial:
                     "load it with trial.load, or call trial.update"
                 )
             params = [p for p in owner.parameters() if p.requires_grad]
-        device = logits.device if logits is not None else loss.device
+        device = logits.device if logits is not None else cast(torch.Tensor, loss).device
         try:
             self.check.finish(params, device)
         finally:
@@ -290,7 +292,7 @@ class Trial:
                 real_update(new_scale)
                 self._finish(params, device)
 
-            scaler.update = update
+            scaler.update = update  # type: ignore[method-assign]
             self._handles.append(_Restore(scaler, "update"))
         self._capture_backward(scaler)
 
@@ -319,7 +321,7 @@ class Trial:
                 check.see_loss(tensor, scale)
             return real(tensor, *args, **kwargs)
 
-        torch.Tensor.backward = backward
+        torch.Tensor.backward = backward  # type: ignore[method-assign,assignment]
         self._handles.append(_Restore(torch.Tensor, "backward", real))
 
     def close(self) -> None:

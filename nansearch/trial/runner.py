@@ -128,7 +128,10 @@ class StepObserver:
     """
 
     def attach(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        batch: dict[str, torch.Tensor] | None,
     ) -> None:
         """Called once, before the first step, with what the loop will train."""
 
