@@ -563,3 +563,25 @@ def test_an_isolation_that_only_nudged_a_range_edge_stays_under_its_cause():
     iso.failing = failing
     kinds = [c.kind for c in conclude(loud, [cause, fp16], [iso], [check])]
     assert "isolated-cause" in kinds
+
+
+def test_an_isolation_whose_values_a_run_held_finite_names_no_cause():
+    from nansearch.analysis.conclusions import conclude
+    from nansearch.search.isolate import Isolation
+
+    # SGD in bf16 with the vocab-edge-ids batch fails at lr 3.5; the passing reference
+    # ran at 1.5, past that configuration's edge too, so flipping the learning rate back
+    # did not fix it and the isolation left it out; runs at low lr with both values passed
+    base = {"init": "pretrained", "batch": "vocab-edge-ids", "dtype": "bf16"}
+    failing = {**base, "lr": 3.5}
+    reference = {**base, "batch": "clean", "dtype": "fp32", "lr": 1.5}
+    results = [trial(0, reference, False), trial(1, failing, True)]
+    results += [trial(2 + i, {**base, "lr": 0.01 * (i + 1)}, False) for i in range(3)]
+    iso = Isolation(failing, reference, ["batch", "dtype", "lr"], minimal=["batch", "dtype"],
+                    needed=["batch", "dtype"], complete=True, trial=1, reference_trial=0)  # fmt: skip
+    check = Confirmation(1, failing, runs=[10, 11, 12], nan=3)
+    kinds = [c.kind for c in conclude(results, [], [iso], [check])]
+    assert "isolated-cause" not in kinds and "isolated" in kinds
+    # without those runs it is named, as a rare cause would be
+    kinds = [c.kind for c in conclude(results[:2], [], [iso], [check])]
+    assert "isolated-cause" in kinds

@@ -144,12 +144,15 @@ def conclude(
         if id(iso) in used or not iso.minimal:
             continue
         check = confirmed.get(iso.trial)
-        named = iso.complete and not _edge_nudged(results, iso, causes)
+        held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
+        nan, total = sum(r.is_nan for r in held), len(held)
+        # a run that held every value it found needed and stayed finite shows that
+        # something else was needed too: the reference passed for another reason (its
+        # learning rate was past the edge as well), so the set is not a cause
+        named = iso.complete and nan == total and not _edge_nudged(results, iso, causes)
         if named and check is not None and check.runs and check.label == "deterministic":
             # delta debugging names a rare cause before the counts can: every probe that
             # kept its values failed, every probe that flipped one back passed
-            held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
-            nan, total = sum(r.is_nan for r in held), len(held)
             text = (
                 f"{iso.text} causes NaN, named by the isolation and the confirmation "
                 f"(the counts alone are too few to be significant yet: {nan}/"
