@@ -201,6 +201,27 @@ def wandb_inside(folder: Path) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """``preexec_fn`` for the benchmarks' children: the kernel sends the child SIGKILL when
+    the benchmark's process ends, however it ends (a kill, a crash, Ctrl-C), so a killed
+    benchmark leaves no ``nansearch sweep`` running on. Linux only; elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the fork
+    pr_set_pdeathsig = 1
+
+    def die_with_parent() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return die_with_parent
+
+
+DIE_WITH_PARENT = _parent_death_signal()
+
+
 def isolated_env(folder: Path) -> dict[str, str]:
     """Environment for a ``nansearch`` child: W&B offline and its files inside ``folder``."""
     env = {**os.environ, **wandb_env(folder), "TQDM_DISABLE": "1"}
@@ -217,7 +238,9 @@ def nansearch_command(*args: str) -> list[str]:
 def run_command(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     """Run ``cmd`` to completion; its wall time in seconds. A failure stops the benchmark."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, env=env, cwd=cwd, capture_output=True, text=True, preexec_fn=DIE_WITH_PARENT
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

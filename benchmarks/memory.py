@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks._common import (
     DEMO,
+    DIE_WITH_PARENT,
     Row,
     demo_ready,
     isolated_env,
@@ -78,7 +79,12 @@ def watch(folder: Path, trials: int, steps: int) -> list[tuple[int, int, int]]:
     with (
         log.open("wb") as err,
         subprocess.Popen(
-            cmd, env=isolated_env(folder), cwd=folder, stdout=subprocess.DEVNULL, stderr=err
+            cmd,
+            env=isolated_env(folder),
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=DIE_WITH_PARENT,
         ) as proc,
     ):
         done = 0

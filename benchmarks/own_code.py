@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import (
+    DIE_WITH_PARENT,
     REPO,
     Row,
     alternate,
@@ -153,7 +154,13 @@ def inject_row(folder: Path, rounds: int, steps: int) -> tuple[Row, dict]:
     def side(watched: bool) -> float:
         prefix = [sys.executable, "-m", "nansearch.inject"] if watched else [sys.executable]
         done = subprocess.run(
-            prefix + args, env=env, capture_output=True, text=True, check=True, cwd=folder
+            prefix + args,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=folder,
+            preexec_fn=DIE_WITH_PARENT,
         )
         return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks._common import (
     DEMO,
+    DIE_WITH_PARENT,
     Row,
     demo_ready,
     isolated_env,
@@ -53,6 +54,7 @@ def busy_neighbour(threads: int):
     proc = subprocess.Popen(
         [sys.executable, "-c", NEIGHBOUR.format(threads=threads)],
         env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        preexec_fn=DIE_WITH_PARENT,
     )
     time.sleep(3)  # torch imported and spinning before the sweep starts
     try:
@@ -85,7 +87,9 @@ def sweep(
     env.pop("OMP_NUM_THREADS")  # the setting alone decides
     cpu = children_cpu()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, env=env, cwd=folder, capture_output=True, text=True, preexec_fn=DIE_WITH_PARENT
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
