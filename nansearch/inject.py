@@ -38,10 +38,12 @@ class Injected:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from nansearch.trial.checks import StepCheck
-        from nansearch.trial.runner import TrialResult
+        from nansearch.trial.checks import StepCheck, logits_and_loss
+        from nansearch.trial.runner import TrialResult, _json_safe
 
         self.torch = torch
+        # looked up once here: the hooks run on every step
+        self._logits_and_loss, self._json_safe = logits_and_loss, _json_safe
         self.report = Path(settings["report"])
         self.result = TrialResult(params={}, seed=0, steps=int(settings["steps"]))
         self.check = StepCheck(
@@ -192,9 +194,7 @@ class Injected:
             self._see_output(output)
 
     def _see_output(self, output) -> None:
-        from nansearch.trial.checks import logits_and_loss
-
-        logits, loss = logits_and_loss(output)
+        logits, loss = self._logits_and_loss(output)
         if logits is not None:
             self.check.see_logits(logits)
             if self.diagnostics is not None:
@@ -245,9 +245,11 @@ class Injected:
         for handle in self.handles:
             handle.remove()
         self.handles = [
-            module.register_forward_hook(lambda m, a, out: self._see_output(out))
-            for module in self.tops.values()
+            module.register_forward_hook(self._top_output) for module in self.tops.values()
         ]
+
+    def _top_output(self, module, args, output) -> None:
+        self._see_output(output)
 
     def _attach_diagnostics(self, module) -> None:
         from nansearch.diagnose.diagnostics import Diagnostics
@@ -289,8 +291,6 @@ class Injected:
     # -- reporting --------------------------------------------------------------------------
 
     def _write_step(self, result, step: int) -> None:
-        from nansearch.trial.runner import _json_safe
-
         row = {
             "step": step,
             "loss": result.loss[-1],
@@ -298,7 +298,7 @@ class Injected:
             "grad_norm": result.grad_norm[-1],
             "skipped": result.skipped_steps,
         }
-        self._file.write(json.dumps(_json_safe(row)) + "\n")
+        self._file.write(json.dumps(self._json_safe(row)) + "\n")
 
     def end(self, ended: BaseException | None) -> None:
         """Write the last line and end the process now."""
