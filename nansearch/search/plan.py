@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial
 
-from nansearch.analysis.causes import MIN_NAN, find_causes
+from nansearch.analysis.causes import MIN_NAN, causes_and_suspects
 from nansearch.search.isolate import Isolation
 from nansearch.search.queue import FINISHED, PHASE_ATTR, RESULT_ATTR, queued
 from nansearch.trial.runner import TrialResult
@@ -124,7 +124,9 @@ class StopRule:
 
     A range counts as the same cause while its side holds (``lr above`` stays ``lr
     above`` as its edge moves with more runs). NaN runs that no cause explains yet may
-    be a cause still forming, so the search goes on while there are enough of them.
+    be a cause still forming, so the search goes on while there are enough of them, or
+    while a suspect (:func:`causes_and_suspects`) with as many NaN runs of its own as a
+    cause needs holds one of them: focus is testing it.
     With no cause at all, focus runs ``patience`` trials past the cover before it ends.
     Each process keeps its own count; it starts over when the sweep resumes.
     """
@@ -150,7 +152,7 @@ class StopRule:
         from nansearch.search.coverage import triples_wait, unexplored, untried
         from nansearch.search.set_aside import settled_only
 
-        causes = find_causes(results, self.names, self.continuous)
+        causes, suspects = causes_and_suspects(results, self.names, self.continuous)
         key = tuple(
             tuple((c.factor, c.op, c.value if c.op == "=" else None) for c in cause.conditions)
             for cause in causes
@@ -162,15 +164,18 @@ class StopRule:
         if count < self.cover or count - since < self.patience:
             return None
         done = [i for i in isolations if i.complete]
-        loose = sum(
-            r.is_nan
+        unexplained = [
+            r
+            for r in results
+            if r.is_nan
             and not any(c.holds(r.params) for c in causes)
             and not any(i.holds(r.params) for i in done)
-            for r in results
-        )
+        ]
         aside = settled_only(causes)
-        if loose >= MIN_NAN or unexplored(results, self.factors, aside):
+        if len(unexplained) >= MIN_NAN or unexplored(results, self.factors, aside):
             return None
+        if any(s.own_nan >= MIN_NAN and s.holds(r.params) for s in suspects for r in unexplained):
+            return None  # a suspect with a cause's NaN runs, not yet named or cleared
         if left and triples_wait(untried(results, self.factors, aside), left):
             return None
         return "; ".join(cause.text for cause in causes) if causes else "no cause"

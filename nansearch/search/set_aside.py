@@ -15,12 +15,24 @@ any other, and suggests no such configuration:
    is not set aside: focus tries it with the levels of the other factors its runs have
    not held, so that ``lr above 0.5`` becomes ``lr above 0.5 with dtype=amp-fp16`` or
    stays as it is.
-3. **What no triple has tried yet.** Once every pair is explored, a triple of levels
+3. **What a suspect holds.** A rule whose runs went NaN where no cause explains them,
+   too few yet to be named (the rule the naming stopped at, or one its final test
+   dropped: :func:`nansearch.analysis.causes.causes_and_suspects`), is tested
+   sequentially: focus draws inside it, outside every named cause, at the levels whose
+   runs inside it went NaN most surely or were never tried there, while its runs are
+   no more than those it is tested against, until it, or a narrower rule inside it, is
+   named, or its NaN runs stop pointing at it.
+4. **What no triple has tried yet.** Once every pair is explored, a triple of levels
    of three factors is next, the same way (each configuration the one that holds the
    most triples no unexplained run has held), as long as the queue's trials left could
    hold them all (:func:`nansearch.search.coverage.triples_wait`): a cause of three
    values, each pair of which stays finite, is tried before the search may settle.
-4. **Where NaN is unexplained.** Then the wrapped sampler (TPE) steers toward
+5. **The nearest miss.** Then the finite run no named cause explains with the highest
+   instability score (its largest logit nearest its dtype's range) is tried again, its
+   continuous values drawn anew inside their strata, until ``MIN_NAN`` runs have held
+   its cell: where a NaN no run has shown yet is likeliest (``amp-fp16`` at a learning
+   rate just under the one its weights overflow from, in the stratum above it).
+6. **Where NaN is unexplained.** Then the wrapped sampler (TPE) steers toward
    instability, reading a history in which the runs a known cause explains score 0,
    so that it is drawn to the NaN runs and near misses still unexplained rather than
    to the causes it found first. A draw that matches a known cause is drawn again.
@@ -46,7 +58,15 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from nansearch.analysis.causes import ABOVE, EQUALS, MIN_NAN, Cause, find_causes
+from nansearch.analysis.causes import (
+    ABOVE,
+    EQUALS,
+    MIN_NAN,
+    Cause,
+    causes_and_suspects,
+    find_causes,
+)
+from nansearch.analysis.stats import wilson
 from nansearch.search import optuna_internals as private
 from nansearch.search import pairwise
 from nansearch.search.coverage import Space, triples_wait, unexplored_in, untried_in
@@ -85,7 +105,12 @@ def settled_only(causes: Sequence[Cause]) -> list[Cause]:
 
 def _result(trial: FrozenTrial) -> TrialResult:
     return TrialResult(
-        dict(trial.params), 0, 0, trial.user_attrs.get("outcome", "finite"), number=trial.number
+        dict(trial.params),
+        0,
+        0,
+        trial.user_attrs.get("outcome", "finite"),
+        score=trial.value,
+        number=trial.number,
     )
 
 
@@ -102,6 +127,7 @@ class SetAsideSampler(BaseSampler):
         self.space = Space(self.factors)
         self.rng = random.Random(seed)
         self._known: tuple[int, list[TrialResult], list[Cause], list[Cause]] | None = None
+        self._suspects: list[Cause] = []
 
     # -- what the study holds ----------------------------------------------------------
 
@@ -118,7 +144,9 @@ class SetAsideSampler(BaseSampler):
         trials = self._finished(study)
         if self._known is None or self._known[0] != len(trials):
             results = [_result(t) for t in trials]
-            causes = named(results, self.factors)
+            causes, self._suspects = causes_and_suspects(
+                results, [f.name for f in self.factors], _continuous(self.factors)
+            )
             self._known = (len(trials), results, causes, settled_only(causes))
         return self._known[1], self._known[2], self._known[3]
 
@@ -149,6 +177,10 @@ class SetAsideSampler(BaseSampler):
                 params = self._refine(cause, results, causes)
                 if params is not None:
                     return params
+        for suspect in self._suspects:
+            params = self._test(suspect, results, found)
+            if params is not None:
+                return params
         if results and not missing:
             left = self._left(study)
             untried_ = untried_in(self.space, results, causes)
@@ -156,6 +188,9 @@ class SetAsideSampler(BaseSampler):
                 params = self._explore(untried_, causes, triples=True)
                 if params is not None:
                     return params
+            params = self._near(results, found)
+            if params is not None:
+                return params
         view, asking = self._view(study, trial, causes)
         for _ in range(REDRAWS if causes else 1):
             drawn = self._draw(view, asking, search_space)
@@ -264,7 +299,98 @@ class SetAsideSampler(BaseSampler):
                 best, most = params, gain
         return best
 
-    def _inside(self, condition: Any) -> Any:
+    def _test(
+        self, suspect: Cause, results: Sequence[TrialResult], named: Sequence[Cause]
+    ) -> dict[str, Any] | None:
+        """A configuration inside a suspect, outside every named cause: a sequential test
+        of the suspect, steered by its own runs, while they are no more than the runs
+        it is tested against (the runs no named cause explains outside it). Per factor, the level (a range: the
+        stratum) whose runs inside the suspect have the highest upper bound on their
+        NaN rate (a Wilson 95% interval; a level not yet run there: 1), so that the runs
+        go where the suspect's NaN is, and to what has not been tried inside it, until
+        the suspect or a narrower rule inside it is named or its NaN runs no longer
+        point at it (``lr above 0.16``, whose NaN runs no other cause explains are all
+        ``amp-fp16``, becomes ``lr above 0.16 with dtype=amp-fp16``, or is cleared)."""
+        inside: list[tuple[list[int], bool]] = []  # the suspect's own runs, as rows
+        outside = 0  # the runs it is tested against: no named cause, not the suspect
+        for r in results:
+            if r.outcome == "error" or any(c.holds(r.params) for c in named):
+                continue
+            held = self.space.row(r.params)
+            if not suspect.holds(r.params):
+                outside += 1
+            elif held is not None:
+                inside.append((held, r.is_nan))
+        if not inside or len(inside) > outside:
+            return None  # a test needs runs on both sides: the others go outside it
+        for attempt in range(pairwise.CANDIDATES):
+            row = []
+            for k, col in enumerate(self.space.cols):
+                options = [lv for lv in range(len(col.levels)) if self._meets(suspect, k, lv)]
+                if not options:
+                    return None
+                bounds = {}
+                for lv in options:
+                    held = [nan for levels, nan in inside if levels[k] == lv]
+                    bounds[lv] = wilson(sum(held), len(held))[1]
+                if attempt == 0:  # the highest bound, a tie drawn at random
+                    top = max(bounds.values())
+                    row.append(self.rng.choice([lv for lv in options if bounds[lv] == top]))
+                else:  # drawn in proportion to it, should the first fall inside a cause
+                    row.append(self.rng.choices(options, [bounds[lv] for lv in options])[0])
+            params = self._values(row)
+            for condition in suspect.conditions:
+                if not condition.holds(params):
+                    params[condition.factor] = self._inside(condition, row)
+            if suspect.holds(params) and not any(c.holds(params) for c in named):
+                return params
+        return None
+
+    def _near(
+        self, results: Sequence[TrialResult], named: Sequence[Cause]
+    ) -> dict[str, Any] | None:
+        """The configuration of the nearest miss again, its continuous values drawn anew
+        inside their strata: of the finite runs no named cause explains, the one with the
+        highest instability score (its largest logit nearest the dtype's range) says
+        where a NaN no run has shown yet is likeliest (``amp-fp16`` at a learning rate
+        near the edge its weights overflow from). Its cell (its levels, a range's
+        stratum) is tried until ``MIN_NAN`` runs have held it; a NaN there then makes a
+        suspect, or is probed at once."""
+        finite = [
+            r
+            for r in results
+            if r.outcome == "finite"
+            and r.score is not None
+            and not any(c.holds(r.params) for c in named)
+        ]
+        if not finite:
+            return None
+        top = max(finite, key=lambda r: (r.score, -(r.number or 0)))
+        row = self.space.row(top.params)
+        if row is None:
+            return None
+        held = sum(self.space.row(r.params) == row for r in results if r.outcome != "error")
+        if held >= MIN_NAN:
+            return None
+        for _ in range(4):
+            params = self._values(row)
+            if not any(c.holds(params) for c in named):
+                return params
+        return None
+
+    def _meets(self, suspect: Cause, k: int, level: int) -> bool:
+        """Whether a level of column ``k`` (a stratum of a range) can meet the suspect."""
+        col = self.space.cols[k]
+        for c in suspect.conditions:
+            if c.factor != col.name:
+                continue
+            if col.continuous is None:
+                return str(col.levels[level]) == str(c.value)
+            low, high = self.space._bounds(k, level)
+            return high > c.value if c.op == ABOVE else low < c.value
+        return True
+
+    def _inside(self, condition: Any, row: Sequence[int] | None = None) -> Any:
         """A value that meets ``condition``: its level, or a draw from its side of a range."""
         if condition.op == EQUALS:
             col = next(c for c in self.space.cols if c.name == condition.factor)
@@ -274,6 +400,11 @@ class SetAsideSampler(BaseSampler):
             (condition.value, dist.high) if condition.op == ABOVE else (dist.low, condition.value)
         )
         low, high = max(low, dist.low), min(high, dist.high)
+        if row is not None:  # inside the stratum the row holds, where it meets the range
+            k = next(k for k, c in enumerate(self.space.cols) if c.name == condition.factor)
+            lo, hi = self.space._bounds(k, row[k])
+            if max(lo, low) < min(hi, high):
+                low, high = max(lo, low), min(hi, high)
         if dist.log and low > 0:
             return math.exp(self.rng.uniform(math.log(low), math.log(high)))
         return self.rng.uniform(low, high)
