@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +42,6 @@ from nansearch.analysis.stats import fisher_greater, fisher_greater_each, wilson
 from nansearch.search.isolate import fmt
 from nansearch.trial.runner import TrialResult
 
-if TYPE_CHECKING:
-    from nansearch.search.isolate import Isolation
-
 # the names other modules have always imported from here
 __all__ = [
     "ABOVE",
@@ -57,7 +54,6 @@ __all__ = [
     "Evidence",
     "explained",
     "find_causes",
-    "isolated_by",
 ]
 
 Rule = tuple[Condition, ...]
@@ -386,43 +382,3 @@ def describe(ev: Evidence, cause: Cause, causes: list[Cause]) -> None:
     ranged = [c for c in cause.conditions if c.op != EQUALS]
     if len(ranged) == 1:
         cause.by_level = per_level(ev, cause.conditions, ranged[0], background)
-
-
-def isolated_by(cause: Cause, isolation: Isolation) -> bool:
-    """Whether a completed isolation returned exactly a cause's values (ranges by side)."""
-    if not isolation.complete or len(isolation.minimal) != len(cause.conditions):
-        return False
-    return all(
-        _found_needed(condition, isolation)
-        and (
-            condition.factor in isolation.ranges
-            or str(isolation.failing[condition.factor]) == str(condition.value)
-        )
-        for condition in cause.conditions
-    )
-
-
-def isolation_extends(cause: Cause, isolation: Isolation) -> list[str] | None:
-    """Whether an isolation speaks of a cause without returning exactly its values, and
-    what it adds: its failing run is one of the cause's, and every condition of the
-    cause is among the values it found needed (a range as the range's factor, its
-    bisected side, if any, the cause's own). Returns the values it needs beyond the
-    cause's (none: the same cause, seen from an isolation that stopped early), or None
-    when it speaks of something else."""
-    if not isolation.minimal or not cause.holds(isolation.failing):
-        return None
-    if not all(_found_needed(condition, isolation) for condition in cause.conditions):
-        return None
-    own = {c.factor for c in cause.conditions}
-    return [name for name in isolation.shown if name not in own]
-
-
-def _found_needed(condition: Condition, isolation: Isolation) -> bool:
-    """Whether an isolation found a condition's factor needed, a range on the side the
-    condition names (a value's own level is left to the caller)."""
-    if condition.factor not in isolation.minimal:
-        return False
-    if condition.factor in isolation.ranges:
-        passing, failing = isolation.ranges[condition.factor]
-        return condition.op != EQUALS and (failing > passing) == (condition.op == ABOVE)
-    return True

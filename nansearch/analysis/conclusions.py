@@ -9,7 +9,8 @@ left unexplained. For example::
     lr matters only with dtype=amp-fp16, above 0.3: 11/12 runs NaN, vs 0/9 for
     dtype=amp-fp16 with lr below 0.3; lr above 0.3 without dtype=amp-fp16: 0/6 NaN.
 
-The sentences themselves are :mod:`nansearch.analysis.text`'s.
+The sentences themselves are :mod:`nansearch.analysis.text`'s; which isolation speaks to
+which cause is here (:func:`isolated_by`, :func:`isolation_extends`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,52 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from nansearch.analysis.causes import EQUALS, Cause, isolated_by, isolation_extends
+from nansearch.analysis.causes import ABOVE, EQUALS, Cause, Condition
 from nansearch.analysis.conclusion import Conclusion
 from nansearch.analysis.text import confirmation_text, isolation_text, sentence
 from nansearch.search.confirm import Confirmation
 from nansearch.search.isolate import Isolation, fmt
 from nansearch.trial.runner import TrialResult
+
+
+def isolated_by(cause: Cause, isolation: Isolation) -> bool:
+    """Whether a completed isolation returned exactly a cause's values (ranges by side)."""
+    if not isolation.complete or len(isolation.minimal) != len(cause.conditions):
+        return False
+    return all(
+        _found_needed(condition, isolation)
+        and (
+            condition.factor in isolation.ranges
+            or str(isolation.failing[condition.factor]) == str(condition.value)
+        )
+        for condition in cause.conditions
+    )
+
+
+def isolation_extends(cause: Cause, isolation: Isolation) -> list[str] | None:
+    """Whether an isolation speaks of a cause without returning exactly its values, and
+    what it adds: its failing run is one of the cause's, and every condition of the
+    cause is among the values it found needed (a range as the range's factor, its
+    bisected side, if any, the cause's own). Returns the values it needs beyond the
+    cause's (none: the same cause, seen from an isolation that stopped early), or None
+    when it speaks of something else."""
+    if not isolation.minimal or not cause.holds(isolation.failing):
+        return None
+    if not all(_found_needed(condition, isolation) for condition in cause.conditions):
+        return None
+    own = {c.factor for c in cause.conditions}
+    return [name for name in isolation.shown if name not in own]
+
+
+def _found_needed(condition: Condition, isolation: Isolation) -> bool:
+    """Whether an isolation found a condition's factor needed, a range on the side the
+    condition names (a value's own level is left to the caller)."""
+    if condition.factor not in isolation.minimal:
+        return False
+    if condition.factor in isolation.ranges:
+        passing, failing = isolation.ranges[condition.factor]
+        return condition.op != EQUALS and (failing > passing) == (condition.op == ABOVE)
+    return True
 
 
 def highest_instability(results: Sequence[TrialResult]) -> dict[str, Any] | None:
