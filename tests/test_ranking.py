@@ -585,6 +585,13 @@ def test_an_isolation_whose_values_a_run_held_finite_names_no_cause():
     # without those runs it is named, as a rare cause would be
     kinds = [c.kind for c in conclude(results[:2], [], [iso], [check])]
     assert "isolated-cause" in kinds
+    # a range's edge is bisected on one run: a finite run above it elsewhere does not
+    # unname it (SGD in fp32 at 3.5 passes where bf16 fails)
+    ranged = Isolation(failing, {**failing, "lr": 1.0}, ["lr"], minimal=["lr"], needed=["lr"],
+                       ranges={"lr": (1.0, 3.5)}, complete=True, trial=1, reference_trial=0)  # fmt: skip
+    fp32 = trial(9, {**failing, "dtype": "fp32"}, False)
+    kinds = [c.kind for c in conclude([*results[:2], fp32], [], [ranged], [check])]
+    assert "isolated-cause" in kinds
 
 
 def riding_study():

@@ -189,8 +189,10 @@ def conclude(
         nan, total = sum(r.is_nan for r in held), len(held)
         # a run that held every value it found needed and stayed finite shows that
         # something else was needed too: the reference passed for another reason (its
-        # learning rate was past the edge as well), so the set is not a cause
-        named = iso.complete and nan == total and not _edge_nudged(results, iso, causes)
+        # learning rate was past the edge as well), so the set is not a cause; a range's
+        # edge, bisected on one run, is not every run's, and finite runs near it are not
+        missed = nan < total and not iso.ranges
+        named = iso.complete and not missed and not _edge_nudged(results, iso, causes)
         if named and check is not None and check.runs and check.label == "deterministic":
             # delta debugging names a rare cause before the counts can: every probe that
             # kept its values failed, every probe that flipped one back passed
