@@ -12,8 +12,14 @@ from nansearch.config import load_config
 from nansearch.factors import build_factors
 from nansearch.search import pairwise
 from nansearch.search.plan import StopRule
-from nansearch.search.queue import suggest
-from nansearch.search.set_aside import SetAsideSampler, known_causes, unexplored
+from nansearch.search.queue import DRAWN_ATTR, PHASE_ATTR, enqueue, suggest, take
+from nansearch.search.set_aside import (
+    STEPS,
+    SetAsideSampler,
+    known_causes,
+    settled_only,
+    unexplored,
+)
 from nansearch.search.study import distributions, make_sampler
 from nansearch.trial.runner import TrialResult
 from tests.conftest import DEMO, REPO, demo_overrides
@@ -235,3 +241,47 @@ def test_a_null_sweep_names_nothing_and_gives_its_nearest_miss(tmp_path):
     miss = said["highest_instability"]
     assert 0 < miss["score"] < 1
     assert miss["score"] == max(r.score for r in outcome.results)
+
+
+def demo_truth(params):
+    """The demo's four causes, as `make sweep` names them, and a finite run's score rising
+    with the learning rate under amp-fp16 toward its edge: the nearest miss is there."""
+    if params["dtype"] == "fp16" or params["batch"] == "labels-all-ignored":
+        return "nonfinite-params", 2.0
+    if params["checkpoint"] == "blip2-full" and params["init"] == "uninitialized-missing":
+        return "nonfinite-logits", 2.0
+    if params["dtype"] == "amp-fp16":
+        return ("nonfinite-logits", 1.05) if params["lr"] > 0.22 else ("finite", params["lr"])
+    return "finite", 0.05
+
+
+def test_no_focus_trial_is_drawn_inside_a_cause_set_aside_before_it():
+    # the demo's factors, cover and focus shares, its causes as a truth function: every
+    # focus trial records the step that drew it and the causes named and set aside then,
+    # the same causes the trials finished before it name; none holds one set aside
+    cfg = load_config(DEMO, ["tracking.wandb=off"])
+    factors = build_factors(cfg)
+    dists, names = distributions(factors), [f.name for f in factors]
+    steps = set()
+    for seed in (0,):
+        study = optuna.create_study(
+            direction="maximize", sampler=make_sampler(cfg, 26, seed=seed, factors=factors)
+        )
+        enqueue(study, pairwise.cover_plan(factors, 26, seed), 26 + 16)
+        results: list[TrialResult] = []
+        while (trial := take(study, dists)) is not None:
+            params = dict(trial.params)
+            if trial.user_attrs[PHASE_ATTR] == "focus":
+                drawn = study._storage.get_trial(trial._trial_id).user_attrs[DRAWN_ATTR]
+                named, _ = causes_and_suspects(results, names, ["lr"])
+                aside = settled_only(named)
+                assert drawn["named"] == [c.text for c in named]
+                assert drawn["set_aside"] == [c.text for c in aside]
+                assert drawn["step"] in STEPS
+                assert not any(c.holds(params) for c in aside), (seed, trial.number, drawn)
+                steps.add(drawn["step"])
+            outcome, score = demo_truth(params)
+            results.append(TrialResult(params, 0, 0, outcome, score=score, number=trial.number))
+            trial.set_user_attr("outcome", outcome)
+            study.tell(trial, score)
+    assert {"pairs", "suspect", "nearest-miss"} <= steps

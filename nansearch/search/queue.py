@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RESULT_ATTR = "result"  # the TrialResult, written just before the trial is told
 PHASE_ATTR = "phase"  # cover | focus, queued; confirm | isolate, probes (nansearch.search.phases)
+DRAWN_ATTR = "drawn_by"  # a focus trial's step, causes named and set aside (search.set_aside)
 ORIGIN_ATTR = "probes"  # a probe's failing trial: the one it reruns or varies
 SKIPPED_ATTR = "skipped"  # a queued trial the search ended before: why
 OWNER_ATTR = "worker"  # {"host": ..., "pid": ...} of the process running the trial

@@ -38,7 +38,9 @@ any other, and suggests no such configuration:
    to the causes it found first. A draw that matches a known cause is drawn again.
 
 The first five choices, and the uniform draw outside the causes that ends the sixth,
-are made cell by cell in :mod:`nansearch.search.cells`.
+are made cell by cell in :mod:`nansearch.search.cells`. Each focus trial records the step
+that drew it, with the causes named and those set aside when it was drawn (its user
+attribute ``drawn_by``, :data:`STEPS`), so that a study tells which step went where.
 
 :func:`unexplored` and :func:`untried` (:mod:`nansearch.search.coverage`) are also what
 the stopping rule waits on: the search settles only once the space outside the known
@@ -70,12 +72,16 @@ from nansearch.search.cells import REDRAWS, Cells
 from nansearch.search.coverage import Space, triples_wait, unexplored_in, untried_in
 from nansearch.search.coverage import unexplored as unexplored
 from nansearch.search.coverage import untried as untried
-from nansearch.search.queue import queued
+from nansearch.search.queue import DRAWN_ATTR, queued
 from nansearch.trial.runner import TrialResult
 
 log = logging.getLogger(__name__)
 
 SURE = 0.9  # a cause is set aside once at least this share of its runs went NaN
+# the steps of the module's docstring, as a focus trial's DRAWN_ATTR names the one that drew it:
+# 1 pairs, 2 refine, 3 suspect, 4 triples, 5 nearest-miss, 6 tpe (or, should every one of
+# its draws fall inside a cause, uniform outside them; anywhere when none turned up there)
+STEPS = ("pairs", "refine", "suspect", "triples", "nearest-miss", "tpe", "uniform", "anywhere")
 
 
 def _continuous(factors: Sequence[Any]) -> list[str]:
@@ -163,37 +169,52 @@ class SetAsideSampler(Cells, BaseSampler):
     ) -> dict[str, Any]:
         if set(search_space) != {f.name for f in self.factors}:
             return {}
+        step, params = self._choose(study, trial, search_space)
+        _, found, causes = self.known(study)
+        drawn = {
+            "step": step,
+            "named": [c.text for c in found],
+            "set_aside": [c.text for c in causes],
+        }
+        private.storage(study).set_trial_user_attr(private.trial_id(trial), DRAWN_ATTR, drawn)
+        return params
+
+    def _choose(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> tuple[str, dict[str, Any]]:
+        """The step that chose the configuration (one of :data:`STEPS`), and the configuration."""
         results, found, causes = self.known(study)
         missing = unexplored_in(self.space, results, causes) if results else set()
         if missing:
             params = self._explore(missing, causes)
             if params is not None:
-                return params
+                return "pairs", params
         for cause in found:
             if cause not in causes:
                 params = self._refine(cause, results, causes)
                 if params is not None:
-                    return params
+                    return "refine", params
         for suspect in self._suspects:
             params = self._test(suspect, results, found)
             if params is not None:
-                return params
+                return "suspect", params
         if results and not missing:
             left = self._left(study)
             untried_ = untried_in(self.space, results, causes)
             if triples_wait(untried_, left):
                 params = self._explore(untried_, causes, triples=True)
                 if params is not None:
-                    return params
+                    return "triples", params
             params = self._near(results, found)
             if params is not None:
-                return params
+                return "nearest-miss", params
         view, asking = self._view(study, trial, causes)
         for _ in range(REDRAWS if causes else 1):
             drawn = self._draw(view, asking, search_space)
             if not any(c.holds(drawn) for c in causes):
-                return drawn
-        return self._outside(causes, search_space) or drawn
+                return "tpe", drawn
+        outside = self._outside(causes, search_space)
+        return ("uniform", outside) if outside is not None else ("anywhere", drawn)
 
     def sample_independent(
         self,
