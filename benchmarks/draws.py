@@ -78,9 +78,9 @@ def draws(study_dir: Path) -> list[str]:
             store = private.storage(study)
             for name, dist in dists.items():
                 store.set_trial_param(
-                    frozen._trial_id, name, dist.to_internal_repr(r.params[name]), dist
+                    private.trial_id(frozen), name, dist.to_internal_repr(r.params[name]), dist
                 )
-            trial = optuna.Trial(study, frozen._trial_id)
+            trial = optuna.Trial(study, private.trial_id(frozen))
             step = trials[number].user_attrs.get(DRAWN_ATTR, {}).get("step", step)
             shown = {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in r.params.items()}
             held = {

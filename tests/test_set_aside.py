@@ -10,6 +10,7 @@ from nansearch.analysis.causes import causes_and_suspects
 from nansearch.cli.sweep import sweep
 from nansearch.config import load_config
 from nansearch.factors import build_factors
+from nansearch.search import optuna_internals as private
 from nansearch.search import pairwise
 from nansearch.search.plan import StopRule
 from nansearch.search.queue import DRAWN_ATTR, PHASE_ATTR, enqueue, suggest, take
@@ -263,25 +264,24 @@ def test_no_focus_trial_is_drawn_inside_a_cause_set_aside_before_it():
     factors = build_factors(cfg)
     dists, names = distributions(factors), [f.name for f in factors]
     steps = set()
-    for seed in (0,):
-        study = optuna.create_study(
-            direction="maximize", sampler=make_sampler(cfg, 26, seed=seed, factors=factors)
-        )
-        enqueue(study, pairwise.cover_plan(factors, 26, seed), 26 + 16)
-        results: list[TrialResult] = []
-        while (trial := take(study, dists)) is not None:
-            params = dict(trial.params)
-            if trial.user_attrs[PHASE_ATTR] == "focus":
-                drawn = study._storage.get_trial(trial._trial_id).user_attrs[DRAWN_ATTR]
-                named, _ = causes_and_suspects(results, names, ["lr"])
-                aside = settled_only(named)
-                assert drawn["named"] == [c.text for c in named]
-                assert drawn["set_aside"] == [c.text for c in aside]
-                assert drawn["step"] in STEPS
-                assert not any(c.holds(params) for c in aside), (seed, trial.number, drawn)
-                steps.add(drawn["step"])
-            outcome, score = demo_truth(params)
-            results.append(TrialResult(params, 0, 0, outcome, score=score, number=trial.number))
-            trial.set_user_attr("outcome", outcome)
-            study.tell(trial, score)
+    study = optuna.create_study(
+        direction="maximize", sampler=make_sampler(cfg, 26, seed=0, factors=factors)
+    )
+    enqueue(study, pairwise.cover_plan(factors, 26, seed=0), 26 + 16)
+    results: list[TrialResult] = []
+    while (trial := take(study, dists)) is not None:
+        params = dict(trial.params)
+        if trial.user_attrs[PHASE_ATTR] == "focus":
+            drawn = private.storage(study).get_trial(private.trial_id(trial)).user_attrs[DRAWN_ATTR]
+            named, _ = causes_and_suspects(results, names, ["lr"])
+            aside = settled_only(named)
+            assert drawn["named"] == [c.text for c in named]
+            assert drawn["set_aside"] == [c.text for c in aside]
+            assert drawn["step"] in STEPS
+            assert not any(c.holds(params) for c in aside), (trial.number, drawn)
+            steps.add(drawn["step"])
+        outcome, score = demo_truth(params)
+        results.append(TrialResult(params, 0, 0, outcome, score=score, number=trial.number))
+        trial.set_user_attr("outcome", outcome)
+        study.tell(trial, score)
     assert {"pairs", "suspect", "nearest-miss"} <= steps
