@@ -52,10 +52,14 @@ never is. The ratio row compares the medians of nansearch and random.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
 import math
 import os
+import pickle
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,8 +71,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
-from benchmarks._common import REPO, RESULTS, demo_ready, describe, environment, quick
+from benchmarks._common import (
+    REPO,
+    RESULTS,
+    THREADS_ENV,
+    demo_ready,
+    describe,
+    environment,
+    quick,
+)
 from benchmarks.edges import Edge
 from nansearch.analysis.causes import ABOVE, BELOW, EQUALS, Condition, find_causes
 from nansearch.analysis.conclusions import conclude
@@ -90,6 +103,10 @@ SEEDS_ENV = "NANSEARCH_BENCH_SEEDS"  # seeds per scenario (default 10, 3 with --
 SCENARIOS_ENV = "NANSEARCH_SCENARIOS"  # the scenarios to run, comma-separated
 # a file for every seed's judged results: two trees that rank alike write the same file
 JUDGED_ENV = "NANSEARCH_BENCH_JUDGED"
+# worker processes for the scenarios' seeds (default 1: all in this process)
+JOBS_ENV = "NANSEARCH_BENCH_JOBS"
+# every (scenario, seed) as it ends, one JSON line each: what a stopped run had done
+PARTIAL = RESULTS / "strategies.partial.jsonl"
 
 Truth = Callable[["Named"], bool]
 
@@ -293,9 +310,13 @@ PLANTED = [
 
 
 class Oracle:
-    """A trial runner that trains each distinct configuration once and remembers it."""
+    """A trial runner that trains each distinct configuration once and remembers it.
 
-    def __init__(self, cfg: SweepConfig, factors: list[Factor]):
+    With ``shared``, a folder that worker processes of one benchmark run share, an
+    outcome one of them trained is read back by the others instead of trained again
+    (the same outcome: each configuration is trained at seed 0 on one thread)."""
+
+    def __init__(self, cfg: SweepConfig, factors: list[Factor], shared: Path | None = None):
         _, self.runner = prepare(cfg)
         self.factors = factors
         lr = cfg.factors.lr
@@ -303,6 +324,8 @@ class Oracle:
         self.grid = [math.exp(math.log(lr.low) + i * step) for i in range(LR_GRID)]
         self.known: dict[tuple, TrialResult] = {}
         self.seconds = 0.0
+        self.trained = 0  # configurations this process trained itself
+        self.shared = shared
 
     def snap(self, params: dict[str, Any]) -> dict[str, Any]:
         out = dict(params)
@@ -314,10 +337,32 @@ class Oracle:
         snapped = self.snap(params)
         key = tuple(sorted((k, str(v)) for k, v in snapped.items()))
         if key not in self.known:
-            start = time.perf_counter()
-            self.known[key] = self.runner.run(snapped, seed=0)
-            self.seconds += time.perf_counter() - start
+            self.known[key] = self._read(key) or self._train(key, snapped)
         return replace(self.known[key], params=dict(params), seed=seed)
+
+    def _file(self, key: tuple) -> Path | None:
+        if self.shared is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+        return self.shared / f"{digest}.pickle"
+
+    def _read(self, key: tuple) -> TrialResult | None:
+        path = self._file(key)
+        if path is None or not path.is_file():
+            return None
+        return pickle.loads(path.read_bytes())
+
+    def _train(self, key: tuple, snapped: dict[str, Any]) -> TrialResult:
+        start = time.perf_counter()
+        result = self.runner.run(snapped, seed=0)
+        self.seconds += time.perf_counter() - start
+        self.trained += 1
+        path = self._file(key)
+        if path is not None:  # written whole, then renamed: a reader sees all or nothing
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            partial.write_bytes(pickle.dumps(result))
+            partial.replace(path)
+        return result
 
 
 @dataclass(frozen=True)
@@ -354,6 +399,7 @@ class Run:
     results: list[TrialResult]
     confirmations: list[tuple[int, Confirmation]] = field(default_factory=list)
     isolations: list[tuple[int, Isolation]] = field(default_factory=list)
+    _named: dict[tuple, list[Named]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.results)
@@ -364,6 +410,12 @@ class Run:
         confirmation (``isolated-cause``) from the probes done by then. A run with no
         probes (random, TPE) is judged by the counts alone: the same code, nothing else."""
         count = len(self.results) if count is None else count
+        key = (count, tuple(f.name for f in factors))
+        if key not in self._named:  # each count is judged several ways: analysed once
+            self._named[key] = self._conclude(factors, count)
+        return list(self._named[key])
+
+    def _conclude(self, factors: list[Factor], count: int) -> list[Named]:
         results = self.results[:count]
         causes = find_causes(results, [f.name for f in factors], continuous_names(factors))
         isolations = [i for done, i in self.isolations if done <= count]
@@ -475,89 +527,152 @@ def measured(truth: Truth, oracle: Oracle, factors: list[Factor]) -> Truth:
     return truth.measure(oracle, factors) if isinstance(truth, Edge) else truth
 
 
-def scenario_rows(scenario: Scenario, seeds: int, folder: Path) -> dict[str, Any]:
-    sweep = scenario.write(folder)
-    common = ["tracking.wandb=off", f"out={folder}"]
-    base = load_config(sweep, [*common, f"trials={BUDGETS[-1]}"])
-    factors, _ = prepare(base)
-    oracle = Oracle(base, factors)
-    truths = tuple(measured(t, oracle, factors) for t in scenario.causes)
-    truth = truths[0] if scenario.truth is not None else None
+@dataclass
+class Setting:
+    """One scenario made ready in this process: its sweep file, factors, truths and the
+    oracle that trains each configuration once, shared by every seed run here."""
+
+    scenario: Scenario
+    sweep: Path
+    factors: list[Factor]
+    oracle: Oracle
+    truths: tuple[Truth, ...]
+    folder: Path
+
+    @classmethod
+    def make(cls, scenario: Scenario, folder: Path, shared: Path | None = None) -> Setting:
+        sweep = scenario.write(folder)
+        base = load_config(sweep, ["tracking.wandb=off", f"out={folder}", f"trials={BUDGETS[-1]}"])
+        factors, _ = prepare(base)
+        oracle = Oracle(base, factors, shared / scenario.name if shared else None)
+        if oracle.shared is not None:
+            oracle.shared.mkdir(parents=True, exist_ok=True)
+        truths = tuple(measured(t, oracle, factors) for t in scenario.causes)
+        return cls(scenario, sweep, factors, oracle, truths, folder)
+
+    @property
+    def truth(self) -> Truth | None:
+        return self.truths[0] if self.scenario.truth is not None else None
+
+    def config(self, *overrides: str) -> SweepConfig:
+        return load_config(self.sweep, ["tracking.wandb=off", f"out={self.folder}", *overrides])
+
+    def judged(self, run: Run, count: int | None = None) -> bool:
+        if self.truth is not None:
+            cause = top_cause(run, self.factors, count)
+            return cause is not None and self.truth(cause)
+        return verdict(run, self.factors, self.truths, count)[0]
+
+
+def seed_rows(setting: Setting, seed: int, record: bool) -> dict[str, Any]:
+    """Every strategy's run of one seed, judged: the trials to the answer, the false causes
+    at the end, which budgets were right, and (``record``) every trial and conclusion."""
+    factors, name = setting.factors, setting.scenario.name
+    out: dict[str, Any] = {}
+    for strategy in ("nansearch", "random", "tpe"):
+        judged: dict[str, Any] = {"seed": seed}
+        if strategy == "nansearch":
+            runs = {
+                budget: nansearch_run(
+                    setting.config(
+                        f"study={name}-{seed}-{budget}", f"trials={budget}", f"seed={seed}"
+                    ),
+                    setting.oracle,
+                    factors,
+                    setting.folder,
+                )
+                for budget in BUDGETS
+            }
+            full = runs[BUDGETS[-1]]
+            right = {b: setting.judged(runs[b]) for b in BUDGETS}
+            if record:
+                judged.update({f"budget_{b}": judged_record(runs[b], factors) for b in BUDGETS})
+        else:
+            sampler = (
+                optuna.samplers.RandomSampler(seed=seed)
+                if strategy == "random"
+                else optuna.samplers.TPESampler(seed=seed)
+            )
+            full = baseline_run(
+                setting.config(f"trials={BUDGETS[-1]}"),
+                setting.oracle,
+                factors,
+                sampler,
+                BUDGETS[-1],
+            )
+            right = {b: setting.judged(full, b) for b in BUDGETS}
+            if record:
+                judged.update(judged_record(full, factors))
+        result = {
+            "trials_to_first": (
+                right_from(full, factors, setting.truth) if setting.truth is not None else None
+            ),
+            "trials_to_all": named_from(full, factors, setting.truths),
+            "false_causes_at_end": verdict(full, factors, setting.truths)[1],
+            "trials_run": len(full),
+        }
+        judged["verdict"] = result
+        out[strategy] = {**result, "right": right, "judged": judged if record else None}
+    return out
+
+
+_SETTINGS: dict[str, Setting] = {}  # this process's scenarios, made ready once
+
+
+def _seed_task(
+    task: tuple[str, int, bool, str | None],
+) -> tuple[str, int, dict[str, Any], dict[str, Any]]:
+    """One (scenario, seed) in a worker process: its rows, and what its oracle has trained."""
+    name, seed, record, shared = task
+    if name not in _SETTINGS:
+        quiet()
+        torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))  # a worker: as asked
+        folder = Path(tempfile.mkdtemp(prefix=f"nansearch-bench-{name}-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SETTINGS[name] = Setting.make(
+            next(s for s in SCENARIOS + PLANTED if s.name == name),
+            folder,
+            Path(shared) if shared else None,
+        )
+    setting = _SETTINGS[name]
+    before = (setting.oracle.trained, setting.oracle.seconds)
+    rows = seed_rows(setting, seed, record)
+    trained: dict[str, Any] = {
+        "configurations_trained": setting.oracle.trained - before[0],
+        "training_seconds": setting.oracle.seconds - before[1],
+    }
+    edges = [
+        t.describe([f.name for f in setting.factors]) for t in setting.truths if isinstance(t, Edge)
+    ]
+    if edges:
+        trained["measured_edges"] = edges
+    return name, seed, rows, trained
+
+
+def scenario_data(
+    scenario: Scenario, per_seed: list[dict[str, Any]], trained: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The seeds' rows of one scenario gathered, in seed order, as the table reads them."""
     out: dict[str, Any] = {"answer": scenario.answer, "strategies": {}}
-    record = bool(os.environ.get(JUDGED_ENV))
-    judged_seeds: dict[str, list[dict[str, Any]]] = {}
-    edges = [t.describe([f.name for f in factors]) for t in truths if isinstance(t, Edge)]
+    edges = next((t["measured_edges"] for t in trained if "measured_edges" in t), None)
     if edges:
         out["measured_edges"] = edges
-
-    def judged(run: Run, count: int | None = None) -> bool:
-        if truth is not None:
-            cause = top_cause(run, factors, count)
-            return cause is not None and truth(cause)
-        return verdict(run, factors, truths, count)[0]
-
+    judged: dict[str, list[dict[str, Any]]] = {}
     for strategy in ("nansearch", "random", "tpe"):
-        firsts, alls, false, right, used = [], [], [], {b: 0 for b in BUDGETS}, []
-        for seed in range(seeds):
-            if strategy == "nansearch":
-                runs = {}
-                for budget in BUDGETS:
-                    cfg = load_config(
-                        sweep,
-                        [
-                            *common,
-                            f"study={scenario.name}-{seed}-{budget}",
-                            f"trials={budget}",
-                            f"seed={seed}",
-                        ],
-                    )
-                    runs[budget] = nansearch_run(cfg, oracle, factors, folder)
-                full = runs[BUDGETS[-1]]
-                for budget in BUDGETS:
-                    right[budget] += judged(runs[budget])
-                if record:
-                    judged_seeds.setdefault(strategy, []).append(
-                        {
-                            "seed": seed,
-                            **{f"budget_{b}": judged_record(runs[b], factors) for b in BUDGETS},
-                        }
-                    )
-            else:
-                sampler = (
-                    optuna.samplers.RandomSampler(seed=seed)
-                    if strategy == "random"
-                    else optuna.samplers.TPESampler(seed=seed)
-                )
-                full = baseline_run(base, oracle, factors, sampler, BUDGETS[-1])
-                for budget in BUDGETS:
-                    right[budget] += judged(full, budget)
-                if record:
-                    judged_seeds.setdefault(strategy, []).append(
-                        {"seed": seed, **judged_record(full, factors)}
-                    )
-            if truth is not None:
-                firsts.append(right_from(full, factors, truth))
-            alls.append(named_from(full, factors, truths))
-            false.append(verdict(full, factors, truths)[1])
-            used.append(len(full))
-            if record:
-                judged_seeds[strategy][-1]["verdict"] = {
-                    "trials_to_first": firsts[-1] if firsts else None,
-                    "trials_to_all": alls[-1],
-                    "false_causes_at_end": false[-1],
-                    "trials_run": used[-1],
-                }
+        rows = [seed[strategy] for seed in per_seed]
         out["strategies"][strategy] = {
-            "trials_to_first": firsts,
-            "trials_to_all": alls,
-            "false_causes_at_end": false,
-            "right": right,
-            "trials_run": used,
+            "trials_to_first": [r["trials_to_first"] for r in rows] if scenario.truth else [],
+            "trials_to_all": [r["trials_to_all"] for r in rows],
+            "false_causes_at_end": [r["false_causes_at_end"] for r in rows],
+            "right": {b: sum(r["right"][b] for r in rows) for b in BUDGETS},
+            "trials_run": [r["trials_run"] for r in rows],
         }
-    if record:
-        out["judged"] = judged_seeds
-    out["configurations_trained"] = len(oracle.known)
-    out["training_seconds"] = oracle.seconds
+        if rows and rows[0]["judged"] is not None:
+            judged[strategy] = [r["judged"] for r in rows]
+    if judged:
+        out["judged"] = judged
+    out["configurations_trained"] = sum(t["configurations_trained"] for t in trained)
+    out["training_seconds"] = sum(t["training_seconds"] for t in trained)
     return out
 
 
@@ -605,19 +720,70 @@ def progress(scenario: Scenario, data: dict[str, Any]) -> None:
     print(f"{scenario.name}: " + "; ".join(parts), file=sys.stderr, flush=True)
 
 
-def run() -> str:
-    seeds = int(os.environ.get(SEEDS_ENV, "0")) or (3 if quick() else 10)
+def quiet() -> None:
+    from nansearch.startup import quiet_libraries
+
+    quiet_libraries()  # a worker process's too
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("nansearch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run_seeds(scenarios: list[Scenario], seeds: int, jobs: int) -> dict[str, Any]:
+    """Every scenario's seeds, in this process (one oracle per scenario, shared by its
+    seeds) or in ``jobs`` worker processes (one oracle per scenario in each worker: the
+    same outcomes, each configuration trained at seed 0 wherever it is first asked for)."""
+    record = bool(os.environ.get(JUDGED_ENV))
+    shared = tempfile.mkdtemp(prefix="nansearch-bench-outcomes-") if jobs > 1 else None
+    if shared:
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
+    tasks = [(s.name, seed, record, shared) for s in scenarios for seed in range(seeds)]
+    if jobs > 1:  # seed by seed: a scenario's first seed trains most of what the others look up
+        tasks.sort(key=lambda task: task[1])
+    results: dict[str, dict[int, tuple[dict[str, Any], dict[str, Any]]]] = {}
+    details: dict[str, Any] = {}
+
+    def take(name: str, seed: int, rows: dict[str, Any], trained: dict[str, Any]) -> None:
+        results.setdefault(name, {})[seed] = (rows, trained)
+        with PARTIAL.open("a") as out:  # a run stopped before its end keeps what it did
+            kept = {k: {**v, "judged": None} for k, v in rows.items()}
+            out.write(json.dumps({"scenario": name, "seed": seed, "rows": kept, **trained}) + "\n")
+        if len(results[name]) == seeds:
+            scenario = next(s for s in scenarios if s.name == name)
+            done = [results[name][k] for k in range(seeds)]
+            details[name] = scenario_data(scenario, [r for r, _ in done], [t for _, t in done])
+            progress(scenario, details[name])
+
+    if jobs <= 1:
+        for task in tasks:
+            take(*_seed_task(task))
+    else:
+        import multiprocessing
+
+        # a fresh interpreter per worker: torch's threads do not survive a fork
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        try:
+            for item in pool.imap_unordered(_seed_task, tasks):
+                take(*item)
+        except BaseException:
+            pool.terminate()
+            pool.join()
+            raise
+        pool.close()  # the workers end on their own, removing their folders
+        pool.join()
+    return {s.name: details[s.name] for s in scenarios}
+
+
+def run() -> str:
+    seeds = int(os.environ.get(SEEDS_ENV, "0")) or (3 if quick() else 10)
+    jobs = int(os.environ.get(JOBS_ENV, "1"))
+    quiet()
     demo_ready()
     start = time.perf_counter()
-    details: dict[str, Any] = {}
     scenarios = chosen()
-    with tempfile.TemporaryDirectory() as tmp:
-        for scenario in scenarios:
-            details[scenario.name] = scenario_rows(scenario, seeds, Path(tmp))
-            progress(scenario, details[scenario.name])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    PARTIAL.unlink(missing_ok=True)
+    details = run_seeds(scenarios, seeds, jobs)
     judged = {name: data.pop("judged", None) for name, data in details.items()}
     env = environment()
     lines = [
@@ -628,7 +794,7 @@ def run() -> str:
         + "".join(f"{'@' + str(b):>7}" for b in BUDGETS)
         + f"{'trials run':>12}{'false':>7}",
     ]
-    verdicts = []
+    verdicts: list[tuple[str, float | None, bool]] = []
     for scenario in scenarios:
         name, data = scenario.name, details[scenario.name]
         single = scenario.truth is not None
