@@ -83,6 +83,9 @@ class Injected:
 
         def step(scaler, optimizer, *args, **kwargs):
             injected.in_scaler_step = scaler.is_enabled()
+            # a scaler that skips the optimizer's step from the first (gradients that
+            # overflow at once) never calls its hooks: its update judges the step instead
+            injected._watch(optimizer)
             try:
                 return real_step(scaler, optimizer, *args, **kwargs)
             finally:
@@ -205,12 +208,16 @@ class Injected:
         if loss is not None:
             self.check.see_loss(loss)
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
+    def _watch(self, optimizer) -> None:
+        """The parameters the steps are judged on: the first optimizer's, once."""
         if self.params is None:
             self.params = [p for group in optimizer.param_groups for p in group["params"]]
             if self.diagnostics is not None:
                 self.diagnostics.optimizer = optimizer
                 self.diagnostics._params = list(self.params)
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self._watch(optimizer)
         self._grads()
         if self.diagnostics is not None:
             self.diagnostics.before_update(self.check.step)

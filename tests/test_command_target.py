@@ -60,8 +60,18 @@ def example(demo_cache):
         ({**BASE, "dtype": "fp16"}, "nonfinite-params"),  # Adam's eps is 0 in fp16
         ({**BASE, "checkpoint": "blip2-full", "init": "uninitialized-missing"}, "nonfinite-logits"),
         ({**BASE, "batch": "labels-all-ignored"}, "nonfinite-loss"),
+        # the GradScaler skips every optimizer step from the first: its update is the step
+        (
+            {
+                **BASE,
+                "checkpoint": "blip2-full",
+                "init": "uninitialized-missing",
+                "dtype": "amp-fp16",
+            },
+            "nonfinite-logits",
+        ),
     ],
-    ids=["fp32", "fp16", "uninitialized", "labels-ignored"],
+    ids=["fp32", "fp16", "uninitialized", "labels-ignored", "scaler-skips-from-the-first"],
 )
 def test_the_unmodified_example_script_meets_each_demo_cause(example, params, outcome):
     result = example.run(params, seed=0)
