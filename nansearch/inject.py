@@ -19,6 +19,7 @@ ends at once with status 0, whatever the script would have done next.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import runpy
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from nansearch.config.schema import SweepConfig
     from nansearch.diagnose.diagnostics import Diagnostics
 
 ENV = "NANSEARCH_INJECT"
@@ -118,16 +120,19 @@ class Injected:
 
         scaler_cls.__init__ = init
 
-    def apply_levels(self, settings: dict[str, Any]) -> None:
+    def apply_levels(self, settings: dict[str, Any], sweep: SweepConfig | None = None) -> None:
         """The trial's init and batch levels, applied to every model the script loads with
         ``from_pretrained`` and to the batches it feeds that model, as the built-in trials
-        apply them; the script's own code stays as it is."""
-        params, sweep = settings.get("params"), settings.get("sweep")
-        if not params or not sweep:
+        apply them; the script's own code stays as it is. ``sweep``: the sweep's settings
+        as a forked copy of its process holds them, read instead of ``settings["sweep"]``."""
+        params = settings.get("params")
+        if not params or (sweep is None and not settings.get("sweep")):
             return
-        from nansearch.config.merge import settings_from_yaml
+        if sweep is None:
+            from nansearch.config.merge import settings_from_yaml
 
-        cfg = settings_from_yaml(sweep, ENV)  # the sweep checked its values
+            sweep = settings_from_yaml(settings["sweep"], ENV)  # the sweep checked its values
+        cfg = sweep
         scheme = cfg.factors.init.levels.get(params.get("init"))
         reinit = scheme is not None and scheme.scheme != "pretrained"
         rebatch = params.get("batch", "clean") != "clean"
@@ -144,8 +149,7 @@ class Injected:
         from nansearch.targets.causal_lm import CausalLMTarget
 
         torch = self.torch
-        cfg.target.kind = "causal-lm"
-        target = CausalLMTarget(cfg.target)
+        target = CausalLMTarget(dataclasses.replace(cfg.target, kind="causal-lm"))
         factors = [f for f in build_factors(cfg) if f.name in params]
         init = [f for f in factors if f.stage == "init"]
         batch = [f for f in factors if f.stage == "batch"]
@@ -351,7 +355,9 @@ class Injected:
         return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, sweep: SweepConfig | None = None) -> None:
+    """Run the script watched. ``sweep``: the sweep's settings, handed over in memory by a
+    forked copy of the sweep's process (:mod:`nansearch.targets.command`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print("usage: python -m nansearch.inject script.py [arguments ...]", file=sys.stderr)
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nansearch.inject: no such script {script}", file=sys.stderr)
         raise SystemExit(2)
     injected = Injected(settings)
-    injected.apply_levels(settings)
+    injected.apply_levels(settings, sweep)
     if injected.diagnose:
         injected.read_batches()
     injected.install()

@@ -97,13 +97,21 @@ def test_a_trial_forked_after_the_parent_ran_on_several_threads_finishes(demo_ca
     assert len(result.loss) == 4
 
 
-def test_the_same_trial_started_fresh_gives_the_same_trail(example):
-    """A forked copy runs on one thread; a fresh one takes the sweep's threads, here one too."""
+@pytest.mark.parametrize(
+    "levels",
+    [{}, {"init": "reinit-normal", "batch": "padded-row"}],
+    ids=["the-scripts-own", "levels-applied-inside"],
+)
+def test_the_same_trial_started_fresh_gives_the_same_trail(example, levels):
+    """A forked copy runs on one thread; a fresh one takes the sweep's threads, here one too.
+    A forked copy applies the levels from the sweep's settings it holds, a fresh one from
+    their text: the same run."""
+    params = {**BASE, "lr": 0.05, **levels}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        forked = example.run({**BASE, "lr": 0.05}, seed=1)
-        fresh = runner_for(["target.start=spawn"]).run({**BASE, "lr": 0.05}, seed=1)
+        forked = example.run(params, seed=1)
+        fresh = runner_for(["target.start=spawn"]).run(params, seed=1)
     finally:
         torch.set_num_threads(threads)
     assert forked.outcome == fresh.outcome == "finite"

@@ -100,15 +100,14 @@ class CommandTarget(CausalLMTarget):
                 "params": params,
                 "seed": seed,
             }
-            if self._levels_inside(runner, params):
-                settings["sweep"] = to_yaml(runner.cfg)  # the child builds the factors
+            sweep = runner.cfg if self._levels_inside(runner, params) else None
             if observer is not None and hasattr(observer, "load_json"):
                 settings["diagnose"] = {
                     "op_step": diagnostics.op_step,
                     "anomaly_step": diagnostics.anomaly_step,
                     "trail": diagnostics.trail.maxlen,
                 }
-            code, output, timed_out = self._start(values, settings, runner)
+            code, output, timed_out = self._start(values, settings, runner, sweep)
             rows = _read_report(report)
         self._judge(result, rows, code, output, timed_out)
         last = rows[-1] if rows and "end" in rows[-1] else {}
@@ -147,7 +146,11 @@ class CommandTarget(CausalLMTarget):
         return copy
 
     def _start(
-        self, values: dict[str, Any], settings: dict[str, Any], runner: TrialRunner
+        self,
+        values: dict[str, Any],
+        settings: dict[str, Any],
+        runner: TrialRunner,
+        sweep: SweepConfig | None,
     ) -> tuple[int, str, bool]:
         """Run the script to its end or its time limit: (status, output, timed out).
 
@@ -163,6 +166,12 @@ class CommandTarget(CausalLMTarget):
             }
         except (KeyError, ValueError) as exc:
             raise NansearchError(f"target.args/target.env: cannot fill in {exc}") from None
+        # ``sweep``: the settings the child builds the factors from, when it has levels to
+        # apply; a forked copy holds them, a fresh interpreter reads them as text (reading
+        # them back takes 0.1 to 0.2 s)
+        fork = self._can_fork()
+        if sweep is not None and not fork:
+            settings = {**settings, "sweep": to_yaml(sweep)}
         extra = {
             **wandb_env(runner.cfg),
             **env_values,
@@ -170,8 +179,8 @@ class CommandTarget(CausalLMTarget):
         }
         output = Path(settings["report"]).with_name("output.log")
         program = cast(str, self.cfg.program)  # the config's checks require it
-        if self._can_fork():
-            code, timed_out = self._fork([program, *args], extra, output)
+        if fork:
+            code, timed_out = self._fork([program, *args], extra, output, sweep)
         else:
             code, timed_out = self._spawn([program, *args], extra, output)
         return code, output.read_text(errors="replace") if output.is_file() else "", timed_out
@@ -213,8 +222,11 @@ class CommandTarget(CausalLMTarget):
                 process.wait()
                 raise
 
-    def _fork(self, argv: list[str], extra: dict[str, str], output: Path) -> tuple[int, bool]:
-        """A copy of this process, which has torch and transformers loaded already."""
+    def _fork(
+        self, argv: list[str], extra: dict[str, str], output: Path, sweep: SweepConfig | None
+    ) -> tuple[int, bool]:
+        """A copy of this process, which has torch and transformers loaded already; it
+        applies the levels of ``sweep``, the settings it holds, when given."""
         import select
 
         sys.stdout.flush()
@@ -242,7 +254,7 @@ class CommandTarget(CausalLMTarget):
                 os.environ.update(extra)
                 from nansearch.inject import main
 
-                main(argv)
+                main(argv, sweep)
                 status = 0
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
