@@ -272,11 +272,10 @@ def command_rows(
     fork_pairs = alternate(lambda: timed("function"), lambda: timed("fork"), rounds)
     spawn_pairs = alternate(lambda: timed("function"), lambda: timed("spawn"), max(2, rounds // 2))
     function_s = summarize([f for f, _ in fork_pairs])[0]
-    fixed = summarize([c - f for f, c in fork_pairs])
     rows = [demo_judged]
     for label, pairs in [("fork (default)", fork_pairs), ("spawn", spawn_pairs)]:
         command_s = summarize([c for _, c in pairs])[0]
-        spread = summarize([c - f for f, c in pairs])
+        fixed = summarize([c - f for f, c in pairs])
         rows.append(
             ratio_row(
                 f"command trial, {label}, vs function trial: the demo's fastest configuration, "
@@ -284,19 +283,19 @@ def command_rows(
                 [c / f for f, c in pairs],
                 None,
                 f"end to end: function {function_s:.2f} s, command {command_s:.2f} s; fixed cost "
-                f"per command trial {spread[0]:.2f} s ({spread[1][0]:.2f}-{spread[1][1]:.2f})",
+                f"per command trial {fixed[0]:.2f} s ({fixed[1][0]:.2f}-{fixed[1][1]:.2f})",
             )
         )
-    rows.insert(
-        2,
-        Row(
-            "fixed cost per command trial (s, command less function): the demo's fastest",
-            fixed[0],
-            FIXED_TARGET_S,
-            fixed[1],
-            f"{len(fork_pairs)} rounds",
-        ),
-    )
+        if pairs is fork_pairs:
+            rows.append(
+                Row(
+                    "fixed cost per command trial (s, command less function): the demo's fastest",
+                    fixed[0],
+                    FIXED_TARGET_S,
+                    fixed[1],
+                    f"{len(pairs)} rounds",
+                )
+            )
     return rows, {"demo": demo_details, "fork": fork_pairs, "spawn": spawn_pairs}
 
 
