@@ -14,7 +14,10 @@ matches that no other cause explains, against the runs no cause explains, its p-
 multiplied by the number of rules tried in its round (Bonferroni: every single value, pair and triple of values, and range with
 them, that any run held) is below ``alpha``. Ranges are tried only at the values where
 the outcome changes, so a continuous factor is reported as "above 0.3", never as a
-point.
+point. A value beside a range (``dtype=bf16 with lr above 2``) says that the edge moves
+with the value, so it is judged against the value's other levels at the same or higher
+learning rates only: from the rule's first NaN run on, never over the whole range,
+whose runs of each level may lie at different learning rates.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from nansearch.analysis.evidence import (
     Evidence,
     joined,
 )
-from nansearch.analysis.ranges import per_level, thresholds
+from nansearch.analysis.ranges import failed_from, per_level, thresholds
 from nansearch.analysis.stats import fisher_greater, fisher_greater_each, wilson_low
 from nansearch.search.isolate import fmt
 from nansearch.trial.runner import TrialResult
@@ -189,6 +192,12 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
     choice among the values its left-out condition could have taken (times that
     factor's levels): a flaky cause of one or two values has, among its cells, some
     whose few runs all went NaN by chance, and a third value must explain more than that.
+    A value beside a range (``init=reinit with lr above 5``) is tested where the rule's
+    runs failed: both sides only from the rule's first NaN run on along the range
+    (:func:`~nansearch.analysis.ranges.failed_from`), so the value is admissible only when,
+    at the same or a higher learning rate, the runs without it pass where its runs fail.
+    Inside ``lr above 5`` its runs may all sit at 8 and the others' at 5.5, just under an
+    edge they share; compared over the whole range, an lr difference reads as the value's.
     Ties go to fewer conditions, then to more NaN runs explained.
     """
     size = len(rules)
@@ -200,12 +209,24 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
     choices = {
         name: len(ev.levels(name, residual)) for name in ev.factors if name not in ev.continuous
     }
+    # where each rule with a range and a value failed: its values are judged only there
+    window = np.ones_like(masks)
+    ranged = np.zeros(size, dtype=bool)
+    for i, rule in enumerate(conditions):
+        cut = [c for c in rule if c.op != EQUALS]
+        if cut and len(rule) > 1:
+            ranged[i] = True
+            window[i] = failed_from(ev.columns[cut[0].factor], masks[i] & ev.nan, cut[0].op)
     worst = np.zeros(size)
     for k in range(int(lengths.max(initial=0))):  # each condition in turn left out
         has = lengths > k
         without = [rule[:k] + rule[k + 1 :] if k < len(rule) else rule for rule in conditions]
-        only = ev.masks(without) & residual & ~masks
-        p = fisher_greater_each(hits, inside, (only & ev.nan).sum(axis=1), only.sum(axis=1))
+        value = np.array([k < len(rule) and rule[k].op == EQUALS for rule in conditions])
+        at = np.where((ranged & value)[:, None], window, True)
+        only = ev.masks(without) & residual & ~masks & at
+        p = fisher_greater_each(
+            hits, (masks & at).sum(axis=1), (only & ev.nan).sum(axis=1), only.sum(axis=1)
+        )
         paid = np.array(
             [
                 choices.get(rule[k].factor, 1)
@@ -349,12 +370,26 @@ def explained_by_others(ev: Evidence, cause: Cause, causes: Iterable[Cause]) -> 
 
 
 def describe(ev: Evidence, cause: Cause, causes: list[Cause]) -> None:
-    """Fill in the contrasts: runs that differ from the rule in one condition, no other cause."""
+    """Fill in the contrasts: runs that differ from the rule in one condition, no other cause.
+
+    A value beside a range is contrasted where :func:`_best` tested it: from the rule's
+    first NaN run on, and the contrast's text names that value (``lr above 8.1 without
+    init=reinit``)."""
     background = ~explained_by_others(ev, cause, causes)
+    ranged = [c for c in cause.conditions if c.op != EQUALS]
+    failed = background & ev.mask(cause.conditions) & ev.nan
     for i, condition in enumerate(cause.conditions):
         rest = cause.conditions[:i] + cause.conditions[i + 1 :]
         scope = background & ev.mask(rest)
         column = ev.columns[condition.factor]
+        if condition.op == EQUALS and ranged and failed.any():
+            r = ranged[0]
+            values = ev.columns[r.factor][failed]
+            first = Condition(
+                r.factor, r.op, float(values.min() if r.op == ABOVE else values.max())
+            )
+            scope &= failed_from(ev.columns[r.factor], failed, r.op)
+            rest = tuple(first if c is r else c for c in rest)
         if condition.op == EQUALS:
             context = scope & (column != str(condition.value))
             text = (
@@ -379,6 +414,5 @@ def describe(ev: Evidence, cause: Cause, causes: list[Cause]) -> None:
                 None if first_fail is None else float(first_fail),
             )
         cause.others.append({"text": text, "factor": condition.factor, **ev.counts(context)})
-    ranged = [c for c in cause.conditions if c.op != EQUALS]
     if len(ranged) == 1:
         cause.by_level = per_level(ev, cause.conditions, ranged[0], background)

@@ -3,7 +3,9 @@
 A continuous factor (the learning rate) enters a rule as one side of a cut,
 ``lr above 0.3``, never as a point. :func:`thresholds` gives the cuts worth trying;
 :func:`per_level` says, once a range is a cause, where its edge lies for each level
-of the other factors when they disagree.
+of the other factors when they disagree. Levels beside a range are compared where the
+range's runs actually failed (:func:`failed_from`): within ``lr above 5`` one level's
+runs may sit at 8 and another's at 5.5, and an lr difference is no level effect.
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ def thresholds(values: np.ndarray, nan: np.ndarray) -> list[tuple[str, float]]:
     ]
 
 
+def failed_from(column: np.ndarray, nan: np.ndarray, op: str) -> np.ndarray:
+    """The runs at or beyond a range's first NaN run along its side: for ``above``, every
+    run whose value is at least the lowest among the NaN runs ``nan`` (``below``: at most
+    the highest); none when ``nan`` holds no run. Runs without the value are left out.
+
+    This is where the levels of another factor are compared beside a range: a level's
+    NaN runs inside it say that the level matters only when, at the same or a higher
+    value, the other levels' runs pass. A level whose runs inside the range happen to sit
+    further in than the others' would otherwise look worse for its learning rate."""
+    values = column[nan & ~np.isnan(column)]
+    if not len(values):
+        return np.zeros(len(column), dtype=bool)
+    return column >= values.min() if op == ABOVE else column <= values.max()
+
+
 def per_level(
     ev: Evidence,
     conditions: Sequence[Condition],
@@ -50,6 +67,11 @@ def per_level(
     ``conditions`` is the whole rule, ``condition`` its range. Each level's edge is the
     value from which all its runs (no other cause, the rule's other conditions met) went
     NaN: the midpoint of its last finite run below its lowest such NaN run and that run.
+    Each level's counts are of its runs inside the range from the range's first NaN run
+    on (:func:`failed_from`), so that the levels are compared at the same values: a
+    level whose runs inside the range all lie before that run has no entry, since it was
+    neither seen to fail nor seen to pass where the others failed. For a range cut from
+    the runs themselves the first run inside it is NaN, and the counts are the range's.
     """
     above = condition.op == ABOVE
     column = ev.columns[condition.factor]
@@ -59,6 +81,9 @@ def per_level(
         (column >= condition.value) if above else (column <= condition.value)
     )
     inside &= rest
+    ranged = inside.copy()
+    if (scope & inside & ev.nan).any():
+        inside &= failed_from(column, scope & inside & ev.nan, condition.op)
     own = {c.factor for c in conditions}
     out: dict[str, list[dict[str, Any]]] = {}
     for name in ev.factors:
@@ -68,8 +93,8 @@ def per_level(
         for level in ev.levels(name, scope):
             at = scope & (ev.columns[name] == level)
             counts = ev.counts(at & inside)
-            if not counts["total"] and (inside & (ev.columns[name] == level)).any():
-                continue  # its runs inside the range are another cause's
+            if not counts["total"] and (ranged & (ev.columns[name] == level)).any():
+                continue  # its runs inside are another cause's, or all before its first NaN
             entries.append({"value": level, **counts, "edge": _edge(column[at], ev.nan[at], above)})
         if len(entries) < 2:
             continue

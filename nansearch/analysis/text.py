@@ -85,7 +85,7 @@ def sentence(cause: Cause) -> str:
         return (
             f"{r.factor} matters only with {a.text}, {_side(r)} {fmt(r.value)}: {runs}, "
             f"vs {_frac(others[r.factor])} for {a.text} with {r.factor} {_side(r, flip=True)} "
-            f"it{_boundary(cause, r.factor)}; {r.text} without {a.text}: "
+            f"it{_boundary(cause, r.factor)}; {others[a.factor]['text']}: "
             f"{_frac(others[a.factor])} NaN."
         )
     first, second = cause.conditions
