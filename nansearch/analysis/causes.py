@@ -216,7 +216,8 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
         cut = [c for c in rule if c.op != EQUALS]
         if cut and len(rule) > 1:
             ranged[i] = True
-            window[i] = failed_from(ev.columns[cut[0].factor], masks[i] & ev.nan, cut[0].op)
+            failed = failed_from(cut[0], ev.columns[cut[0].factor], masks[i] & ev.nan)
+            window[i] = ev.mask((failed,)) if failed is not None else True
     worst = np.zeros(size)
     for k in range(int(lengths.max(initial=0))):  # each condition in turn left out
         has = lengths > k
@@ -377,19 +378,14 @@ def describe(ev: Evidence, cause: Cause, causes: list[Cause]) -> None:
     init=reinit``)."""
     background = ~explained_by_others(ev, cause, causes)
     ranged = [c for c in cause.conditions if c.op != EQUALS]
-    failed = background & ev.mask(cause.conditions) & ev.nan
+    nan = background & ev.mask(cause.conditions) & ev.nan
+    failed = failed_from(ranged[0], ev.columns[ranged[0].factor], nan) if ranged else None
     for i, condition in enumerate(cause.conditions):
         rest = cause.conditions[:i] + cause.conditions[i + 1 :]
+        if condition.op == EQUALS and failed is not None:  # the value beside the range
+            rest = tuple(failed if c.op != EQUALS else c for c in rest)
         scope = background & ev.mask(rest)
         column = ev.columns[condition.factor]
-        if condition.op == EQUALS and ranged and failed.any():
-            r = ranged[0]
-            values = ev.columns[r.factor][failed]
-            first = Condition(
-                r.factor, r.op, float(values.min() if r.op == ABOVE else values.max())
-            )
-            scope &= failed_from(ev.columns[r.factor], failed, r.op)
-            rest = tuple(first if c is r else c for c in rest)
         if condition.op == EQUALS:
             context = scope & (column != str(condition.value))
             text = (

@@ -40,10 +40,10 @@ def thresholds(values: np.ndarray, nan: np.ndarray) -> list[tuple[str, float]]:
     ]
 
 
-def failed_from(column: np.ndarray, nan: np.ndarray, op: str) -> np.ndarray:
-    """The runs at or beyond a range's first NaN run along its side: for ``above``, every
-    run whose value is at least the lowest among the NaN runs ``nan`` (``below``: at most
-    the highest); none when ``nan`` holds no run. Runs without the value are left out.
+def failed_from(condition: Condition, column: np.ndarray, nan: np.ndarray) -> Condition | None:
+    """A range from its first NaN run on: ``condition`` (``lr above 5``) with its edge moved
+    to the lowest value among the NaN runs ``nan`` (``lr above 8.1``; for ``below``, the
+    highest); None when ``nan`` holds no run with a value.
 
     This is where the levels of another factor are compared beside a range: a level's
     NaN runs inside it say that the level matters only when, at the same or a higher
@@ -51,8 +51,9 @@ def failed_from(column: np.ndarray, nan: np.ndarray, op: str) -> np.ndarray:
     further in than the others' would otherwise look worse for its learning rate."""
     values = column[nan & ~np.isnan(column)]
     if not len(values):
-        return np.zeros(len(column), dtype=bool)
-    return column >= values.min() if op == ABOVE else column <= values.max()
+        return None
+    edge = values.min() if condition.op == ABOVE else values.max()
+    return Condition(condition.factor, condition.op, float(edge))
 
 
 def per_level(
@@ -82,8 +83,9 @@ def per_level(
     )
     inside &= rest
     ranged = inside.copy()
-    if (scope & inside & ev.nan).any():
-        inside &= failed_from(column, scope & inside & ev.nan, condition.op)
+    failed = failed_from(condition, column, scope & inside & ev.nan)
+    if failed is not None:
+        inside &= ev.mask((failed,))
     own = {c.factor for c in conditions}
     out: dict[str, list[dict[str, Any]]] = {}
     for name in ev.factors:
