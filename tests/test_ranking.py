@@ -594,6 +594,50 @@ def test_an_isolation_whose_values_a_run_held_finite_names_no_cause():
     assert "isolated-cause" in kinds
 
 
+def test_a_count_cause_that_an_isolated_cause_stands_behind_is_not_named_twice():
+    from nansearch.analysis.causes import ABOVE, Cause, Condition, Evidence, describe
+    from nansearch.analysis.conclusions import conclude, shadows
+    from nansearch.search.isolate import Isolation
+
+    # only fp16 with normal-large weights and a padded row goes NaN; the sampler happened
+    # to try that triple at higher learning rates than fp16 anywhere else, so the counts
+    # see fp16 above lr 0.003 go NaN 5/5 against fp16 below it 0/4
+    triple = {"dtype": "fp16", "init": "normal-large", "batch": "padded-row"}
+    results = [trial(i, {**triple, "lr": 0.005 + 0.0002 * i}, True) for i in range(5)]
+    results += [
+        trial(5 + i, {"dtype": "fp16", "init": "pretrained", "batch": "clean", "lr": 0.001}, False)
+        for i in range(4)
+    ]
+    results += [
+        trial(
+            9 + i, {"dtype": d, "init": "normal-large", "batch": "padded-row", "lr": 0.006}, False
+        )
+        for i, d in enumerate(["fp32", "bf16", "fp32", "bf16"])
+    ]
+    ranged = Cause(
+        (Condition("dtype", "=", "fp16"), Condition("lr", ABOVE, 0.003)), 5, 5, 1e-4, 1e-2, 40
+    )
+    describe(Evidence(results, ["lr"], ["dtype", "init", "batch", "lr"]), ranged, [ranged])
+    failing, reference = results[0].params, results[5].params
+    values = ["dtype", "init", "batch"]
+    iso = Isolation(failing, reference, [*values, "lr"], minimal=values, needed=values,
+                    complete=True, trial=0, reference_trial=5)  # fmt: skip
+    check = Confirmation(0, failing, runs=[20, 21, 22], nan=3)
+    assert shadows(results, [ranged], [iso], [check]) == [ranged]
+    items = conclude(results, [ranged], [iso], [check])
+    assert [c.kind for c in items] == ["isolated-cause"]
+    assert items[0].rule == "dtype=fp16 with init=normal-large with batch=padded-row"
+    # not on a flaky confirmation: the isolation names nothing then, the counts stand
+    flaky = Confirmation(0, failing, runs=[20, 21, 22], nan=2)
+    assert next(c.kind for c in conclude(results, [ranged], [iso], [flaky])) == "cause"
+    # nor when fp16 at a high learning rate fails outside the triple too, in enough runs
+    more = [
+        trial(13 + i, {"dtype": "fp16", "init": "pretrained", "batch": "clean", "lr": 0.008}, True)
+        for i in range(3)
+    ]
+    assert shadows([*results, *more], [ranged], [iso], [check]) == []
+
+
 def riding_study():
     """fp16 and ignored labels always go NaN; above lr 0.1, a few amp-fp16 runs go NaN
     too, too few yet to name anything. Above 0.1, 8 of 15 runs went NaN, but five of

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from nansearch.analysis.causes import ABOVE, EQUALS, Cause, Condition
+from nansearch.analysis.causes import ABOVE, EQUALS, MIN_NAN, Cause, Condition
 from nansearch.analysis.conclusion import Conclusion
 from nansearch.analysis.text import confirmation_text, isolation_text, sentence
 from nansearch.search.confirm import Confirmation
@@ -142,16 +142,79 @@ def _edge_nudged(
     return all(any(elsewhere(name, params) for params in nan) for name in values)
 
 
+def names_a_cause(
+    results: Sequence[TrialResult],
+    iso: Isolation,
+    causes: Sequence[Cause],
+    check: Confirmation | None,
+) -> bool:
+    """Whether an isolation names a cause by itself: complete, its failure reproduced by
+    every fresh seed, every run that held its values NaN (a finite one shows something
+    else was needed: the reference passed for another reason, its learning rate past
+    the edge as well; a range's edge, bisected on one run, is not every run's, and finite
+    runs near it are not), and its values beside a range not ones that only nudged the
+    edge. Delta debugging names a rare cause this way before the counts can: every probe
+    that kept its values failed, every probe that flipped one back passed."""
+    if not iso.minimal or not iso.complete:
+        return False
+    held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
+    missed = any(not r.is_nan for r in held) and not iso.ranges
+    return (
+        not missed
+        and not _edge_nudged(results, iso, causes)
+        and check is not None
+        and bool(check.runs)
+        and check.label == "deterministic"
+    )
+
+
+def shadows(
+    results: Sequence[TrialResult],
+    causes: Sequence[Cause],
+    isolations: Sequence[Isolation] = (),
+    confirmations: Sequence[Confirmation] = (),
+) -> list[Cause]:
+    """The causes of the counts that an isolation's cause stands behind: no isolation
+    speaks of them, and without the NaN runs that an isolation naming a cause by itself
+    holds (or another cause), fewer than ``MIN_NAN`` of theirs are left. Their NaN runs
+    are that cause's, seen through whatever the sampler paired with it (the three values
+    of ``dtype=fp16 with init=normal-large with batch=padded-row``, isolated and
+    confirmed, tried at higher learning rates than fp16 elsewhere, make ``dtype=fp16 with
+    lr above 0.003`` look like a cause of its own): naming them would name one cause
+    twice, the second time wrongly."""
+    confirmed = {c.trial: c for c in confirmations}
+    naming = [i for i in isolations if names_a_cause(results, i, causes, confirmed.get(i.trial))]
+    out = []
+    for cause in causes:
+        if any(
+            isolated_by(cause, i) or isolation_extends(cause, i) is not None for i in isolations
+        ):
+            continue
+        others = [c for c in causes if c is not cause]
+        mine = [
+            r
+            for r in results
+            if r.is_nan and cause.holds(r.params) and not any(c.holds(r.params) for c in others)
+        ]
+        left = [r for r in mine if not any(i.holds(r.params) for i in naming)]
+        if len(left) < len(mine) and len(left) < MIN_NAN:
+            out.append(cause)
+    return out
+
+
 def conclude(
     results: Sequence[TrialResult],
     causes: Sequence[Cause],
     isolations: Sequence[Isolation] = (),
     confirmations: Sequence[Confirmation] = (),
 ) -> list[Conclusion]:
-    """The conclusions, most certain first, each with its sentence and its counts."""
+    """The conclusions, most certain first, each with its sentence and its counts. A cause
+    of the counts that an isolated cause stands behind (:func:`shadows`) is left out."""
     confirmed = {c.trial: c for c in confirmations}
     out: list[Conclusion] = []
     used: set[int] = set()
+    hidden = shadows(results, causes, isolations, confirmations)
+    causes = [c for c in causes if c not in hidden]
     for cause in causes:
         text = sentence(cause)
         match = next((i for i in isolations if isolated_by(cause, i)), None)
@@ -187,15 +250,7 @@ def conclude(
         check = confirmed.get(iso.trial)
         held = [r for r in results if r.outcome != "error" and iso.holds(r.params)]
         nan, total = sum(r.is_nan for r in held), len(held)
-        # a run that held every value it found needed and stayed finite shows that
-        # something else was needed too: the reference passed for another reason (its
-        # learning rate was past the edge as well), so the set is not a cause; a range's
-        # edge, bisected on one run, is not every run's, and finite runs near it are not
-        missed = nan < total and not iso.ranges
-        named = iso.complete and not missed and not _edge_nudged(results, iso, causes)
-        if named and check is not None and check.runs and check.label == "deterministic":
-            # delta debugging names a rare cause before the counts can: every probe that
-            # kept its values failed, every probe that flipped one back passed
+        if check is not None and names_a_cause(results, iso, causes, check):
             text = (
                 f"{iso.text} causes NaN, named by the isolation and the confirmation "
                 f"(the counts alone are too few to be significant yet: {nan}/"

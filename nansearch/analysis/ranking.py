@@ -204,12 +204,15 @@ def find_ranking(
     counted apart under ``errors``. ``confirmations`` and ``isolations`` come from the
     confirm and isolate phases; ``distributions`` (the search space) turns on fANOVA.
     """
-    from nansearch.analysis.conclusions import conclude
+    from nansearch.analysis.conclusions import conclude, shadows
 
     results = list(results)
     searched = [r for r in results if r.phase in QUEUED]
     names, continuous = axes_kinds(factors)
     causes = find_causes(results, names, continuous)
+    # a cause of the counts that an isolated cause stands behind is that cause, not another
+    hidden = shadows(results, causes, isolations, confirmations)
+    causes = [c for c in causes if c not in hidden]
     interactions = with_causes(find_interactions(results, names, continuous, causes), causes)
     tables = [factor_table(searched, name, levels, causes) for name, levels in factors]
     weights = importance(searched, distributions, seed) if distributions else {}
