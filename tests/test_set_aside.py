@@ -185,6 +185,41 @@ def test_focus_tries_the_nearest_miss_again_before_tpe():
     assert space.row(drawn[2]) != cell and drawn[2]["dtype"] != "fp16"
 
 
+def test_a_nan_run_no_cause_explains_is_tried_again_before_the_nearest_miss():
+    # fp16 is named; one fp32 run at lr 0.1 went NaN too, alone (a failure near an edge
+    # that its seed tipped over): its cell is nearer than any finite run's, and is tried
+    # again, a fresh learning rate in its stratum, before the finite near miss's
+    cfg = load_config(DEMO, OVERRIDES)
+    factors = build_factors(cfg)
+    rows = list(grid(factors))
+    lone = next(p for p in rows if p["dtype"] == "fp32" and p["lr"] == 0.1)
+    near = next(p for p in rows if p["dtype"] == "bf16" and p["lr"] == 0.1)
+    dists = distributions(factors)
+    sampler = SetAsideSampler(optuna.samplers.TPESampler(seed=2), factors, seed=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for params in rows:
+        nan = fp16_nan(params) or params is lone
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                value=1.5 if nan else (0.6 if params is near else 0.1),
+                user_attrs={"outcome": "nonfinite-logits" if nan else "finite"},
+            )
+        )
+    space = sampler.space
+    drawn = []
+    for _ in range(4):
+        trial = study.ask()
+        params = {name: suggest(trial, name, d) for name, d in dists.items()}
+        trial.set_user_attr("outcome", "finite")
+        study.tell(trial, 0.1)
+        drawn.append(params)
+    cells = [space.row(p) for p in drawn]
+    assert cells[:2] == [space.row(lone)] * 2 and all(p["lr"] != 0.1 for p in drawn[:2])
+    assert cells[2:] == [space.row(near)] * 2
+
+
 def test_the_search_settles_only_once_the_space_outside_the_causes_is_covered():
     cfg = load_config(DEMO, OVERRIDES)
     factors = build_factors(cfg)
