@@ -33,8 +33,9 @@ def fp16_nan(params):
     return params["dtype"] == "fp16"
 
 
-def recorded_study(factors, rows, nan, sampler):
-    """A real in-memory study holding ``rows`` as finished trials, NaN where ``nan`` says."""
+def recorded_study(factors, rows, nan, sampler, near=None):
+    """A real in-memory study holding ``rows`` as finished trials, NaN where ``nan`` says;
+    ``near``, one of the rows, is the finite run that came nearest its dtype's range."""
     dists = distributions(factors)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for params in rows:
@@ -43,11 +44,23 @@ def recorded_study(factors, rows, nan, sampler):
             optuna.trial.create_trial(
                 params=params,
                 distributions=dists,
-                value=1.5 if failed else 0.1,
+                value=1.5 if failed else (0.6 if params is near else 0.1),
                 user_attrs={"outcome": "nonfinite-params" if failed else "finite"},
             )
         )
     return study
+
+
+def draw_finite(study, factors, count):
+    """``count`` trials drawn by the study's sampler, each told finite."""
+    dists = distributions(factors)
+    drawn = []
+    for _ in range(count):
+        trial = study.ask()
+        drawn.append({name: suggest(trial, name, d) for name, d in dists.items()})
+        trial.set_user_attr("outcome", "finite")
+        study.tell(trial, 0.1)
+    return drawn
 
 
 def grid(factors, lr=(1e-4, 3e-3, 0.1)):
@@ -157,28 +170,11 @@ def test_focus_tries_the_nearest_miss_again_before_tpe():
     factors = build_factors(cfg)
     rows = list(grid(factors))
     near = next(p for p in rows if p["dtype"] == "bf16" and p["lr"] == 0.1)
-    dists = distributions(factors)
     sampler = SetAsideSampler(optuna.samplers.TPESampler(seed=2), factors, seed=2)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    for params in rows:
-        nan = fp16_nan(params)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions=dists,
-                value=1.5 if nan else (0.6 if params is near else 0.1),
-                user_attrs={"outcome": "nonfinite-params" if nan else "finite"},
-            )
-        )
+    study = recorded_study(factors, rows, fp16_nan, sampler, near=near)
     space = sampler.space
     cell = space.row(near)
-    drawn = []
-    for _ in range(3):
-        trial = study.ask()
-        params = {name: suggest(trial, name, d) for name, d in dists.items()}
-        trial.set_user_attr("outcome", "finite")
-        study.tell(trial, 0.1)
-        drawn.append(params)
+    drawn = draw_finite(study, factors, 3)
     # two more runs in its cell (three in all), each a fresh learning rate in its stratum
     assert [space.row(p) == cell for p in drawn[:2]] == [True, True]
     assert all(p["lr"] != near["lr"] for p in drawn[:2])
@@ -194,27 +190,10 @@ def test_a_nan_run_no_cause_explains_is_tried_again_before_the_nearest_miss():
     rows = list(grid(factors))
     lone = next(p for p in rows if p["dtype"] == "fp32" and p["lr"] == 0.1)
     near = next(p for p in rows if p["dtype"] == "bf16" and p["lr"] == 0.1)
-    dists = distributions(factors)
     sampler = SetAsideSampler(optuna.samplers.TPESampler(seed=2), factors, seed=2)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    for params in rows:
-        nan = fp16_nan(params) or params is lone
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions=dists,
-                value=1.5 if nan else (0.6 if params is near else 0.1),
-                user_attrs={"outcome": "nonfinite-logits" if nan else "finite"},
-            )
-        )
+    study = recorded_study(factors, rows, lambda p: fp16_nan(p) or p is lone, sampler, near=near)
     space = sampler.space
-    drawn = []
-    for _ in range(4):
-        trial = study.ask()
-        params = {name: suggest(trial, name, d) for name, d in dists.items()}
-        trial.set_user_attr("outcome", "finite")
-        study.tell(trial, 0.1)
-        drawn.append(params)
+    drawn = draw_finite(study, factors, 4)
     cells = [space.row(p) for p in drawn]
     assert cells[:2] == [space.row(lone)] * 2 and all(p["lr"] != 0.1 for p in drawn[:2])
     assert cells[2:] == [space.row(near)] * 2
