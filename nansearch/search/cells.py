@@ -62,11 +62,8 @@ class Cells:
                 start = self.rng.choice(sorted(missing))
                 for k in range(0, len(start), 2):
                     row[start[k]] = start[k + 1]
-            for _ in range(4):  # a value inside its stratum that no cause holds
-                params = self._values(row)
-                if not any(c.holds(params) for c in causes):
-                    break
-            else:
+            params = self._clear_of(row, causes)
+            if params is None:
                 continue
             gain = len(held(row) & missing)
             if gain > most:
@@ -211,9 +208,14 @@ class Cells:
         held = sum(self.space.row(r.params) == row for r in results if r.outcome != "error")
         if held >= MIN_NAN:
             return None
+        return self._clear_of(row, named)
+
+    def _clear_of(self, row: Sequence[int], causes: Sequence[Cause]) -> dict[str, Any] | None:
+        """A row's configuration, its continuous values drawn inside their strata, that no
+        cause holds: four draws, else None."""
         for _ in range(4):
             params = self._values(row)
-            if not any(c.holds(params) for c in named):
+            if not any(c.holds(params) for c in causes):
                 return params
         return None
 
