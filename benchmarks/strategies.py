@@ -105,6 +105,10 @@ SCENARIOS_ENV = "NANSEARCH_SCENARIOS"  # the scenarios to run, comma-separated
 JUDGED_ENV = "NANSEARCH_BENCH_JUDGED"
 # worker processes for the scenarios' seeds (default 1: all in this process)
 JOBS_ENV = "NANSEARCH_BENCH_JOBS"
+# a folder that keeps each configuration's trained outcome for the next run on this
+# machine: a second run trains nothing its search asks for again (stale once training
+# code or a scenario changes: empty it then)
+OUTCOMES_ENV = "NANSEARCH_BENCH_OUTCOMES"
 # every (scenario, seed) as it ends, one JSON line each: what a stopped run had done
 PARTIAL = RESULTS / "strategies.partial.jsonl"
 
@@ -734,8 +738,11 @@ def run_seeds(scenarios: list[Scenario], seeds: int, jobs: int) -> dict[str, Any
     seeds) or in ``jobs`` worker processes (one oracle per scenario in each worker: the
     same outcomes, each configuration trained at seed 0 wherever it is first asked for)."""
     record = bool(os.environ.get(JUDGED_ENV))
-    shared = tempfile.mkdtemp(prefix="nansearch-bench-outcomes-") if jobs > 1 else None
+    shared = os.environ.get(OUTCOMES_ENV) or None
     if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+    elif jobs > 1:
+        shared = tempfile.mkdtemp(prefix="nansearch-bench-outcomes-")
         atexit.register(shutil.rmtree, shared, ignore_errors=True)
     tasks = [(s.name, seed, record, shared) for s in scenarios for seed in range(seeds)]
     if jobs > 1:  # seed by seed: a scenario's first seed trains most of what the others look up
