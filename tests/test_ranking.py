@@ -687,3 +687,40 @@ def test_a_rule_riding_on_another_causes_nan_runs_is_not_named():
     assert (fp16.own_nan, fp16.own_total) == (8, 8)
     assert fp16.to_json()["alone"] == {"nan": 8, "total": 8}
     assert not any("lr" in c["rule"] for c in rank(results, AXES)["causes"])
+
+
+def test_a_value_beside_a_range_must_move_the_edge_within_each_level_of_the_others():
+    # plain SGD diverges from a lower learning rate in bf16 than in fp32; above lr 2 the
+    # focus ran the vocab-edge-ids batch in bf16 only and the other batches mostly in fp32
+    def sweep(extra=()):
+        runs = []
+        lows = [
+            (d, b, lr, False)
+            for lr in (0.01, 0.05, 0.2, 0.8)
+            for d in ("bf16", "fp32")
+            for b in ("clean", "vocab-edge-ids", "long-sequence")
+        ]
+        highs = [("bf16", "vocab-edge-ids", lr, True) for lr in (2.2, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)]
+        highs += [
+            ("fp32", b, lr, False) for lr in (3.0, 4.0, 5.0) for b in ("clean", "long-sequence")
+        ]
+        highs += [
+            ("bf16", "clean", 3.0, False),
+            ("bf16", "long-sequence", 4.0, True),
+            ("bf16", "clean", 5.0, True),
+        ]
+        for dtype, batch, lr, nan in [*lows, *highs, *extra]:
+            params = {"dtype": dtype, "batch": batch, "init": "pretrained", "lr": lr}
+            runs.append(trial(len(runs), params, nan))
+        return runs
+
+    factors = ["dtype", "batch", "init", "lr"]
+    # within bf16 the batch's runs fail no more than the others' (7/7 against 2/3), and
+    # no fp32 run of it lies there: the batch says nothing about the edge, and the dtype,
+    # whose runs meet fp32 runs of the same batch only once per batch, not enough yet
+    assert [c.text for c in find_causes(sweep(), factors, ["lr"])] == ["lr above 1.3"]
+    # fp32 runs of that batch pass where bf16 runs of every batch fail: the dtype moves it
+    more = [("fp32", "vocab-edge-ids", lr, False) for lr in (3.0, 4.0, 5.0)]
+    more += [("bf16", b, lr, True) for b in ("clean", "long-sequence") for lr in (3.5, 4.5)]
+    causes = find_causes(sweep(more), factors, ["lr"])
+    assert [c.text for c in causes] == ["dtype=bf16 with lr above 3.2"]

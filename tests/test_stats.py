@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy.stats import binomtest, fisher_exact
 
 from nansearch.analysis.stats import (
@@ -66,3 +67,20 @@ def test_two_sided_fisher_is_scipys_with_its_odds_ratio():
         else:
             assert ratio is None
     assert fisher_two_sided(1, 2, 0, 0) == (None, 1.0)
+
+
+def test_fisher_within_strata_is_fisher_on_one_stratum_and_ignores_strata_without_contrast():
+    from nansearch.analysis.stats import fisher_greater, fisher_greater_strata
+
+    for table in [(3, 3, 0, 4), (2, 5, 1, 6), (0, 2, 3, 3), (4, 4, 4, 4)]:
+        assert fisher_greater_strata([table]) == pytest.approx(fisher_greater(*table), rel=1e-12)
+    # a stratum with runs on one side only, or all NaN, adds nothing
+    alone = fisher_greater_strata([(3, 3, 0, 4)])
+    assert fisher_greater_strata([(3, 3, 0, 4), (5, 5, 0, 0), (2, 2, 3, 3)]) == pytest.approx(alone)
+    # the same NaN runs, split so that each stratum's contrast is weaker, are less sure
+    assert fisher_greater_strata([(3, 3, 0, 4)]) < fisher_greater_strata(
+        [(3, 3, 0, 0), (0, 0, 0, 4)]
+    )
+    # two strata that each lean the same way add up to more than either
+    both = fisher_greater_strata([(2, 2, 0, 3), (2, 2, 0, 3)])
+    assert both < fisher_greater(2, 2, 0, 3)

@@ -41,7 +41,12 @@ from nansearch.analysis.evidence import (
     joined,
 )
 from nansearch.analysis.ranges import failed_from, per_level, thresholds
-from nansearch.analysis.stats import fisher_greater, fisher_greater_each, wilson_low
+from nansearch.analysis.stats import (
+    fisher_greater,
+    fisher_greater_each,
+    fisher_greater_strata,
+    wilson_low,
+)
 from nansearch.search.isolate import fmt
 from nansearch.trial.runner import TrialResult
 
@@ -238,6 +243,8 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
         )
         worst = np.maximum(worst, np.where(has, p * paid, 0.0))
     tried = np.array([m for _, m in rules])
+    for i in np.flatnonzero(ranged & (worst * tried < ALPHA)):
+        worst[i] = max(worst[i], _within_levels(ev, residual, conditions[i], masks[i], window[i]))
     simple = (lengths == 1) & np.array([rule[0].op == EQUALS for rule in conditions])
     admissible = simple | (worst * tried < ALPHA)
     low = np.where(admissible, wilson_low(hits, inside), -1.0)
@@ -263,6 +270,47 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
             return conditions[order[0]], 0, 0, count
         best = order[0]
     return conditions[best], int(hits[best]), int(inside[best]), count
+
+
+def _within_levels(
+    ev: Evidence, residual: np.ndarray, rule: Rule, inside: np.ndarray, window: np.ndarray
+) -> float:
+    """The largest p-value of a range's values, each tested within the levels of every
+    factor the rule leaves out (:func:`~nansearch.analysis.stats.fisher_greater_strata`).
+
+    Where a range's runs failed, the runs of one value may all share another factor's
+    level and the rest another's: plain SGD diverges at a lower learning rate in bf16,
+    and if the focus ran ``batch=vocab-edge-ids`` in bf16 above lr 2 and the other
+    batches in fp32 there, the batch looks like it moves the edge. Compared within each
+    dtype, it does not, and a factor whose levels never meet the value's runs and the
+    others' leaves nothing to compare: the value is not admissible then.
+    """
+    at = inside & window
+    named = {c.factor for c in rule}
+    others = [f for f in ev.factors if f not in ev.continuous and f not in named]
+    choices = {f: len(ev.levels(f, residual)) for f in named if f not in ev.continuous}
+    worst = 0.0
+    for k, condition in enumerate(rule):
+        if condition.op != EQUALS:
+            continue
+        rest = ev.mask(rule[:k] + rule[k + 1 :]) & residual & ~inside & window
+        paid = choices.get(condition.factor, 1) if len(rule) >= MOST_CONDITIONS else 1
+        for name in others:
+            column = ev.columns[name]
+            tables = []
+            for level in ev.levels(name, at | rest):
+                here = column == level
+                mine, theirs = at & here, rest & here
+                tables.append(
+                    (
+                        int((mine & ev.nan).sum()),
+                        int(mine.sum()),
+                        int((theirs & ev.nan).sum()),
+                        int(theirs.sum()),
+                    )
+                )
+            worst = max(worst, fisher_greater_strata(tables) * paid)
+    return worst
 
 
 def find_causes(
