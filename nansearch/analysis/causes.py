@@ -17,7 +17,9 @@ the outcome changes, so a continuous factor is reported as "above 0.3", never as
 point. A value beside a range (``dtype=bf16 with lr above 2``) says that the edge moves
 with the value, so it is judged against the value's other levels at the same or higher
 learning rates only: from the rule's first NaN run on, never over the whole range,
-whose runs of each level may lie at different learning rates.
+whose runs of each level may lie at different learning rates; and within each level of
+every other factor, since the runs there may also differ in another value that moves
+the edge (``dtype=bf16``, beside a batch the search ran only in bf16).
 """
 
 from __future__ import annotations
@@ -203,7 +205,8 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
     at the same or a higher learning rate, the runs without it pass where its runs fail.
     Inside ``lr above 5`` its runs may all sit at 8 and the others' at 5.5, just under an
     edge they share; compared over the whole range, an lr difference reads as the value's.
-    Ties go to fewer conditions, then to more NaN runs explained.
+    The value must also hold within each level of every other factor
+    (:func:`_within_levels`). Ties go to fewer conditions, then to more NaN runs explained.
     """
     size = len(rules)
     conditions = [rule for rule, _ in rules]
