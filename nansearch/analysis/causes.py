@@ -246,7 +246,7 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
         )
         worst = np.maximum(worst, np.where(has, p * paid, 0.0))
     tried = np.array([m for _, m in rules])
-    for i in np.flatnonzero(ranged & (worst * tried < ALPHA)):
+    for i in np.flatnonzero(ranged & (worst * tried < ALPHA)).tolist():
         worst[i] = max(worst[i], _within_levels(ev, residual, conditions[i], masks[i], window[i]))
     simple = (lengths == 1) & np.array([rule[0].op == EQUALS for rule in conditions])
     admissible = simple | (worst * tried < ALPHA)
