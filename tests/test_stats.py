@@ -11,6 +11,7 @@ from scipy.stats import binomtest, fisher_exact
 from nansearch.analysis.stats import (
     fisher_greater,
     fisher_greater_each,
+    fisher_greater_strata,
     fisher_two_sided,
     wilson,
     wilson_low,
@@ -70,8 +71,6 @@ def test_two_sided_fisher_is_scipys_with_its_odds_ratio():
 
 
 def test_fisher_within_strata_is_fisher_on_one_stratum_and_ignores_strata_without_contrast():
-    from nansearch.analysis.stats import fisher_greater, fisher_greater_strata
-
     for table in [(3, 3, 0, 4), (2, 5, 1, 6), (0, 2, 3, 3), (4, 4, 4, 4)]:
         assert fisher_greater_strata([table]) == pytest.approx(fisher_greater(*table), rel=1e-12)
     # a stratum with runs on one side only, or all NaN, adds nothing

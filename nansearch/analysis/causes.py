@@ -236,18 +236,12 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
         p = fisher_greater_each(
             hits, (masks & at).sum(axis=1), (only & ev.nan).sum(axis=1), only.sum(axis=1)
         )
-        paid = np.array(
-            [
-                choices.get(rule[k].factor, 1)
-                if len(rule) >= 3 and k < len(rule) and rule[k].op == EQUALS
-                else 1
-                for rule in conditions
-            ]
-        )
+        paid = np.array([_paid(rule, k, choices) for rule in conditions])
         worst = np.maximum(worst, np.where(has, p * paid, 0.0))
     tried = np.array([m for _, m in rules])
     for i in np.flatnonzero(ranged & (worst * tried < ALPHA)).tolist():
-        worst[i] = max(worst[i], _within_levels(ev, residual, conditions[i], masks[i], window[i]))
+        within = _within_levels(ev, residual, conditions[i], masks[i], window[i], choices)
+        worst[i] = max(worst[i], within)
     simple = (lengths == 1) & np.array([rule[0].op == EQUALS for rule in conditions])
     admissible = simple | (worst * tried < ALPHA)
     low = np.where(admissible, wilson_low(hits, inside), -1.0)
@@ -275,8 +269,21 @@ def _best(ev: Evidence, residual: np.ndarray, rules: list[tuple[Rule, int]]):
     return conditions[best], int(hits[best]), int(inside[best]), count
 
 
+def _paid(rule: Rule, k: int, choices: dict[str, int]) -> int:
+    """What a rule of three conditions pays when its value ``k`` is tested: the levels
+    that value's factor could have taken (``choices``); 1 for a smaller rule or a range."""
+    if len(rule) >= MOST_CONDITIONS and k < len(rule) and rule[k].op == EQUALS:
+        return choices.get(rule[k].factor, 1)
+    return 1
+
+
 def _within_levels(
-    ev: Evidence, residual: np.ndarray, rule: Rule, inside: np.ndarray, window: np.ndarray
+    ev: Evidence,
+    residual: np.ndarray,
+    rule: Rule,
+    inside: np.ndarray,
+    window: np.ndarray,
+    choices: dict[str, int],
 ) -> float:
     """The largest p-value of a range's values, each tested within the levels of every
     factor the rule leaves out (:func:`~nansearch.analysis.stats.fisher_greater_strata`).
@@ -291,28 +298,18 @@ def _within_levels(
     at = inside & window
     named = {c.factor for c in rule}
     others = [f for f in ev.factors if f not in ev.continuous and f not in named]
-    choices = {f: len(ev.levels(f, residual)) for f in named if f not in ev.continuous}
     worst = 0.0
     for k, condition in enumerate(rule):
         if condition.op != EQUALS:
             continue
         rest = ev.mask(rule[:k] + rule[k + 1 :]) & residual & ~inside & window
-        paid = choices.get(condition.factor, 1) if len(rule) >= MOST_CONDITIONS else 1
         for name in others:
-            column = ev.columns[name]
             tables = []
             for level in ev.levels(name, at | rest):
-                here = column == level
-                mine, theirs = at & here, rest & here
-                tables.append(
-                    (
-                        int((mine & ev.nan).sum()),
-                        int(mine.sum()),
-                        int((theirs & ev.nan).sum()),
-                        int(theirs.sum()),
-                    )
-                )
-            worst = max(worst, fisher_greater_strata(tables) * paid)
+                here = ev.columns[name] == level
+                mine, theirs = ev.counts(at & here), ev.counts(rest & here)
+                tables.append((mine["nan"], mine["total"], theirs["nan"], theirs["total"]))
+            worst = max(worst, fisher_greater_strata(tables) * _paid(rule, k, choices))
     return worst
 
 
